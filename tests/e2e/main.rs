@@ -1,0 +1,1 @@
+mod testbed_smoke;

@@ -1,0 +1,62 @@
+//! The e2e test bed: real OpenSSH hosts in network namespaces.
+//!
+//! A [`Fleet`] is n hosts on one bridge (`10.77.<fleet>.1/24`); host `i` is
+//! `host<i>` at `10.77.<fleet>.<i+2>`, port 22 (and 2222), with its own
+//! hostname, mounts (/srv, /root, /tmp, /var/lib/tend, /var/lib/containers,
+//! /etc/systemd/system bound to per-host dirs, a private tmpfs /run), and its
+//! own cgroup v1 subtree seen through a cgroup namespace.
+//!
+//! Each host has an *anchor* process (`sleep infinity`) that owns its
+//! namespaces; sshd and [`TestHost::exec`] enter them with `nsenter`, so a
+//! host's files and processes outlive a killed sshd. `exec` does not use ssh:
+//! it cannot disturb the connection counts tests assert on.
+//!
+//! Everything is torn down on drop; leftovers of crashed runs are swept when
+//! a later run takes the same fleet number.
+
+mod fleet;
+mod net;
+
+pub use fleet::{Fleet, TestHost};
+
+/// True when e2e tests can run here. Otherwise prints "skipped <test>: <why>"
+/// and returns false — or panics when `TEND_E2E=required`.
+pub fn skip_unless_e2e(test: &str) -> bool {
+    match e2e_unavailable() {
+        None => true,
+        Some(why) => {
+            if std::env::var("TEND_E2E").as_deref() == Ok("required") {
+                panic!("{test}: e2e tests are required (TEND_E2E=required) but cannot run: {why}");
+            }
+            println!("skipped {test}: {why}");
+            false
+        }
+    }
+}
+
+fn e2e_unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    match std::process::Command::new("ip").args(["netns", "list"]).output() {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            return Some(format!(
+                "`ip netns list` failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ))
+        }
+        Err(e) => return Some(format!("cannot run `ip`: {e}")),
+    }
+    if !std::path::Path::new(fleet::SSHD).exists() {
+        return Some(format!("{} is missing (apt-get install openssh-server)", fleet::SSHD));
+    }
+    None
+}
+
+/// Start `n` hosts for a benchmark (same as [`Fleet::start`]; 50 hosts take
+/// a few seconds).
+pub fn start_bench_fleet(n: usize) -> anyhow::Result<Fleet> {
+    Fleet::start(n)
+}

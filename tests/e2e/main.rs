@@ -1,1 +1,2 @@
 mod testbed_smoke;
+mod deploy;

@@ -1,6 +1,11 @@
+//! `tend validate`: load manifests, print every problem or the per-host budget.
+
 use clap::Args;
+use serde::Serialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tend::manifest::{self, format_bytes, Diagnostic, Secrets};
+use tend::model::{Address, Desired};
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
@@ -11,6 +16,137 @@ pub struct ValidateArgs {
     pub output: super::Output,
 }
 
-pub fn run(_a: ValidateArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("tend validate: not built yet")
+#[derive(Debug, Serialize)]
+struct HostRow {
+    name: String,
+    address: String,
+    services: Vec<String>,
+    ports: Vec<u16>,
+    /// Sum of the services' memory limits, bytes.
+    committed: u64,
+    capacity: Option<u64>,
+    reserved: u64,
+    /// capacity − reserved, when capacity is declared.
+    budget: Option<u64>,
+    free: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report<'a> {
+    valid: bool,
+    files: usize,
+    errors: &'a [Diagnostic],
+    warnings: &'a [Diagnostic],
+    hosts: Vec<HostRow>,
+}
+
+fn rows(d: &Desired) -> Vec<HostRow> {
+    d.hosts
+        .values()
+        .map(|h| {
+            let services: Vec<_> = d.services_on(&h.name).collect();
+            let mut ports: Vec<u16> = services.iter().flat_map(|s| s.ports.iter().copied()).collect();
+            ports.sort_unstable();
+            let committed = services.iter().filter_map(|s| s.memory).sum();
+            let budget = h.capacity.map(|c| c.saturating_sub(h.reserved));
+            HostRow {
+                name: h.name.clone(),
+                address: match &h.address {
+                    Address::Local => "local".into(),
+                    Address::Ssh(t) => format!("{}@{}:{}", t.user, t.address, t.port),
+                },
+                services: services.iter().map(|s| s.name.clone()).collect(),
+                ports,
+                committed,
+                capacity: h.capacity,
+                reserved: h.reserved,
+                budget,
+                free: budget.map(|b| b.saturating_sub(committed)),
+            }
+        })
+        .collect()
+}
+
+fn table(rows: &[HostRow]) -> String {
+    let header = ["HOST", "SERVICES", "PORTS", "MEMORY (committed / capacity − reserved)", "FREE"];
+    let mut lines: Vec<[String; 5]> = vec![header.map(String::from)];
+    for r in rows {
+        let ports: Vec<String> = r.ports.iter().map(u16::to_string).collect();
+        let memory = match r.budget {
+            Some(b) => format!("{} / {}", format_bytes(r.committed), format_bytes(b)),
+            None => format!("{} / -", format_bytes(r.committed)),
+        };
+        lines.push([
+            r.name.clone(),
+            r.services.len().to_string(),
+            if ports.is_empty() { "-".into() } else { ports.join(",") },
+            memory,
+            r.free.map(format_bytes).unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for l in &lines {
+        let cells: Vec<String> = l
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<width$}", width = *w))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+pub fn run(a: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let result = manifest::load_path(&a.path, Secrets::Placeholder);
+    let json = a.output == super::Output::Json;
+    match result {
+        Ok(loaded) => {
+            let hosts = rows(&loaded.desired);
+            if json {
+                let r = Report {
+                    valid: true,
+                    files: loaded.files,
+                    errors: &[],
+                    warnings: &loaded.warnings,
+                    hosts,
+                };
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for w in &loaded.warnings {
+                    eprintln!("warning: {w}");
+                }
+                print!("{}", table(&hosts));
+                println!(
+                    "valid: {} services on {} hosts in {} files",
+                    loaded.desired.services.len(),
+                    loaded.desired.hosts.len(),
+                    loaded.files
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(diags) => {
+            if json {
+                let r = Report {
+                    valid: false,
+                    files: 0,
+                    errors: &diags.0,
+                    warnings: &[],
+                    hosts: Vec::new(),
+                };
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for d in &diags.0 {
+                    println!("{d}");
+                }
+                let n = diags.0.len();
+                eprintln!("invalid: {n} problem{}", if n == 1 { "" } else { "s" });
+            }
+            Ok(ExitCode::from(1))
+        }
+    }
 }

@@ -1,1 +1,108 @@
-//! (being written)
+//! Manifests: YAML documents in a repository tree → the resolved [`Desired`] state.
+//!
+//! `raw` holds the types as written (serde + JSON Schema), `load` finds files
+//! and parses them, `validate` applies every rule and resolves values. Problems
+//! are collected, never stopped at: one run reports all of them.
+
+mod load;
+pub mod raw;
+pub mod schema;
+mod validate;
+
+use crate::model::Desired;
+use serde::Serialize;
+use std::fmt;
+
+pub use load::{load_path, load_tree, repo_root};
+pub use validate::{format_bytes, parse_bytes};
+
+/// One file of a repository tree (a Git commit or a directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeFile {
+    /// Repository-relative, `/`-separated.
+    pub path: String,
+    pub executable: bool,
+    pub contents: Vec<u8>,
+}
+
+/// What to do with `fromEnv`/`fromFile` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    /// Read them on the controller; a missing one is an error.
+    Resolve,
+    /// Read what is there; a missing one becomes `<unresolved>` and a warning
+    /// (for `tend validate` on a pull request, where secrets are absent).
+    Placeholder,
+}
+
+/// Value given to secrets that could not be read under [`Secrets::Placeholder`].
+pub const UNRESOLVED: &str = "<unresolved>";
+
+/// A successfully loaded desired state.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub desired: Desired,
+    pub warnings: Vec<Diagnostic>,
+    /// Manifest files read.
+    pub files: usize,
+}
+
+/// One problem, where it was written.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Diagnostic {
+    pub file: String,
+    /// 1-based; 0 when the problem has no single position (e.g. a missing file).
+    pub line: usize,
+    pub column: usize,
+    /// Field path inside the document, e.g. `spec.ports[1]`; empty for the file itself.
+    pub field: String,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn new(
+        file: impl Into<String>,
+        at: raw::At,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Diagnostic {
+            file: file.into(),
+            line: at.line,
+            column: at.column,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every error found in one load, in file and line order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl Diagnostics {
+    pub fn metric_label(&self) -> &'static str {
+        "invalid_manifests"
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(f, "{n} problem{} in manifests", if n == 1 { "" } else { "s" })?;
+        for d in &self.0 {
+            write!(f, "\n{d}")?;
+        }
+        Ok(())
+    }
+}

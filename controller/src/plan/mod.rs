@@ -153,8 +153,25 @@ impl Plan {
     }
 }
 
+mod drift;
+mod order;
+#[cfg(test)]
+mod tests;
+
+pub use drift::{limits_match, PAGE_TOLERANCE};
+
 /// Compute the plan. Pure: same inputs, same plan.
+///
+/// Only hosts present in `observed` are planned (a label selector observes a
+/// subset); desired services on other hosts do not appear.
 pub fn plan(desired: &Desired, observed: &BTreeMap<String, Observation>) -> Plan {
-    let _ = (desired, observed);
-    Plan::default()
+    let (services, actions, memory) = drift::diff(desired, observed);
+    let unreachable = observed
+        .iter()
+        .filter_map(|(h, o)| match o {
+            Observation::Unreachable { reason } => Some((h.clone(), reason.clone())),
+            Observation::Reachable(_) => None,
+        })
+        .collect();
+    Plan { services, actions: order::order(actions), unreachable, memory }
 }

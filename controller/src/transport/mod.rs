@@ -4,6 +4,11 @@
 //! tend runs on). A transport knows nothing of services: runtimes render the
 //! scripts, stages decide what to run.
 
+pub mod hostkey;
+pub mod local;
+pub mod pool;
+pub mod ssh;
+
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::{AsyncRead, AsyncWrite};

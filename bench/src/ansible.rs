@@ -1,0 +1,160 @@
+//! Ansible, installed from PyPI into a virtualenv, run on the same hosts.
+
+use crate::hosts::BenchHost;
+use crate::workload::Workload;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// bench/ansible: the playbook and templates (read at run time: Ansible needs files).
+pub fn source_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("ansible")
+}
+
+/// `python3 -m venv DIR; DIR/bin/pip install -r requirements.txt`, once.
+pub fn ensure_venv(venv: &Path) -> Result<PathBuf> {
+    let bin = venv.join("bin/ansible-playbook");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    // Debian's python3, not a pyenv shim: the hosts (sharing /usr) run it too.
+    let py = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    run_checked(Command::new(py).arg("-m").arg("venv").arg(venv))?;
+    run_checked(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(source_dir().join("requirements.txt")),
+    )?;
+    if !bin.exists() {
+        bail!("pip installed ansible-core but {} is missing", bin.display());
+    }
+    Ok(bin)
+}
+
+fn run_checked(c: &mut Command) -> Result<()> {
+    let out = c.output().with_context(|| format!("cannot run {c:?}"))?;
+    if !out.status.success() {
+        bail!("{c:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+pub struct Ansible {
+    playbook_bin: PathBuf,
+    work: PathBuf,
+    inventory: PathBuf,
+    config: PathBuf,
+    pub forks: usize,
+}
+
+/// Totals of a PLAY RECAP.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recap {
+    pub hosts: usize,
+    pub ok: u64,
+    pub changed: u64,
+    pub unreachable: u64,
+    pub failed: u64,
+}
+
+pub struct RunResult {
+    pub seconds: f64,
+    pub recap: Recap,
+}
+
+impl Ansible {
+    /// Write the inventory and ansible.cfg for `hosts` into `work`.
+    pub fn prepare(playbook_bin: PathBuf, work: &Path, hosts: &[BenchHost], wl: &Workload) -> Result<Self> {
+        std::fs::create_dir_all(work.join("home")).context("mkdir ansible work dir")?;
+        let src = source_dir();
+        let first = hosts.first().context("no hosts")?;
+        let mut host_lines = String::new();
+        for h in hosts {
+            host_lines.push_str(&format!(
+                "        {}: {{ansible_host: \"{}\", ansible_port: {}}}\n",
+                h.name, h.addr, h.port
+            ));
+        }
+        let mut svc_lines = String::new();
+        for s in &wl.services {
+            svc_lines.push_str(&format!(
+                "          - {{name: \"{}\", port: {}, greeting: \"{}\"}}\n",
+                s.name, s.port, s.greeting
+            ));
+        }
+        let inv = std::fs::read_to_string(src.join("inventory.yml.tmpl")).context("read inventory template")?
+            .replace("@HOSTS@\n", &host_lines)
+            .replace("@SERVICES@\n", &svc_lines)
+            .replace("@KEY@", &first.key.display().to_string())
+            .replace("@KNOWN_HOSTS@", &first.known_hosts.display().to_string());
+        let inventory = work.join("inventory.yml");
+        std::fs::write(&inventory, inv).context("write inventory")?;
+        let forks = hosts.len().max(10);
+        // Short: ControlPath socket names must fit in ~104 bytes.
+        let cp_dir = PathBuf::from(format!("/tmp/tb-ans-{}", std::process::id()));
+        std::fs::create_dir_all(&cp_dir).context("mkdir control path dir")?;
+        let cfg = std::fs::read_to_string(src.join("ansible.cfg.tmpl")).context("read ansible.cfg template")?
+            .replace("@FORKS@", &forks.to_string())
+            .replace("@CP_DIR@", &cp_dir.display().to_string());
+        let config = work.join("ansible.cfg");
+        std::fs::write(&config, cfg).context("write ansible.cfg")?;
+        Ok(Ansible { playbook_bin, work: work.to_path_buf(), inventory, config, forks })
+    }
+
+    /// Run the playbook (with `--check` for the no-op); fails unless every host
+    /// was reached and nothing failed.
+    pub fn playbook(&self, check: bool) -> Result<RunResult> {
+        let mut c = Command::new(&self.playbook_bin);
+        c.arg("-i").arg(&self.inventory).arg(source_dir().join("site.yml"));
+        if check {
+            c.arg("--check");
+        }
+        c.env("ANSIBLE_CONFIG", &self.config)
+            .env("ANSIBLE_HOME", self.work.join("home"))
+            .env("ANSIBLE_NOCOLOR", "1")
+            .env("ANSIBLE_FORCE_COLOR", "0")
+            .current_dir(&self.work);
+        let t0 = Instant::now();
+        let out = c.output().context("cannot run ansible-playbook")?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let log = self.work.join(if check { "last-check.log" } else { "last-run.log" });
+        let _ = std::fs::write(&log, format!("{stdout}\n--- stderr\n{}", String::from_utf8_lossy(&out.stderr)));
+        let recap = parse_recap(&stdout);
+        if !out.status.success() || recap.failed > 0 || recap.unreachable > 0 {
+            bail!(
+                "ansible-playbook{} failed ({}; recap {recap:?}); see {}",
+                if check { " --check" } else { "" },
+                out.status,
+                log.display()
+            );
+        }
+        Ok(RunResult { seconds, recap })
+    }
+}
+
+pub fn parse_recap(stdout: &str) -> Recap {
+    let mut r = Recap::default();
+    let Some(idx) = stdout.find("PLAY RECAP") else {
+        return r;
+    };
+    for line in stdout[idx..].lines().skip(1) {
+        let Some((_, counts)) = line.split_once(" : ") else {
+            continue;
+        };
+        r.hosts += 1;
+        for kv in counts.split_whitespace() {
+            let Some((k, v)) = kv.split_once('=') else { continue };
+            let v: u64 = v.parse().unwrap_or(0);
+            match k {
+                "ok" => r.ok += v,
+                "changed" => r.changed += v,
+                "unreachable" => r.unreachable += v,
+                "failed" => r.failed += v,
+                _ => {}
+            }
+        }
+    }
+    r
+}

@@ -1,0 +1,443 @@
+//! tend-bench: tend against Ansible and the OpenSSH ControlMaster floor, on the
+//! same test hosts in the same run. See BENCHMARKS.md.
+//!
+//! `cargo run --release -p tend-bench -- --hosts 10,50 --services 5 --runs 5`
+
+mod ansible;
+mod floor;
+mod hosts;
+mod procfs;
+mod stats;
+mod tendside;
+mod util;
+mod workload;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use hosts::BenchHost;
+use stats::Measurement;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tend_e2e::testbed::{Fleet, TestHost};
+use workload::Workload;
+
+#[derive(Debug, Parser)]
+#[command(name = "tend-bench", about = "tend vs Ansible vs the SSH floor on test hosts")]
+struct Args {
+    /// Fleet sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10,50")]
+    hosts: Vec<usize>,
+    /// Services per host.
+    #[arg(long, default_value_t = 5)]
+    services: usize,
+    /// Timed runs per measurement (median, min, max are reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Results (JSON, Markdown) and work files.
+    #[arg(long, default_value = "target/tend-bench")]
+    out: PathBuf,
+    /// Virtualenv for ansible-core (created when missing).
+    #[arg(long)]
+    venv: Option<PathBuf>,
+    /// The tend binary; built with `cargo build --release -p tend` when not given.
+    #[arg(long)]
+    tend_bin: Option<PathBuf>,
+    #[arg(long)]
+    skip_ansible: bool,
+    #[arg(long)]
+    skip_tend: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.out).with_context(|| format!("mkdir {}", args.out.display()))?;
+    let out = std::fs::canonicalize(&args.out).context("canonicalize --out")?;
+    let mut rows: Vec<Measurement> = Vec::new();
+    let mut env = Vec::new();
+    env.push(format!("started: {}", now_utc()));
+    env.push(format!("loadavg at start: {}", util::loadavg()));
+
+    let tend_bin = if args.skip_tend {
+        None
+    } else {
+        match &args.tend_bin {
+            Some(p) => Some(p.clone()),
+            None => match tendside::build_tend_binary() {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    eprintln!("tend-bench: cannot build tend: {e:#}");
+                    None
+                }
+            },
+        }
+    };
+    let ansible_bin = if args.skip_ansible {
+        None
+    } else {
+        let venv = args.venv.clone().unwrap_or_else(|| out.join("venv"));
+        match ansible::ensure_venv(&venv) {
+            Ok(b) => {
+                env.push(format!("ansible: {}", version_line(&b)));
+                Some(b)
+            }
+            Err(e) => {
+                eprintln!("tend-bench: cannot install ansible-core: {e:#}");
+                env.push(format!("ansible: not installed: {e:#}"));
+                None
+            }
+        }
+    };
+
+    for &n in &args.hosts {
+        eprintln!("== {n} hosts, {} services each, {} runs ==", args.services, args.runs);
+        let t0 = Instant::now();
+        let fleet = Fleet::start(n).with_context(|| format!("start a fleet of {n}"))?;
+        eprintln!("fleet of {n} up in {:.1}s", t0.elapsed().as_secs_f64());
+        let ctx = Ctx::new(&fleet, &out.join(format!("n{n}")), &args)?;
+        bench_fleet(&ctx, tend_bin.as_deref(), ansible_bin.as_deref(), &mut rows);
+        let md = stats::markdown(&rows);
+        let _ = std::fs::write(out.join("results.md"), &md);
+        let _ = write_json(&out.join("results.json"), &rows, &env);
+        eprintln!("{md}");
+    }
+    env.push(format!("loadavg at end: {}", util::loadavg()));
+    env.push(format!("finished: {}", now_utc()));
+    write_json(&out.join("results.json"), &rows, &env)?;
+    let md = stats::markdown(&rows);
+    std::fs::write(out.join("results.md"), &md).context("write results.md")?;
+    println!("{md}");
+    for e in &env {
+        println!("{e}");
+    }
+    Ok(())
+}
+
+/// One fleet and everything the phases share.
+pub struct Ctx<'a> {
+    pub fleet: &'a Fleet,
+    pub n: usize,
+    pub runs: usize,
+    pub hosts: Vec<BenchHost>,
+    pub work: PathBuf,
+    pub manifests: PathBuf,
+    pub wl: Workload,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(fleet: &'a Fleet, work: &Path, args: &Args) -> Result<Self> {
+        std::fs::create_dir_all(work).with_context(|| format!("mkdir {}", work.display()))?;
+        let hosts: Vec<BenchHost> = fleet
+            .hosts()
+            .iter()
+            .map(|h| BenchHost {
+                name: h.name.clone(),
+                addr: h.ip.clone(),
+                port: h.port,
+                user: "root".into(),
+                key: fleet.ed25519_key().to_path_buf(),
+                known_hosts: fleet.known_hosts().to_path_buf(),
+            })
+            .collect();
+        let keys: Vec<String> = fleet.hosts().iter().map(|h| h.host_key_line.clone()).collect();
+        let wl = Workload::new(args.services);
+        let manifests = wl.write_manifests(&work.join("manifests"), &hosts, &keys)?;
+        Ok(Ctx { fleet, n: fleet.len(), runs: args.runs.max(1), hosts, work: work.to_path_buf(), manifests, wl })
+    }
+
+    pub fn test_hosts(&self) -> &[TestHost] {
+        self.fleet.hosts()
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.wl.services.iter().map(|s| s.port).collect()
+    }
+
+    /// cpuacct.usage of every host's cgroup subtree (sshd and all it runs), summed.
+    pub fn hosts_cpu_seconds(&self) -> Result<f64> {
+        let mut total = 0.0;
+        for h in self.test_hosts() {
+            let dir = Path::new("/sys/fs/cgroup/cpuacct")
+                .join("tend-testbed")
+                .join(format!("f{}", self.fleet.number()))
+                .join(&h.name);
+            total += procfs::cpuacct_seconds(&dir)?;
+        }
+        Ok(total)
+    }
+
+    /// Logins sshd accepted so far, per host.
+    pub fn logins(&self) -> Vec<usize> {
+        self.test_hosts().iter().map(|h| h.accepted_logins()).collect()
+    }
+
+    /// Stop and remove everything tend installed on every host.
+    pub fn wipe_tend(&self) -> Result<()> {
+        util::exec_all(self.test_hosts(), WIPE_TEND)?;
+        self.wait_ports_closed()
+    }
+
+    /// Stop and remove everything the playbook installed on every host.
+    pub fn wipe_ansible(&self) -> Result<()> {
+        util::exec_all(self.test_hosts(), WIPE_ANSIBLE)?;
+        self.wait_ports_closed()
+    }
+
+    fn wait_ports_closed(&self) -> Result<()> {
+        for h in self.test_hosts() {
+            for p in self.ports() {
+                util::wait_closed(&h.ip, p, Duration::from_secs(10))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Kill by pid what tend's records and cgroups name, then remove its tree.
+const WIPE_TEND: &str = r#"
+for f in /var/lib/tend/records/*.rec; do
+  [ -f "$f" ] || continue
+  p=$(sed -n 's/^pid=//p' "$f" | tail -n 1)
+  [ -n "$p" ] && kill -9 "$p" 2>/dev/null
+done
+for f in /sys/fs/cgroup/*/tend/*/cgroup.procs /sys/fs/cgroup/tend/*/cgroup.procs; do
+  [ -f "$f" ] || continue
+  for p in $(cat "$f"); do kill -9 "$p" 2>/dev/null; done
+done
+sleep 0.1
+for d in /sys/fs/cgroup/*/tend/* /sys/fs/cgroup/tend/*; do [ -d "$d" ] && rmdir "$d" 2>/dev/null; done
+rm -rf /var/lib/tend/* /var/lib/tend/.[!.]* 2>/dev/null
+true
+"#;
+
+/// Kill by pid what the playbook's pid files name, then remove its tree.
+const WIPE_ANSIBLE: &str = r#"
+for f in /srv/ansible-bench/*/app.pid; do
+  [ -f "$f" ] || continue
+  p=$(cat "$f")
+  [ -n "$p" ] && kill -9 "$p" 2>/dev/null
+done
+rm -rf /srv/ansible-bench
+true
+"#;
+
+fn bench_fleet(ctx: &Ctx, tend_bin: Option<&Path>, ansible_bin: Option<&Path>, rows: &mut Vec<Measurement>) {
+    let n = ctx.n;
+    // The floor first, on idle hosts.
+    rows.extend(phase_floor(ctx));
+    match tend_bin {
+        Some(bin) => rows.extend(tendside::phases(ctx, bin)),
+        None => rows.push(Measurement::failed("all", "tend", n, "s", vec![], "tend binary not available")),
+    }
+    if let Err(e) = ctx.wipe_tend() {
+        eprintln!("wiping tend's services failed: {e:#}");
+    }
+    match ansible_bin {
+        Some(bin) => rows.extend(phase_ansible(ctx, bin)),
+        None => rows.push(Measurement::failed("all", "ansible", n, "s", vec![], "ansible-core not installed")),
+    }
+    if let Err(e) = ctx.wipe_ansible() {
+        eprintln!("wiping Ansible's services failed: {e:#}");
+    }
+}
+
+fn phase_floor(ctx: &Ctx) -> Vec<Measurement> {
+    let n = ctx.n;
+    let cmd = "cat /proc/loadavg";
+    let dir = PathBuf::from(format!("/tmp/tb-cm-{}", std::process::id()));
+    let cm = match floor::ControlMasters::open(&ctx.hosts, &dir) {
+        Ok(c) => c,
+        Err(e) => return vec![Measurement::failed("noop", "floor", n, "s", vec![], format!("{e:#}"))],
+    };
+    let mut wall = Vec::new();
+    let mut cpu = Vec::new();
+    let mut err = None;
+    // One untimed warm-up run.
+    let _ = cm.run_all(cmd);
+    for _ in 0..ctx.runs {
+        let c0 = ctx.hosts_cpu_seconds().ok();
+        match cm.run_all(cmd) {
+            Ok(s) => wall.push(s),
+            Err(e) => {
+                err = Some(format!("{e:#}"));
+                break;
+            }
+        }
+        if let (Some(a), Ok(b)) = (c0, ctx.hosts_cpu_seconds()) {
+            cpu.push((b - a) / n as f64 * 1e3);
+        }
+    }
+    let note = format!("`{cmd}` on all {n} hosts: {n} ssh clients in parallel over open ControlMaster connections");
+    let mut out = vec![match err {
+        None => Measurement::new("noop", "floor", n, "s", wall, note),
+        Some(e) => Measurement::failed("noop", "floor", n, "s", wall, e),
+    }];
+    out.push(Measurement::new(
+        "noop host CPU per host",
+        "floor",
+        n,
+        "ms",
+        cpu,
+        "cpuacct.usage of each host's cgroup (sshd and children), delta / hosts",
+    ));
+    drop(cm);
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+fn phase_ansible(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
+    let n = ctx.n;
+    let mut out = Vec::new();
+    let a = match ansible::Ansible::prepare(bin.to_path_buf(), &ctx.work.join("ansible"), &ctx.hosts, &ctx.wl) {
+        Ok(a) => a,
+        Err(e) => return vec![Measurement::failed("all", "ansible", n, "s", vec![], format!("{e:#}"))],
+    };
+    let ports = ctx.ports();
+    let settings = format!("forks={}, pipelining=True, gather_facts=false, ControlPersist=60s", a.forks);
+
+    // 2. converge from empty
+    let mut conv = Vec::new();
+    let mut err = None;
+    for _ in 0..ctx.runs {
+        if let Err(e) = ctx.wipe_ansible() {
+            err = Some(format!("wipe: {e:#}"));
+            break;
+        }
+        match a.playbook(false).and_then(|r| util::all_healthy(ctx.test_hosts(), &ports).map(|_| r)) {
+            Ok(r) => conv.push(r.seconds),
+            Err(e) => {
+                err = Some(format!("{e:#}"));
+                break;
+            }
+        }
+    }
+    out.push(finish("converge", "ansible-playbook", n, conv, err, format!("from empty hosts; {settings}")));
+
+    // 1. no-op: --check on converged hosts
+    let mut noop = Vec::new();
+    let mut cpu = Vec::new();
+    let mut ctl_cpu = Vec::new();
+    let mut err = None;
+    if let Err(e) = util::all_healthy(ctx.test_hosts(), &ports).and_then(|_| a.playbook(true).map(drop)) {
+        err = Some(format!("warm-up --check: {e:#}"));
+    }
+    for _ in 0..ctx.runs {
+        if err.is_some() {
+            break;
+        }
+        let c0 = ctx.hosts_cpu_seconds().ok();
+        let s0 = procfs::self_cpu_seconds();
+        match a.playbook(true) {
+            Ok(r) if r.recap.changed == 0 && r.recap.hosts == n => noop.push(r.seconds),
+            Ok(r) => {
+                err = Some(format!("--check on converged hosts reported {r:?}", r = r.recap));
+            }
+            Err(e) => err = Some(format!("{e:#}")),
+        }
+        ctl_cpu.push(procfs::self_cpu_seconds() - s0);
+        if let (Some(c0), Ok(c1)) = (c0, ctx.hosts_cpu_seconds()) {
+            cpu.push((c1 - c0) / n as f64 * 1e3);
+        }
+    }
+    out.push(finish("noop", "ansible-playbook --check", n, noop, err, settings.clone()));
+    out.push(Measurement::new(
+        "noop host CPU per host",
+        "ansible-playbook --check",
+        n,
+        "ms",
+        cpu,
+        "cpuacct.usage of each host's cgroup, delta / hosts",
+    ));
+    out.push(Measurement::new(
+        "noop controller CPU",
+        "ansible-playbook --check",
+        n,
+        "s",
+        ctl_cpu,
+        "user+sys of ansible-playbook and its reaped children (ssh clients)",
+    ));
+
+    // 3. repair one killed service on one host
+    let mut repair = Vec::new();
+    let mut total = Vec::new();
+    let mut err = None;
+    let victim = &ctx.test_hosts()[0];
+    let port = ports[0];
+    let svc = &ctx.wl.services[0].name;
+    for _ in 0..ctx.runs {
+        let kill = format!("kill -9 \"$(cat /srv/ansible-bench/{svc}/app.pid)\"");
+        if let Err(e) = victim.exec_ok(&kill).and_then(|_| util::wait_closed(&victim.ip, port, Duration::from_secs(10))) {
+            err = Some(format!("kill: {e:#}"));
+            break;
+        }
+        let t0 = Instant::now();
+        let r = std::thread::scope(|s| {
+            let run = s.spawn(|| a.playbook(false));
+            let healthy = util::wait_http(&victim.ip, port, Duration::from_secs(600)).map(|_| t0.elapsed());
+            let ran = run.join().map_err(|_| anyhow::anyhow!("ansible thread panicked"));
+            (healthy, ran)
+        });
+        match r {
+            (Ok(h), Ok(Ok(run))) => {
+                repair.push(h.as_secs_f64());
+                total.push(run.seconds);
+            }
+            (Err(e), _) | (_, Err(e)) | (_, Ok(Err(e))) => {
+                err = Some(format!("{e:#}"));
+                break;
+            }
+        }
+    }
+    out.push(finish(
+        "repair",
+        "ansible-playbook",
+        n,
+        repair,
+        err,
+        format!("kill -9 one service on one host; from starting the playbook to HTTP 200; {settings}"),
+    ));
+    out.push(Measurement::new(
+        "repair (whole run)",
+        "ansible-playbook",
+        n,
+        "s",
+        total,
+        "the same runs, until ansible-playbook exits",
+    ));
+    out
+}
+
+pub fn finish(
+    scenario: &'static str,
+    tool: &'static str,
+    n: usize,
+    samples: Vec<f64>,
+    err: Option<String>,
+    note: String,
+) -> Measurement {
+    match err {
+        None => Measurement::new(scenario, tool, n, "s", samples, note),
+        Some(e) => Measurement::failed(scenario, tool, n, "s", samples, e),
+    }
+}
+
+fn version_line(bin: &Path) -> String {
+    std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+fn now_utc() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn write_json(path: &Path, rows: &[Measurement], env: &[String]) -> Result<()> {
+    let v = serde_json::json!({ "environment": env, "results": rows });
+    let text = serde_json::to_string_pretty(&v).context("serialize results")?;
+    std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
+}

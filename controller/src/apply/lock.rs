@@ -1,0 +1,272 @@
+//! The host lock: `flock` on `<root>/lock` for each script, plus a lease in
+//! `<root>/lock.lease` (`TOKEN UNTIL`) that makes the lock last for a whole
+//! apply, across scripts. A lease whose holder died on this same machine, or
+//! that expired, is taken over. Within one process a registry keeps one
+//! controller from converging a host twice at once.
+
+use crate::runtime::{q, RuntimeError, EXIT_LOCKED};
+use crate::transport::{Transport, TransportError};
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Who we are, as written to `<root>/lock.owner`.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub controller: String,
+    pub pid: u32,
+    pub since: u64,
+    pub token: String,
+}
+
+impl Owner {
+    pub fn me(controller: Option<&str>) -> Owner {
+        let controller = controller.map(str::to_string).unwrap_or_else(local_hostname);
+        let pid = std::process::id();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let token = format!("{}:{pid}:{}", sanitize(&controller), now.as_nanos());
+        Owner { controller, pid, since: now.as_secs(), token }
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "controller={} pid={} since={} token={}",
+            sanitize(&self.controller),
+            self.pid,
+            self.since,
+            self.token
+        )
+    }
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .collect()
+}
+
+pub fn local_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// What the host said about the holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub line: String,
+    pub controller: Option<String>,
+    pub pid: Option<u32>,
+    pub token: Option<String>,
+}
+
+impl Holder {
+    pub fn parse(line: &str) -> Holder {
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+                .map(str::to_string)
+        };
+        Holder {
+            line: line.trim().to_string(),
+            controller: field("controller"),
+            pid: field("pid").and_then(|p| p.parse().ok()),
+            token: field("token"),
+        }
+    }
+
+    /// The holder ran on this machine and is gone: its lease can be taken.
+    pub fn is_dead_local(&self, me: &Owner) -> bool {
+        match (&self.controller, self.pid) {
+            (Some(c), Some(pid)) => {
+                *c == sanitize(&me.controller)
+                    && pid != me.pid
+                    && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("host {host} is locked by {by}")]
+    Held { host: String, by: String },
+    #[error("host {host} is being converged by this controller already")]
+    Busy { host: String },
+    #[error("cannot lock host {host}: {why}")]
+    Failed { host: String, why: String },
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Render(#[from] RuntimeError),
+}
+
+impl LockError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            LockError::Held { .. } => "held",
+            LockError::Busy { .. } => "busy",
+            LockError::Failed { .. } => "failed",
+            LockError::Transport(e) => e.metric_label(),
+            LockError::Render(e) => e.metric_label(),
+        }
+    }
+}
+
+/// The lines every mutating script starts with: take the flock (waiting up to
+/// `wait` for another script to finish), check the lease, renew ours.
+/// Everything the rest prints goes to a file on the host first, so a
+/// controller that dies mid-script cannot cut a script short.
+pub fn prelude(
+    root: &str,
+    owner: &Owner,
+    takeover: Option<&str>,
+    lease: Duration,
+    wait: Duration,
+) -> Result<String, RuntimeError> {
+    Ok(format!(
+        r#"set -eu
+trap '' HUP PIPE
+root={root}
+mkdir -p "$root/records" "$root/releases" "$root/env" "$root/logs"
+exec 9>>"$root/lock"
+if ! flock -w {wait} 9; then printf 'tend-locked %s\n' "$(cat "$root/lock.owner" 2>/dev/null || echo unknown)"; exit {locked}; fi
+tend_tok={tok}
+tend_take={take}
+tend_now=$(date +%s)
+if [ -r "$root/lock.lease" ]; then
+  read -r tend_ltok tend_luntil < "$root/lock.lease" || true
+  if [ "${{tend_ltok:-}}" != "$tend_tok" ] && [ "${{tend_ltok:-}}" != "$tend_take" ] && [ "${{tend_luntil:-0}}" -gt "$tend_now" ] 2>/dev/null; then
+    printf 'tend-locked %s\n' "$(cat "$root/lock.owner" 2>/dev/null || echo unknown)"; exit {locked}
+  fi
+fi
+printf '%s %s\n' "$tend_tok" "$((tend_now + {lease}))" > "$root/.tmp-lock.lease"
+mv -f "$root/.tmp-lock.lease" "$root/lock.lease"
+printf '%s\n' {line} > "$root/.tmp-lock.owner"
+mv -f "$root/.tmp-lock.owner" "$root/lock.owner"
+rm -f "$root"/.tmp-out-*
+"#,
+        root = q(root)?,
+        wait = wait.as_secs().max(1),
+        locked = EXIT_LOCKED,
+        tok = q(&owner.token)?,
+        take = q(takeover.unwrap_or("-"))?,
+        lease = lease.as_secs().max(1),
+        line = q(&owner.line())?,
+    ))
+}
+
+/// `prelude` + `body`, the body run in a subshell with its output kept in a
+/// file and printed at the end. The subshell is a plain command (not part of
+/// an `||` list), so its own `set -e` holds.
+pub fn wrap(prelude: &str, body: &str) -> String {
+    format!(
+        "{prelude}tend_out=\"$root/.tmp-out-$$\"\nset +e\n( set -eu\n{body}\n) >\"$tend_out\" 2>&1\ntend_rc=$?\nset -e\ncat \"$tend_out\"\nrm -f \"$tend_out\"\nexit $tend_rc\n"
+    )
+}
+
+fn registry() -> &'static Mutex<HashSet<String>> {
+    static R: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    R.get_or_init(|| Mutex::new(HashSet::new()))
+}
+
+/// This process's claim on a host; released on drop.
+#[derive(Debug)]
+pub struct Claim {
+    key: String,
+}
+
+impl Claim {
+    pub fn take(host: &str) -> Result<Claim, LockError> {
+        let mut r = registry().lock().unwrap_or_else(|p| p.into_inner());
+        if !r.insert(host.to_string()) {
+            return Err(LockError::Busy { host: host.into() });
+        }
+        Ok(Claim { key: host.to_string() })
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut r = registry().lock().unwrap_or_else(|p| p.into_inner());
+        r.remove(&self.key);
+    }
+}
+
+/// The lease we hold on one host.
+#[derive(Debug, Clone)]
+pub struct HostLock {
+    pub host: String,
+    pub root: String,
+    pub owner: Owner,
+    pub takeover: Option<String>,
+    pub lease: Duration,
+    pub wait: Duration,
+}
+
+impl HostLock {
+    pub fn prelude(&self) -> Result<String, RuntimeError> {
+        prelude(&self.root, &self.owner, self.takeover.as_deref(), self.lease, self.wait)
+    }
+
+    /// Take the lease (taking over a dead local holder's).
+    pub async fn acquire(
+        t: &dyn Transport,
+        host: &str,
+        root: &str,
+        owner: &Owner,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<HostLock, LockError> {
+        let mut lock = HostLock {
+            host: host.into(),
+            root: root.into(),
+            owner: owner.clone(),
+            takeover: None,
+            lease,
+            wait,
+        };
+        for _ in 0..2 {
+            let script = wrap(&lock.prelude()?, "echo tend-lock-ok");
+            let out = t.exec(&script, &[]).await?;
+            if out.success() {
+                return Ok(lock);
+            }
+            let text = out.stdout_lossy();
+            if out.status == Some(EXIT_LOCKED) {
+                let line = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("tend-locked "))
+                    .unwrap_or("unknown")
+                    .to_string();
+                let holder = Holder::parse(&line);
+                if lock.takeover.is_none() && holder.is_dead_local(owner) {
+                    if let Some(tok) = holder.token.clone() {
+                        tracing::warn!(host, "taking over the lock of a dead controller: {line}");
+                        lock.takeover = Some(tok);
+                        continue;
+                    }
+                }
+                return Err(LockError::Held { host: host.into(), by: holder.line });
+            }
+            let mut why = format!("{}{}", text, out.stderr_lossy());
+            why.truncate(why.trim_end().len().min(400));
+            return Err(LockError::Failed { host: host.into(), why });
+        }
+        Err(LockError::Failed { host: host.into(), why: "lease takeover did not stick".into() })
+    }
+
+    /// Give the lease back (best effort: it expires anyway).
+    pub async fn release(&self, t: &dyn Transport) -> Result<(), LockError> {
+        let body = "rm -f \"$root/lock.lease\" \"$root/lock.owner\"";
+        let out = t.exec(&wrap(&self.prelude()?, body), &[]).await?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(LockError::Failed { host: self.host.clone(), why: out.stdout_lossy() })
+        }
+    }
+}

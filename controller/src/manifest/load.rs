@@ -1,0 +1,389 @@
+//! Finding manifest files in a tree and parsing them into typed documents.
+//!
+//! Each file is parsed twice: first into an untyped [`Node`] tree (to read
+//! `apiVersion`/`kind` and to name the field an error points at), then each
+//! document into its typed form, so field positions survive.
+
+use super::raw::{At, DocKind, Node, NodeKind, TypedDoc, S};
+use super::validate::{self, normalize, Parsed, ParsedDoc, Report};
+use super::{Diagnostic, Diagnostics, Loaded, Secrets, TreeFile};
+use crate::model::SourceFile;
+use serde_saphyr::DuplicateKeyPolicy;
+use std::path::{Path, PathBuf};
+
+/// Directories never read from a working tree.
+const SKIP_DIRS: &[&str] = &[".git", "target", ".venv", "__pycache__", "node_modules"];
+
+/// Where the validator reads files from.
+pub(crate) trait Tree {
+    /// Manifest files (`*.yaml`, `*.yml`) under `dir` (or `dir` itself when it is
+    /// a file), repo-relative paths, sorted.
+    fn manifests(&self, dir: &str) -> Result<Vec<(String, Vec<u8>)>, String>;
+    /// Files under `dir`, paths relative to it; None when it does not exist.
+    fn dir(&self, dir: &str) -> Result<Option<Vec<SourceFile>>, String>;
+}
+
+fn is_manifest(path: &str) -> bool {
+    path.ends_with(".yaml") || path.ends_with(".yml")
+}
+
+struct SliceTree<'a>(&'a [TreeFile]);
+
+impl Tree for SliceTree<'_> {
+    fn manifests(&self, dir: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        let mut out: Vec<(String, Vec<u8>)> = self
+            .0
+            .iter()
+            .filter(|f| f.path == dir || (f.path.starts_with(&prefix) && is_manifest(&f.path)))
+            .map(|f| (f.path.clone(), f.contents.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    fn dir(&self, dir: &str) -> Result<Option<Vec<SourceFile>>, String> {
+        let prefix = format!("{dir}/");
+        let files: Vec<SourceFile> = self
+            .0
+            .iter()
+            .filter_map(|f| {
+                f.path.strip_prefix(&prefix).map(|rel| SourceFile {
+                    path: rel.to_string(),
+                    executable: f.executable,
+                    contents: f.contents.clone(),
+                })
+            })
+            .collect();
+        Ok((!files.is_empty()).then_some(files))
+    }
+}
+
+struct FsTree {
+    root: PathBuf,
+}
+
+impl FsTree {
+    /// Every regular file under `dir`, relative to `dir`, sorted. Symlinked
+    /// directories are not followed (no loops, nothing outside the tree).
+    fn walk(dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+        let mut out = Vec::new();
+        let mut stack = vec![(String::new(), dir.to_path_buf())];
+        while let Some((rel, path)) = stack.pop() {
+            let rd = std::fs::read_dir(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            for entry in rd {
+                let entry = entry.map_err(|e| format!("{}: {e}", path.display()))?;
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                let child_rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+                let ft = entry.file_type().map_err(|e| format!("{}: {e}", entry.path().display()))?;
+                if ft.is_dir() {
+                    if !SKIP_DIRS.contains(&name.as_str()) {
+                        stack.push((child_rel, entry.path()));
+                    }
+                } else if ft.is_file() || (ft.is_symlink() && entry.path().is_file()) {
+                    out.push((child_rel, entry.path()));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn join(&self, dir: &str) -> PathBuf {
+        if dir.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(dir)
+        }
+    }
+}
+
+impl Tree for FsTree {
+    fn manifests(&self, dir: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let base = self.join(dir);
+        let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        if base.is_file() {
+            return Ok(vec![(dir.to_string(), read(&base)?)]);
+        }
+        let mut out = Vec::new();
+        for (rel, path) in Self::walk(&base)? {
+            if is_manifest(&rel) {
+                let repo_rel = if dir.is_empty() { rel } else { format!("{dir}/{rel}") };
+                out.push((repo_rel, read(&path)?));
+            }
+        }
+        Ok(out)
+    }
+
+    fn dir(&self, dir: &str) -> Result<Option<Vec<SourceFile>>, String> {
+        let base = self.join(dir);
+        if !base.is_dir() {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for (rel, path) in Self::walk(&base)? {
+            let contents = std::fs::read(&path).map_err(|e| format!("{rel}: {e}"))?;
+            out.push(SourceFile {
+                path: rel,
+                executable: is_executable(&path),
+                contents,
+            });
+        }
+        Ok(Some(out))
+    }
+}
+
+#[cfg(unix)]
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(not(unix))]
+fn is_executable(_: &Path) -> bool {
+    false
+}
+
+/// Loads the manifests under `manifests_dir` (repo-relative; `""` for the whole
+/// tree, or one file) of an in-memory tree. `source.path`s resolve in `files`.
+pub fn load_tree(
+    files: &[TreeFile],
+    manifests_dir: &str,
+    secrets: Secrets,
+) -> Result<Loaded, Diagnostics> {
+    let dir = normalize(manifests_dir).unwrap_or_default();
+    load(&SliceTree(files), &dir, secrets)
+}
+
+/// Loads manifests from a directory (or one file) on disk. The repository
+/// root (for `source.path`) is the nearest ancestor holding `.git`, else the
+/// directory itself (or a file's parent). Diagnostics name files as given.
+pub fn load_path(path: &Path, secrets: Secrets) -> Result<Loaded, Diagnostics> {
+    let fail = |why: String| {
+        Diagnostics(vec![Diagnostic::new(path.display().to_string(), At::default(), "", why)])
+    };
+    let abs = std::fs::canonicalize(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let root = repo_root(&abs);
+    let rel = abs.strip_prefix(&root).unwrap_or(Path::new(""));
+    let rel: Vec<&str> = rel.iter().filter_map(|c| c.to_str()).collect();
+    let tree = FsTree { root: root.clone() };
+
+    // Name files the way the user can open them: relative to the working directory.
+    let cwd = std::env::current_dir().ok().and_then(|c| std::fs::canonicalize(c).ok());
+    let display = |repo_rel: &str| -> String {
+        let full = root.join(repo_rel);
+        match cwd.as_ref().and_then(|c| full.strip_prefix(c).ok()) {
+            Some(p) if !p.as_os_str().is_empty() => p.display().to_string(),
+            _ => full.display().to_string(),
+        }
+    };
+    let rename = |mut ds: Vec<Diagnostic>| {
+        for d in &mut ds {
+            d.file = display(&d.file);
+        }
+        ds
+    };
+    match load(&tree, &rel.join("/"), secrets) {
+        Ok(mut l) => {
+            l.warnings = rename(l.warnings);
+            Ok(l)
+        }
+        Err(Diagnostics(ds)) => Err(Diagnostics(rename(ds))),
+    }
+}
+
+/// The repository root for `path`: the nearest ancestor with `.git`, else
+/// `path` (a directory) or its parent (a file).
+pub fn repo_root(path: &Path) -> PathBuf {
+    for a in path.ancestors() {
+        if a.join(".git").exists() {
+            return a.to_path_buf();
+        }
+    }
+    if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        path.parent().map(Path::to_path_buf).unwrap_or_else(|| path.to_path_buf())
+    }
+}
+
+pub(crate) fn load(tree: &dyn Tree, dir: &str, secrets: Secrets) -> Result<Loaded, Diagnostics> {
+    let shown = if dir.is_empty() { "." } else { dir };
+    let files = tree.manifests(dir).map_err(|why| {
+        Diagnostics(vec![Diagnostic::new(shown, At::default(), "", format!("cannot read manifests: {why}"))])
+    })?;
+    if files.is_empty() {
+        // An empty desired state would mean "remove everything": never guess that.
+        return Err(Diagnostics(vec![Diagnostic::new(
+            shown,
+            At::default(),
+            "",
+            "no manifest files (*.yaml, *.yml) here",
+        )]));
+    }
+    let mut report = Report::default();
+    let mut docs = Vec::new();
+    for (path, bytes) in &files {
+        docs.extend(parse_file(path, bytes, &mut report));
+    }
+    let desired = validate::build(docs, tree, secrets, &mut report);
+    let mut errors = report.errors;
+    errors.sort();
+    errors.dedup();
+    match desired {
+        Some(desired) if errors.is_empty() => {
+            let mut warnings = report.warnings;
+            warnings.sort();
+            Ok(Loaded {
+                desired,
+                warnings,
+                files: files.len(),
+            })
+        }
+        _ => Err(Diagnostics(errors)),
+    }
+}
+
+/// The message of a parser error without its position (we print our own).
+fn message(e: &serde_saphyr::Error) -> String {
+    let full = e.without_snippet().to_string();
+    let mut m = full.lines().next().unwrap_or("").trim().to_string();
+    if let Some(rest) = m.strip_prefix("error: ") {
+        m = rest.to_string();
+    }
+    // "line 3 column 4: msg" → "msg"
+    if m.starts_with("line ") {
+        if let Some((_, rest)) = m.split_once(": ") {
+            m = rest.to_string();
+        }
+    }
+    // "msg at line 3, column 4" → "msg"
+    if let Some(i) = m.rfind(" at line ") {
+        if m[i + 9..].chars().all(|c| c.is_ascii_digit() || c == ',' || c == ' ' || c.is_alphabetic()) {
+            m.truncate(i);
+        }
+    }
+    m
+}
+
+fn parse_file(file: &str, bytes: &[u8], r: &mut Report) -> Vec<ParsedDoc> {
+    let err = |r: &mut Report, at: At, field: &str, msg: String| {
+        r.errors.push(Diagnostic::new(file, at, field, msg));
+    };
+    if std::str::from_utf8(bytes).is_err() {
+        err(r, At::default(), "", "not UTF-8 text".into());
+        return Vec::new();
+    }
+
+    // Pass 1: untyped, lenient about duplicate keys (pass 2 reports them).
+    let lenient = serde_saphyr::options! { duplicate_keys: DuplicateKeyPolicy::LastWins };
+    let mut cursor = std::io::Cursor::new(bytes);
+    let mut nodes: Vec<Option<Node>> = Vec::new();
+    let mut kinds = Vec::new();
+    for item in serde_saphyr::read_with_options::<_, Node>(&mut cursor, lenient) {
+        match item {
+            Ok(node) => {
+                let kind = header(file, &node, r);
+                kinds.push(kind);
+                nodes.push(Some(node));
+            }
+            Err(e) => {
+                let at = e.location().map(At::from).unwrap_or_default();
+                err(r, at, "", message(&e));
+                kinds.push(DocKind::Skip);
+                nodes.push(None);
+            }
+        }
+    }
+    if kinds.iter().all(|k| *k == DocKind::Skip) {
+        return Vec::new();
+    }
+
+    // Pass 2: typed, strict.
+    let strict = serde_saphyr::options! { duplicate_keys: DuplicateKeyPolicy::Error };
+    let mut cursor = std::io::Cursor::new(bytes);
+    let results: Vec<_> = super::raw::with_kinds(kinds.clone(), || {
+        serde_saphyr::read_with_options::<_, S<TypedDoc>>(&mut cursor, strict).collect()
+    });
+    let mut out = Vec::new();
+    for (i, res) in results.into_iter().enumerate() {
+        let Some(kind) = kinds.get(i) else { break };
+        if *kind == DocKind::Skip {
+            continue;
+        }
+        let node = nodes.get(i).and_then(Option::as_ref);
+        match res {
+            Ok(doc) => {
+                if node.is_some_and(|n| n.at != doc.at) {
+                    err(r, doc.at, "", "internal: documents out of step between parses".into());
+                    break;
+                }
+                match doc.value {
+                    TypedDoc::Host(h) => out.push(ParsedDoc {
+                        file: file.to_string(),
+                        doc: Parsed::Host(Box::new(h)),
+                    }),
+                    TypedDoc::Service(s) => out.push(ParsedDoc {
+                        file: file.to_string(),
+                        doc: Parsed::Service(Box::new(s)),
+                    }),
+                    TypedDoc::Skipped => {}
+                }
+            }
+            Err(e) => {
+                let at = e.location().map(At::from).unwrap_or_default();
+                let field = node.map(|n| n.path_at(at)).unwrap_or_default();
+                err(r, at, &field, message(&e));
+            }
+        }
+    }
+    out
+}
+
+/// Checks `apiVersion` and `kind`; says which typed form to parse.
+fn header(file: &str, node: &Node, r: &mut Report) -> DocKind {
+    let mut err = |at: At, field: &str, msg: String| {
+        r.errors.push(Diagnostic::new(file, at, field, msg));
+    };
+    if !matches!(node.kind, NodeKind::Map(_)) {
+        err(node.at, "", "a document is a mapping with apiVersion, kind, metadata and spec".into());
+        return DocKind::Skip;
+    }
+    let mut ok = true;
+    match node.get("apiVersion") {
+        None => {
+            err(node.at, "apiVersion", "missing apiVersion (tend/v1)".into());
+            ok = false;
+        }
+        Some((_, v)) if v.scalar() != Some("tend/v1") => {
+            err(
+                v.at,
+                "apiVersion",
+                format!("unknown apiVersion `{}`: expected tend/v1", v.scalar().unwrap_or("?")),
+            );
+            ok = false;
+        }
+        Some(_) => {}
+    }
+    let kind = match node.get("kind") {
+        None => {
+            err(node.at, "kind", "missing kind (Host or Service)".into());
+            DocKind::Skip
+        }
+        Some((_, v)) => match v.scalar() {
+            Some("Host") => DocKind::Host,
+            Some("Service") => DocKind::Service,
+            other => {
+                err(v.at, "kind", format!("unknown kind `{}`: expected Host or Service", other.unwrap_or("?")));
+                DocKind::Skip
+            }
+        },
+    };
+    if ok {
+        kind
+    } else {
+        DocKind::Skip
+    }
+}

@@ -1,0 +1,564 @@
+//! Manifest documents exactly as written: serde + JSON Schema types, no rules.
+//!
+//! Every value a rule may point at is wrapped in [`S`] so diagnostics carry
+//! its line and column. Rules live in `validate.rs`.
+
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+
+/// A position in a YAML file, 1-based (0 when unknown).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct At {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl From<serde_saphyr::Location> for At {
+    fn from(l: serde_saphyr::Location) -> Self {
+        At {
+            line: usize::try_from(l.line()).unwrap_or(0),
+            column: usize::try_from(l.column()).unwrap_or(0),
+        }
+    }
+}
+
+/// A value with where it was written. Transparent to JSON Schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct S<T> {
+    pub value: T,
+    pub at: At,
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for S<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = serde_saphyr::Spanned::<T>::deserialize(d)?;
+        Ok(S {
+            value: s.value,
+            at: At::from(s.referenced),
+        })
+    }
+}
+
+impl<T: JsonSchema> JsonSchema for S<T> {
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+    fn schema_name() -> Cow<'static, str> {
+        T::schema_name()
+    }
+    fn schema_id() -> Cow<'static, str> {
+        T::schema_id()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        T::json_schema(generator)
+    }
+}
+
+// ------------------------------------------------------------------ documents
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum ApiVersion {
+    #[serde(rename = "tend/v1")]
+    V1,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum HostKind {
+    Host,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum ServiceKind {
+    Service,
+}
+
+/// A machine tend reaches over SSH (or the machine it runs on).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(title = "Host")]
+pub struct HostDoc {
+    pub api_version: S<ApiVersion>,
+    pub kind: S<HostKind>,
+    pub metadata: S<Metadata>,
+    pub spec: S<HostSpec>,
+}
+
+/// A program tend keeps running on one host.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(title = "Service")]
+pub struct ServiceDoc {
+    pub api_version: S<ApiVersion>,
+    pub kind: S<ServiceKind>,
+    pub metadata: S<Metadata>,
+    pub spec: S<ServiceSpec>,
+}
+
+/// The schema's root: any one tend document.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[schemars(title = "tend/v1 document")]
+#[allow(dead_code)] // only its schema is used
+pub enum Document {
+    Host(HostDoc),
+    Service(ServiceDoc),
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// A DNS label (RFC 1123): lowercase letters, digits and `-`, at most 63.
+    pub name: S<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, S<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HostSpec {
+    /// IP address or hostname, or `local` for the machine tend runs on.
+    pub address: S<String>,
+    /// SSH port (default 22).
+    pub port: Option<S<u16>>,
+    /// SSH user (default root).
+    pub user: Option<S<String>>,
+    /// Private key path on the controller (never in Git).
+    pub identity: Option<S<String>>,
+    /// Pinned host public keys, OpenSSH format: `ssh-ed25519 AAAA...`.
+    #[serde(default)]
+    pub host_keys: Vec<S<String>>,
+    /// known_hosts file on the controller, used when no key is pinned.
+    pub known_hosts: Option<S<String>>,
+    /// tend's directory on the host (default /var/lib/tend). For `local`
+    /// hosts a relative path or `~/...` is resolved on the controller.
+    pub root: Option<S<String>>,
+    pub capacity: Option<S<Capacity>>,
+}
+
+/// The host's memory budget: services' limits must fit in memory − reserved.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Capacity {
+    /// Total memory, e.g. `3.6GiB`.
+    pub memory: S<ByteSize>,
+    /// Used by things outside tend, e.g. `1.4GiB` (default 0).
+    pub reserved: Option<S<ByteSize>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    Process,
+    Systemd,
+    Podman,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Name of a Host.
+    pub host: S<String>,
+    pub runtime: S<Runtime>,
+    /// Required unless `source` is set (then `src-<digest>`).
+    pub version: Option<S<String>>,
+    /// Files shipped from this repository.
+    pub source: Option<S<SourceRef>>,
+    /// A file fetched on the host and checked against its sha256.
+    pub artifact: Option<S<Artifact>>,
+    /// Container image (podman only).
+    pub image: Option<S<String>>,
+    /// Shell steps run in the new release directory before it goes live.
+    #[serde(default)]
+    pub install: Vec<S<String>>,
+    /// argv, run in the release directory.
+    #[serde(default)]
+    pub command: Vec<S<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, S<EnvSource>>,
+    /// TCP ports the service listens on (host ports for podman).
+    #[serde(default)]
+    pub ports: Vec<S<u16>>,
+    /// Memory limit, e.g. `512MiB` or `512MB`.
+    pub memory: Option<S<ByteSize>>,
+    pub health: Option<S<HealthSpec>>,
+    /// Services (on any host) that must be healthy first.
+    #[serde(default)]
+    pub depends_on: Vec<S<String>>,
+    /// Observe and report only; never act.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRef {
+    /// Directory relative to the repository root.
+    pub path: S<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    pub url: S<String>,
+    /// 64 hex digits.
+    pub sha256: S<String>,
+}
+
+/// Exactly one of `http`, `tcp`, `command`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    pub http: Option<S<HttpCheck>>,
+    pub tcp: Option<S<TcpCheck>>,
+    /// argv run on the host in the release directory; exit 0 is healthy.
+    pub command: Option<S<Vec<S<String>>>>,
+    /// Between checks, e.g. `10s` (default 10s).
+    pub interval: Option<S<String>>,
+    /// For one check, e.g. `5s` (default 5s).
+    pub timeout: Option<S<String>>,
+    /// Failed checks before unhealthy (default 3).
+    pub retries: Option<S<u32>>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheck {
+    pub port: S<u16>,
+    /// Default `/`.
+    pub path: Option<S<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TcpCheck {
+    pub port: S<u16>,
+}
+
+// ------------------------------------------------------------------ scalars
+
+/// A byte quantity as written: `512MiB`, `1.5GiB`, `2GB` or a number of bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ByteSize(pub String);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size such as 512MiB or 1.5GiB")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                Ok(ByteSize(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for ByteSize {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "ByteSize".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        schemars::json_schema!({
+            "description": "Bytes, or a number with a unit: B, KiB, MiB, GiB, TiB (1024) or kB, MB, GB, TB (1000).",
+            "type": ["string", "integer"],
+            "minimum": 0,
+            "pattern": "^[0-9]+(\\.[0-9]+)? ?(B|KiB|MiB|GiB|TiB|kB|KB|MB|GB|TB)?$"
+        })
+    }
+}
+
+/// An environment value: a literal, or a secret resolved on the controller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EnvSource {
+    Literal(String),
+    /// `{fromEnv: NAME}`: the controller's environment variable NAME.
+    FromEnv(String),
+    /// `{fromFile: PATH}`: the contents of a file on the controller.
+    FromFile(String),
+}
+
+impl<'de> Deserialize<'de> for EnvSource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = EnvSource;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, {fromEnv: NAME} or {fromFile: PATH}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<EnvSource, E> {
+                Ok(EnvSource::Literal(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<EnvSource, E> {
+                Ok(EnvSource::Literal(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<EnvSource, E> {
+                Ok(EnvSource::Literal(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<EnvSource, E> {
+                Ok(EnvSource::Literal(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<EnvSource, E> {
+                // The parser has already turned `1.10` into 1.1: refuse the guess.
+                Err(E::custom("a decimal number would lose its spelling: quote it"))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<EnvSource, A::Error> {
+                let mut out = None;
+                while let Some(key) = m.next_key::<String>()? {
+                    let v: String = m.next_value()?;
+                    let src = match key.as_str() {
+                        "fromEnv" => EnvSource::FromEnv(v),
+                        "fromFile" => EnvSource::FromFile(v),
+                        other => {
+                            return Err(de::Error::unknown_field(other, &["fromEnv", "fromFile"]))
+                        }
+                    };
+                    if out.replace(src).is_some() {
+                        return Err(de::Error::custom("use one of fromEnv or fromFile, not both"));
+                    }
+                }
+                out.ok_or_else(|| de::Error::custom("expected fromEnv or fromFile"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for EnvSource {
+    fn schema_name() -> Cow<'static, str> {
+        "EnvValue".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        schemars::json_schema!({
+            "description": "A literal value, or a secret resolved on the controller: {fromEnv: NAME} or {fromFile: PATH}.",
+            "oneOf": [
+                {"type": ["string", "integer", "boolean"]},
+                {"type": "object", "properties": {"fromEnv": {"type": "string"}},
+                 "required": ["fromEnv"], "additionalProperties": false},
+                {"type": "object", "properties": {"fromFile": {"type": "string"}},
+                 "required": ["fromFile"], "additionalProperties": false}
+            ]
+        })
+    }
+}
+
+// ------------------------------------------------------------------ untyped
+
+/// Any YAML node with positions: used to read `kind` before choosing a type,
+/// and to name the field a parse error points at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub at: At,
+    pub kind: NodeKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeKind {
+    Map(Vec<(S<String>, Node)>),
+    Seq(Vec<Node>),
+    Scalar(String),
+    Null,
+}
+
+impl Node {
+    pub fn get(&self, key: &str) -> Option<(&S<String>, &Node)> {
+        match &self.kind {
+            NodeKind::Map(entries) => entries
+                .iter()
+                .rev()
+                .find(|(k, _)| k.value == key)
+                .map(|(k, v)| (k, v)),
+            _ => None,
+        }
+    }
+    pub fn scalar(&self) -> Option<&str> {
+        match &self.kind {
+            NodeKind::Scalar(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The field path (`spec.ports[1]`) of the last node that starts at or before `at`.
+    pub fn path_at(&self, at: At) -> String {
+        let mut path = String::new();
+        let mut node = self;
+        loop {
+            match &node.kind {
+                NodeKind::Map(entries) => {
+                    let Some((k, v)) = entries.iter().filter(|(k, _)| k.at <= at).max_by_key(|(k, _)| k.at)
+                    else {
+                        return path;
+                    };
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(&k.value);
+                    node = v;
+                }
+                NodeKind::Seq(items) => {
+                    let Some((i, v)) = items.iter().enumerate().filter(|(_, v)| v.at <= at).max_by_key(|(_, v)| v.at)
+                    else {
+                        return path;
+                    };
+                    path.push_str(&format!("[{i}]"));
+                    node = v;
+                }
+                NodeKind::Scalar(_) | NodeKind::Null => return path,
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = serde_saphyr::Spanned::<NodeKind>::deserialize(d)?;
+        Ok(Node {
+            at: At::from(s.referenced),
+            kind: s.value,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NodeKind;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any YAML value")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<NodeKind, E> {
+                Ok(NodeKind::Scalar(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<NodeKind, E> {
+                Ok(NodeKind::Scalar(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<NodeKind, E> {
+                Ok(NodeKind::Scalar(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<NodeKind, E> {
+                Ok(NodeKind::Scalar(v.to_string()))
+            }
+            fn visit_i128<E: de::Error>(self, v: i128) -> Result<NodeKind, E> {
+                Ok(NodeKind::Scalar(v.to_string()))
+            }
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<NodeKind, E> {
+                Ok(NodeKind::Scalar(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<NodeKind, E> {
+                Ok(NodeKind::Scalar(v.to_string()))
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<NodeKind, E> {
+                Ok(NodeKind::Scalar(String::from_utf8_lossy(v).into_owned()))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<NodeKind, E> {
+                Ok(NodeKind::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<NodeKind, E> {
+                Ok(NodeKind::Null)
+            }
+            fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<NodeKind, D2::Error> {
+                NodeKind::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<NodeKind, A::Error> {
+                let mut v = Vec::new();
+                while let Some(x) = a.next_element()? {
+                    v.push(x);
+                }
+                Ok(NodeKind::Seq(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<NodeKind, A::Error> {
+                let mut v = Vec::new();
+                while let Some(k) = a.next_key::<S<KeyText>>()? {
+                    let x: Node = a.next_value()?;
+                    v.push((
+                        S {
+                            value: k.value.0,
+                            at: k.at,
+                        },
+                        x,
+                    ));
+                }
+                Ok(NodeKind::Map(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A mapping key of any scalar type, as text.
+struct KeyText(String);
+
+impl<'de> Deserialize<'de> for KeyText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = NodeKind::deserialize(d)?;
+        Ok(KeyText(match n {
+            NodeKind::Scalar(s) => s,
+            NodeKind::Null => "~".into(),
+            _ => "<complex key>".into(),
+        }))
+    }
+}
+
+// ------------------------------------------------------------------ typed pass
+
+/// What the first pass decided each document is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocKind {
+    Host,
+    Service,
+    /// Already reported: consume and ignore.
+    Skip,
+}
+
+/// A document in its typed form.
+#[derive(Debug, Clone)]
+pub enum TypedDoc {
+    Host(HostDoc),
+    Service(ServiceDoc),
+    Skipped,
+}
+
+thread_local! {
+    // serde-saphyr's multi-document reader takes a type, not a seed: the kinds
+    // found by the first pass are queued here for the second pass on this thread.
+    static KINDS: RefCell<VecDeque<DocKind>> = const { RefCell::new(VecDeque::new()) };
+}
+
+/// Runs `f` with `kinds` queued for [`TypedDoc`]'s deserializer.
+pub fn with_kinds<R>(kinds: Vec<DocKind>, f: impl FnOnce() -> R) -> R {
+    KINDS.with(|k| *k.borrow_mut() = kinds.into());
+    let r = f();
+    KINDS.with(|k| k.borrow_mut().clear());
+    r
+}
+
+impl<'de> Deserialize<'de> for TypedDoc {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let kind = KINDS.with(|k| k.borrow_mut().pop_front()).unwrap_or(DocKind::Skip);
+        match kind {
+            DocKind::Host => HostDoc::deserialize(d).map(TypedDoc::Host),
+            DocKind::Service => ServiceDoc::deserialize(d).map(TypedDoc::Service),
+            DocKind::Skip => IgnoredAny::deserialize(d).map(|_| TypedDoc::Skipped),
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The probe script: fixed text (`probe.sh`) plus quoted parameters.
+
+use super::ObserveError;
+use crate::shell::quote;
+use std::time::Duration;
+
+const BODY: &str = include_str!("probe.sh");
+
+/// Where the probe lists TCP listeners from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ListenSource {
+    /// `ss` (sock_diag: the kernel walks listeners only) when the host has
+    /// it, else /proc/net/tcp{,6}.
+    #[default]
+    Auto,
+    /// Always /proc/net/tcp{,6}.
+    Proc,
+}
+
+/// A `command` health check the probe runs in the service's release directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandCheck {
+    pub service: String,
+    pub argv: Vec<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProbeOptions {
+    /// Ports to name the holder of even when no record declares them (the
+    /// desired services' ports: a stranger there blocks a start).
+    pub ports: Vec<u16>,
+    pub checks: Vec<CommandCheck>,
+    /// Services with a `tcp` health check: healthy when their port listens.
+    pub tcp_checks: Vec<(String, u16)>,
+    pub listen_source: ListenSource,
+}
+
+/// The probe for a host whose tend directory is `root`, running the given
+/// `(service, argv)` command checks with a 10 s bound each.
+pub fn probe_script(root: &str, command_checks: &[(String, Vec<String>)]) -> Result<String, ObserveError> {
+    let opts = ProbeOptions {
+        checks: command_checks
+            .iter()
+            .map(|(service, argv)| CommandCheck {
+                service: service.clone(),
+                argv: argv.clone(),
+                timeout: Duration::from_secs(10),
+            })
+            .collect(),
+        ..ProbeOptions::default()
+    };
+    probe_script_with(root, &opts)
+}
+
+pub fn probe_script_with(root: &str, opts: &ProbeOptions) -> Result<String, ObserveError> {
+    let root = root.trim_end_matches('/');
+    let root = if root.is_empty() { "/" } else { root };
+    let watch: String = opts.ports.iter().map(|p| format!(" {p} ")).collect();
+    let mut s = String::with_capacity(BODY.len() + 256);
+    s.push_str(&format!("ROOT={}\n", quote(root)?));
+    s.push_str(&format!("WATCH={}\n", quote(&watch)?));
+    let src = match opts.listen_source {
+        ListenSource::Auto => "auto",
+        ListenSource::Proc => "proc",
+    };
+    s.push_str(&format!("LISTEN_SRC={src}\n"));
+    s.push_str(BODY);
+    for c in &opts.checks {
+        if c.argv.is_empty() {
+            continue;
+        }
+        let dir = format!("{root}/releases/{}/current", c.service);
+        let secs = c.timeout.as_secs().max(1);
+        s.push_str(&format!(
+            "check {} {} {secs} {}\n",
+            quote(&c.service)?,
+            quote(&dir)?,
+            crate::shell::command_line(&c.argv)?
+        ));
+    }
+    s.push_str("printf 'end %s\\n' \"$n\"\n");
+    Ok(s)
+}

@@ -1,0 +1,169 @@
+set -f
+n=0
+OIFS=$IFS
+o() { n=$((n+1)); printf '%s\n' "$*"; }
+# fd scan: $1 = wanted inodes (" i i "), rest = /proc/PID/fd dirs. One ls for all.
+scan() {
+  want=$1; shift
+  cur=${1#/proc/}; cur=${cur%/fd}
+  out=$(ls -ln "$@" 2>/dev/null)
+  while IFS= read -r line; do
+    case $line in
+    /proc/*/fd:) cur=${line#/proc/}; cur=${cur%/fd:} ;;
+    *'socket:['*']')
+      i=${line##*socket:\[}; i=${i%]}
+      case $want in *" $i "*)
+        c=; { read -r c < "/proc/$cur/comm"; } 2>/dev/null
+        o "sock $cur $i $c"
+        OWN="$OWN $i " ;;
+      esac ;;
+    esac
+  done <<SCAN_EOF
+$out
+SCAN_EOF
+}
+o 'tend-probe 1'
+v=; { read -r v < /proc/sys/kernel/hostname; } 2>/dev/null; o "hostname $v"
+BOOT=; { read -r BOOT < /proc/sys/kernel/random/boot_id; } 2>/dev/null; o "boot_id $BOOT"
+mt=-; ma=-
+{ while read -r k v u; do
+  case $k in MemTotal:) mt=$v ;; MemAvailable:) ma=$v; break ;; esac
+done < /proc/meminfo; } 2>/dev/null
+o "meminfo $mt $ma"
+CG=none
+if { read -r v < /sys/fs/cgroup/cgroup.controllers; } 2>/dev/null; then
+  case " $v " in *" memory "*) CG=v2 ;; esac
+fi
+[ $CG = none ] && [ -e /sys/fs/cgroup/memory/cgroup.procs ] && CG=v1
+o "cgroup $CG"
+L=; LI=
+lst() { # port inode
+  case $1$2 in ''|*[!0-9]*) return ;; esac
+  o "listen $1 $2"; L="$L $1:$2"; LI="$LI $2 "
+}
+# sock_diag asks the kernel for listeners only; /proc/net/tcp walks every
+# connection bucket. Fall back to it where ss is missing.
+if [ "$LISTEN_SRC" != proc ] && v=$(ss -Hltne 2>/dev/null); then
+  while read -r st rq sq la rest; do
+    i=${rest#*ino:}; lst "${la##*:}" "${i%% *}"
+  done <<SS_EOF
+$v
+SS_EOF
+else
+  for f in /proc/net/tcp /proc/net/tcp6; do
+    [ -r $f ] || continue
+    while read -r sl la ra st q tm rt uid to ino rest; do
+      # Listeners come first; stop before walking established connections.
+      case $st in 0A) ;; st) continue ;; *) break ;; esac
+      p=${la##*:}
+      case $p in ''|*[!0-9A-Fa-f]*) continue ;; esac
+      lst $((0x$p)) "$ino"
+    done < $f
+  done
+fi
+SCAN=
+set +f
+for f in "$ROOT"/records/*.rec; do
+  set -f
+  [ -f "$f" ] || continue
+  nm=${f##*/}; nm=${nm%.rec}
+  o "record $nm"
+  pid=; cg=; ports=; rt=; line=
+  while IFS= read -r line || [ -n "$line" ]; do
+    o "| $line"
+    case $line in
+    pid=*) pid=${line#pid=} ;;
+    cgroup=*) cg=${line#cgroup=} ;;
+    ports=*) ports=${line#ports=} ;;
+    runtime=*) rt=${line#runtime=} ;;
+    esac
+    line=
+  done < "$f"
+  o endrecord
+  IFS=,; for p in $ports; do WATCH="$WATCH $p "; done; IFS=$OIFS
+  case $pid in ''|*[!0-9]*) pid= ;; esac
+  alive=
+  if [ -n "$pid" ] && { read -r s < "/proc/$pid/stat"; } 2>/dev/null; then
+    set -- ${s##*)}
+    if [ $# -ge 20 ]; then st=$1; shift 19; o "proc $pid $st $1"; alive=$pid; fi
+  fi
+  case $cg in /*) ;; *) cg= ;; esac
+  case $cg in *%*|*/../*|*/..) cg= ;; esac
+  procs=
+  if [ -n "$cg" ]; then
+    d=
+    case $CG in v2) d=/sys/fs/cgroup$cg ;; v1) d=/sys/fs/cgroup/memory$cg ;; esac
+    if [ -n "$d" ] && [ -d "$d" ]; then
+      if [ $CG = v2 ]; then a=memory.current; b=memory.max; e=memory.events
+      else a=memory.usage_in_bytes; b=memory.limit_in_bytes; e=memory.oom_control; fi
+      cur=-; max=-; oom=-
+      { read -r cur < "$d/$a"; } 2>/dev/null
+      { read -r max < "$d/$b"; } 2>/dev/null
+      { while read -r k v; do [ "$k" = oom_kill ] && oom=$v; done < "$d/$e"; } 2>/dev/null
+      o "memory $cur $max $oom"
+    fi
+    # Liveness of a unit: any hierarchy that has its cgroup.
+    for d in "$d" /sys/fs/cgroup/systemd$cg /sys/fs/cgroup/unified$cg /sys/fs/cgroup$cg; do
+      [ -n "$d" ] && [ -r "$d/cgroup.procs" ] || continue
+      procs=' '
+      { while read -r p; do procs="$procs$p "; done < "$d/cgroup.procs"; } 2>/dev/null
+      o "procs$procs"
+      break
+    done
+  fi
+  if [ -n "$procs" ]; then SCAN="$SCAN$procs"; elif [ -n "$alive" ]; then SCAN="$SCAN $alive "; fi
+done
+set -f
+OWN=
+# Socket inodes from fdinfo: builtins only. Kernels before 5.14 lack its ino
+# line: then one ls for all.
+FDLS=
+if [ -n "$LI" ]; then
+  set +f
+  for p in $SCAN; do
+    c=
+    for f in /proc/$p/fd/*; do
+      [ -S "$f" ] || continue
+      i=
+      { while read -r k v; do [ "$k" = ino: ] && { i=$v; break; }; done < "/proc/$p/fdinfo/${f##*/}"; } 2>/dev/null
+      [ -n "$i" ] || { FDLS=1; break 2; }
+      case $LI in *" $i "*)
+        [ -n "$c" ] || { { read -r c < "/proc/$p/comm"; } 2>/dev/null; }
+        o "sock $p $i $c"; OWN="$OWN $i " ;;
+      esac
+    done
+  done
+  set -f
+fi
+if [ -n "$FDLS" ]; then
+  set --
+  for p in $SCAN; do set -- "$@" "/proc/$p/fd"; done
+  scan "$LI" "$@"
+fi
+# Rare path: a declared port held by a socket no service owns. Find who.
+NEED=
+for e in $L; do
+  case $WATCH in *" ${e%%:*} "*)
+    case $OWN in *" ${e#*:} "*) ;; *) NEED="$NEED ${e#*:} " ;; esac ;;
+  esac
+done
+if [ -n "$NEED" ]; then
+  set +f; set -- /proc/[0-9]*/fd; set -f
+  scan "$NEED" "$@"
+fi
+# Health commands: in the release directory, with the service's env, bounded.
+check() { # service dir seconds argv...
+  nm=$1; d=$2; t=$3; shift 3
+  rc=-
+  if [ -f "$ROOT/records/$nm.rec" ] && [ -d "$d" ]; then
+    if command -v timeout >/dev/null 2>&1; then set -- timeout "$t" "$@"; fi
+    (
+      cd "$d" || exit 126
+      e=$ROOT/env/$nm.env
+      if [ -r "$e" ]; then set -a; . "$e"; set +a; fi
+      exec "$@"
+    ) </dev/null >/dev/null 2>&1
+    rc=$?
+  fi
+  o "check $nm $rc"
+}

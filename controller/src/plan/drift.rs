@@ -1,0 +1,229 @@
+//! Drift rules: desired service × what its host showed → reasons and one action.
+
+use super::{Action, ActionKind, DriftReason, MemoryBudget, ServicePlan, Status};
+use crate::model::{CgroupMode, Desired, HostState, Listener, Observation, ObservedService, Service};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The kernel rounds a memory limit down to whole pages; 64 KiB covers every
+/// page size Linux uses (4 KiB .. 64 KiB).
+pub const PAGE_TOLERANCE: u64 = 64 * 1024;
+
+/// Whether the limit in force on a host is the desired one, allowing for
+/// the kernel's rounding down to pages.
+pub fn limits_match(desired: Option<u64>, in_force: Option<u64>) -> bool {
+    match (desired, in_force) {
+        (None, None) => true,
+        (Some(d), Some(o)) => o <= d && d - o < PAGE_TOLERANCE,
+        _ => false,
+    }
+}
+
+pub(super) fn diff(
+    desired: &Desired,
+    observed: &BTreeMap<String, Observation>,
+) -> (Vec<ServicePlan>, Vec<Action>, Vec<MemoryBudget>) {
+    let mut services = Vec::new();
+    let mut actions = Vec::new();
+    let mut memory = Vec::new();
+    for (host, obs) in observed {
+        let state = match obs {
+            Observation::Reachable(st) => Some(st),
+            Observation::Unreachable { .. } => None,
+        };
+        let mut here: Vec<ServicePlan> = Vec::new();
+        match state {
+            None => {
+                for s in desired.services_on(host) {
+                    here.push(ServicePlan {
+                        service: s.name.clone(),
+                        host: host.clone(),
+                        status: Status::Unknown,
+                        reasons: Vec::new(),
+                        desired_version: Some(s.version.clone()),
+                        observed_version: None,
+                        blocked: None,
+                    });
+                }
+            }
+            Some(st) => {
+                for s in desired.services_on(host) {
+                    let (sp, action) = plan_service(s, host, st);
+                    here.push(sp);
+                    actions.extend(action);
+                }
+                for (name, o) in &st.services {
+                    let in_git = desired.services.get(name);
+                    if in_git.is_some_and(|s| &s.host == host) {
+                        continue;
+                    }
+                    // A suspended service is never acted on, not even its old copy.
+                    let suspended = in_git.is_some_and(|s| s.suspend);
+                    here.push(ServicePlan {
+                        service: name.clone(),
+                        host: host.clone(),
+                        status: if suspended { Status::Suspended } else { Status::Drifted },
+                        reasons: vec![DriftReason::Unmanaged],
+                        desired_version: None,
+                        observed_version: Some(o.record.version.clone()),
+                        blocked: None,
+                    });
+                    if !suspended {
+                        actions.push(Action {
+                            kind: ActionKind::Prune,
+                            service: name.clone(),
+                            host: host.clone(),
+                            after: Vec::new(),
+                            reasons: vec![DriftReason::Unmanaged],
+                        });
+                    }
+                }
+            }
+        }
+        here.sort_by(|a, b| a.service.cmp(&b.service));
+        services.extend(here);
+        let h = desired.hosts.get(host);
+        memory.push(MemoryBudget {
+            host: host.clone(),
+            capacity: h.and_then(|h| h.capacity),
+            reserved: h.map(|h| h.reserved).unwrap_or(0),
+            committed: desired.services_on(host).filter_map(|s| s.memory).sum(),
+            mem_total: state.map(|s| s.facts.mem_total),
+            mem_available: state.map(|s| s.facts.mem_available),
+        });
+    }
+    (services, actions, memory)
+}
+
+fn plan_service(s: &Service, host: &str, st: &HostState) -> (ServicePlan, Option<Action>) {
+    let obs = st.services.get(&s.name);
+    let running = obs.is_some_and(|o| o.running);
+    let mut reasons = BTreeSet::new();
+    let mut blocked: Vec<String> = Vec::new();
+    let mut version_blocked = false;
+
+    match obs {
+        None => {
+            reasons.insert(DriftReason::Missing);
+        }
+        Some(o) => {
+            if !o.running {
+                reasons.insert(DriftReason::Stopped);
+            }
+            if o.record.version != s.version {
+                reasons.insert(DriftReason::Version);
+                if o.record.failed_version.as_deref() == Some(s.version.as_str()) {
+                    version_blocked = true;
+                    blocked.push(format!(
+                        "version {} failed its health check and was rolled back; \
+                         change the manifest to retry",
+                        s.version
+                    ));
+                }
+            }
+            if o.record.config_hash != s.config_hash() {
+                reasons.insert(DriftReason::Config);
+            }
+            if o.running && st.facts.cgroup != CgroupMode::None && !memory_in_force(s, o) {
+                reasons.insert(DriftReason::MemoryLimit);
+            }
+            if o.running && o.healthy == Some(false) {
+                reasons.insert(DriftReason::Unhealthy);
+            }
+        }
+    }
+
+    let mut port_blocked = false;
+    for p in &s.ports {
+        if let Some(l) = st.listeners.get(p) {
+            if held_by_other(l, &s.name, running) {
+                reasons.insert(DriftReason::Port);
+                port_blocked = true;
+                blocked.push(format!("port {p} held by {}", describe_holder(l)));
+            }
+        }
+    }
+
+    let has = |r: DriftReason| reasons.contains(&r);
+    let kind = if s.suspend || port_blocked {
+        // Never act on a suspended service; a stranger on a port is left alone.
+        None
+    } else if has(DriftReason::Missing) {
+        Some(ActionKind::Start)
+    } else if !version_blocked && (has(DriftReason::Version) || has(DriftReason::Config)) {
+        Some(ActionKind::Upgrade)
+    } else if has(DriftReason::Stopped) {
+        // After a rollback, restart the release in place rather than start
+        // something that could install the failed version again.
+        Some(if version_blocked { ActionKind::Restart } else { ActionKind::Start })
+    } else if has(DriftReason::MemoryLimit) || has(DriftReason::Unhealthy) {
+        Some(ActionKind::Restart)
+    } else {
+        None
+    };
+
+    let mut after: Vec<String> = s.depends_on.iter().filter(|d| **d != s.name).cloned().collect();
+    after.sort();
+    after.dedup();
+    let action = kind.map(|kind| Action {
+        kind,
+        service: s.name.clone(),
+        host: host.to_string(),
+        after,
+        reasons: reasons
+            .iter()
+            .copied()
+            .filter(|r| {
+                *r != DriftReason::Port
+                    && !(version_blocked && matches!(r, DriftReason::Version | DriftReason::Config))
+            })
+            .collect(),
+    });
+
+    let status = if s.suspend {
+        Status::Suspended
+    } else if reasons.is_empty() {
+        Status::InSync
+    } else {
+        Status::Drifted
+    };
+    let sp = ServicePlan {
+        service: s.name.clone(),
+        host: host.to_string(),
+        status,
+        reasons: reasons.into_iter().collect(),
+        desired_version: Some(s.version.clone()),
+        observed_version: obs.map(|o| o.record.version.clone()),
+        blocked: if blocked.is_empty() { None } else { Some(blocked.join("; ")) },
+    };
+    (sp, action)
+}
+
+/// The limit in force matches Git. A cgroup that could not be read while the
+/// service should be limited counts as not in force: the limit is not there.
+fn memory_in_force(s: &Service, o: &ObservedService) -> bool {
+    let known = o.memory_usage.is_some() || o.memory_limit.is_some();
+    if !known {
+        return s.memory.is_none();
+    }
+    limits_match(s.memory, o.memory_limit)
+}
+
+/// A listener on one of `name`'s ports that is not `name`. When the holder is
+/// unknown (its fds could not be read) and the service runs, give it the
+/// benefit of the doubt: it most likely is the service.
+fn held_by_other(l: &Listener, name: &str, running: bool) -> bool {
+    match &l.service {
+        Some(n) => n != name,
+        None => l.pid.is_some() || !running,
+    }
+}
+
+fn describe_holder(l: &Listener) -> String {
+    match (&l.service, l.pid, &l.comm) {
+        (Some(svc), Some(pid), _) => format!("tend service {svc} (pid {pid})"),
+        (Some(svc), None, _) => format!("tend service {svc}"),
+        (None, Some(pid), Some(comm)) => format!("pid {pid} ({comm})"),
+        (None, Some(pid), None) => format!("pid {pid}"),
+        (None, None, _) => "an unknown process".to_string(),
+    }
+}

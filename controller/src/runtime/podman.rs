@@ -1,0 +1,148 @@
+//! A podman container `tend-<svc>`, labelled with the service and version.
+//!
+//! Only mutating scripts call podman; observation reads /proc through the
+//! record (pid, start time, cgroup learned here at start). `image:
+//! rootfs:/abs/dir` runs a container from a directory (`--rootfs`). When
+//! `<root>/containers.conf` exists, podman is run with it (`CONTAINERS_CONF`).
+
+use super::{q, q_argv, vars, Release, Runtime, RuntimeError, FN_ALIVE, FN_WRITE_RECORD};
+use super::REMOVE_COMMON;
+use crate::model::{Delivery, RuntimeKind};
+use std::fmt::Write as _;
+
+pub struct Podman;
+
+/// What `podman run` is given as the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageRef<'a> {
+    Image(&'a str),
+    Rootfs(&'a str),
+}
+
+pub fn image_ref(image: &str) -> ImageRef<'_> {
+    match image.strip_prefix("rootfs:") {
+        Some(dir) => ImageRef::Rootfs(dir),
+        None => ImageRef::Image(image),
+    }
+}
+
+const CONF: &str = "if [ -f \"$root/containers.conf\" ]; then export CONTAINERS_CONF=\"$root/containers.conf\"; fi\n";
+
+fn image_of<'a>(r: &'a Release) -> Result<ImageRef<'a>, RuntimeError> {
+    match &r.service.delivery {
+        Delivery::Image { image } => {
+            let i = image_ref(image);
+            if let ImageRef::Rootfs(d) = i {
+                if !d.starts_with('/') {
+                    return Err(RuntimeError::Invalid {
+                        service: r.service.name.clone(),
+                        why: format!("rootfs {d:?} is not an absolute path"),
+                    });
+                }
+            }
+            Ok(i)
+        }
+        _ => Err(RuntimeError::Invalid {
+            service: r.service.name.clone(),
+            why: "the podman runtime needs an image".into(),
+        }),
+    }
+}
+
+impl Runtime for Podman {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Podman
+    }
+
+    fn prepare(&self, r: &Release) -> Result<String, RuntimeError> {
+        match image_of(r)? {
+            ImageRef::Rootfs(d) => Ok(format!(
+                "  [ -d {0} ] || {{ echo \"tend: rootfs {0} is missing\" >&2; exit 1; }}\n",
+                q(d)?
+            )),
+            ImageRef::Image(i) => Ok(format!(
+                "  ( {CONF}  podman image exists {0} || podman pull -q {0} ) </dev/null 9>&-\n",
+                q(i)?
+            )),
+        }
+    }
+
+    fn start(&self, r: &Release) -> Result<String, RuntimeError> {
+        let s = r.service;
+        let mut o = String::from("set -eu\n");
+        o.push_str(&vars(r.root, &s.name)?);
+        let _ = writeln!(o, "rel={}\nr=\"$d/$rel\"\nname=\"tend-$svc\"", q(&r.name)?);
+        o.push_str(CONF);
+        o.push_str(FN_ALIVE);
+        o.push_str(FN_WRITE_RECORD);
+        o.push_str("podman rm -f \"$name\" </dev/null >/dev/null 2>&1 9>&- || true\n");
+        let mut args = vec![
+            "podman".to_string(),
+            "run".into(),
+            "-d".into(),
+            "--name".into(),
+            format!("tend-{}", s.name),
+            "--label".into(),
+            format!("tend.service={}", s.name),
+            "--label".into(),
+            format!("tend.version={}", s.version),
+        ];
+        if let Some(m) = s.memory {
+            args.extend(["--memory".into(), m.to_string(), "--memory-swap".into(), m.to_string()]);
+        }
+        for p in &s.ports {
+            args.extend(["-p".into(), format!("{p}:{p}")]);
+        }
+        for k in s.env.keys() {
+            if !super::valid_env_key(k) {
+                return Err(RuntimeError::EnvKey { service: s.name.clone(), key: k.clone() });
+            }
+            // `--env KEY` takes the value from podman's environment: exact bytes,
+            // newlines included, which `--env-file` cannot carry.
+            args.extend(["--env".into(), k.clone()]);
+        }
+        match image_of(r)? {
+            ImageRef::Rootfs(d) => args.extend(["--rootfs".into(), d.to_string()]),
+            ImageRef::Image(i) => args.push(i.to_string()),
+        }
+        args.extend(s.command.iter().cloned());
+        let _ = writeln!(
+            o,
+            "sh -c {} tend-env \"$r/.tend/env\" {} </dev/null >\"$r/.tend/run.out\" 2>&1 9>&- || {{ cat \"$r/.tend/run.out\" >&2; exit 1; }}",
+            q(WITH_ENV)?,
+            q_argv(&args)?
+        );
+        o.push_str(AFTER_RUN);
+        Ok(o)
+    }
+
+    fn stop(&self, root: &str, service: &str) -> Result<String, RuntimeError> {
+        let mut o = vars(root, service)?;
+        o.push_str(CONF);
+        o.push_str(
+            "if podman container exists \"tend-$svc\" </dev/null 9>&-; then\n  podman stop -t 10 \"tend-$svc\" </dev/null >/dev/null 2>&1 9>&- || true\n  echo \"tend: stopped $svc\"\nfi\n",
+        );
+        Ok(o)
+    }
+
+    fn remove(&self, root: &str, service: &str) -> Result<String, RuntimeError> {
+        let mut o = vars(root, service)?;
+        o.push_str(CONF);
+        o.push_str("podman rm -f -t 10 \"tend-$svc\" </dev/null >/dev/null 2>&1 9>&- || true\n");
+        o.push_str(REMOVE_COMMON);
+        Ok(o)
+    }
+}
+
+/// Load an env file into the environment, then exec argv (positional
+/// parameters are read before the file, so no key can change them).
+const WITH_ENV: &str = r#"envf=$1; shift
+set -a; . "$envf"; set +a
+exec "$@""#;
+
+const AFTER_RUN: &str = r#"pid=$(podman inspect --format '{{.State.Pid}}' "$name" </dev/null 9>&-)
+case "$pid" in ''|0|*[!0-9]*) echo "tend: container $name is not running" >&2; podman logs --tail 20 "$name" </dev/null >&2 2>&1 9>&- || true; exit 1 ;; esac
+cg=$(awk -F: '$2 == "memory" { print $3; exit }' "/proc/$pid/cgroup")
+if [ -z "$cg" ]; then cg=$(awk -F: '$1 == "0" { print $3; exit }' "/proc/$pid/cgroup"); fi
+tend_write_record "$cg" "$pid"
+"#;

@@ -1,0 +1,310 @@
+//! A Git branch: a bare clone in the cache dir, the remote head asked for on
+//! every poll (ls-remote: connect + list) and fetched only when it moved; files
+//! are read from the commit's tree, never checked out.
+
+use super::{Poll, TreeFile, Snapshot, SourceError};
+use git2::{
+    AutotagOption, CredentialType, Direction, FetchOptions, ObjectType, Oid, RemoteCallbacks,
+    Repository, TreeWalkMode, TreeWalkResult,
+};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+/// Files larger than this are left out of a snapshot (manifest repos hold text).
+const MAX_FILE: usize = 16 << 20;
+
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub ssh_key: Option<PathBuf>,
+    /// HTTPS token (never logged).
+    pub token: Option<String>,
+    pub username: Option<String>,
+}
+
+pub struct GitSource {
+    url: String,
+    branch: String,
+    bare: PathBuf,
+    creds: Arc<Credentials>,
+    allow_rewrites: bool,
+    /// The commit of the last snapshot handed out.
+    seen: Option<Oid>,
+}
+
+impl GitSource {
+    /// `cache_dir/git/<hash of url>.git` holds the bare clone.
+    pub fn new(
+        url: &str,
+        branch: &str,
+        cache_dir: &Path,
+        creds: Credentials,
+        allow_rewrites: bool,
+    ) -> GitSource {
+        let tag = hex::encode(&Sha256::digest(url.as_bytes())[..8]);
+        GitSource {
+            url: url.into(),
+            branch: branch.into(),
+            bare: cache_dir.join("git").join(format!("{tag}.git")),
+            creds: Arc::new(creds),
+            allow_rewrites,
+            seen: None,
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+    pub fn branch(&self) -> &str {
+        &self.branch
+    }
+
+    pub async fn poll(&mut self, in_force: Option<&str>) -> Result<Poll, SourceError> {
+        let url = self.url.clone();
+        let branch = self.branch.clone();
+        let bare = self.bare.clone();
+        let creds = self.creds.clone();
+        let seen = self.seen;
+        let in_force = in_force.and_then(|r| Oid::from_str(r).ok());
+        let allow_rewrites = self.allow_rewrites;
+        let res = tokio::task::spawn_blocking(move || {
+            poll_blocking(&url, &branch, &bare, &creds, seen, in_force, allow_rewrites)
+        })
+        .await
+        .map_err(|e| SourceError::Git(format!("poll task: {e}")))??;
+        if let Poll::Changed(s) = &res {
+            self.seen = Oid::from_str(&s.revision).ok();
+        }
+        Ok(res)
+    }
+}
+
+fn open_or_init(bare: &Path) -> Result<Repository, SourceError> {
+    match Repository::open_bare(bare) {
+        Ok(r) => Ok(r),
+        Err(_) => {
+            std::fs::create_dir_all(bare).map_err(|e| super::io_err(bare, e))?;
+            Ok(Repository::init_bare(bare)?)
+        }
+    }
+}
+
+fn callbacks(creds: &Credentials) -> RemoteCallbacks<'_> {
+    let mut cb = RemoteCallbacks::new();
+    // libgit2 calls back until it gets a working credential: bound the tries.
+    let tries = AtomicU32::new(0);
+    cb.credentials(move |_url, user_from_url, allowed| {
+        if tries.fetch_add(1, Ordering::Relaxed) >= 3 {
+            return Err(git2::Error::from_str("credentials refused"));
+        }
+        if allowed.contains(CredentialType::SSH_KEY) {
+            if let Some(key) = &creds.ssh_key {
+                return git2::Cred::ssh_key(user_from_url.unwrap_or("git"), None, key, None);
+            }
+        }
+        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
+            if let Some(token) = &creds.token {
+                let user = creds.username.as_deref().or(user_from_url).unwrap_or("x-access-token");
+                return git2::Cred::userpass_plaintext(user, token);
+            }
+        }
+        if allowed.contains(CredentialType::USERNAME) {
+            return git2::Cred::username(user_from_url.unwrap_or("git"));
+        }
+        git2::Cred::default()
+    });
+    cb
+}
+
+/// The commit the remote branch points at (ls-remote).
+fn remote_head(repo: &Repository, url: &str, branch: &str, creds: &Credentials) -> Result<Oid, SourceError> {
+    let mut remote = repo.remote_anonymous(url)?;
+    let conn = remote
+        .connect_auth(Direction::Fetch, Some(callbacks(creds)), None)
+        .map_err(|e| SourceError::Unreachable {
+            url: super::redact_url(url),
+            why: e.message().to_string(),
+        })?;
+    let want = format!("refs/heads/{branch}");
+    let heads = conn.list()?;
+    heads
+        .iter()
+        .find(|h| h.name() == want)
+        .map(|h| h.oid())
+        .ok_or_else(|| SourceError::NoBranch { url: super::redact_url(url), branch: branch.into() })
+}
+
+fn fetch(repo: &Repository, url: &str, branch: &str, creds: &Credentials) -> Result<(), SourceError> {
+    let mut remote = repo.remote_anonymous(url)?;
+    let mut fo = FetchOptions::new();
+    fo.remote_callbacks(callbacks(creds));
+    fo.download_tags(AutotagOption::None);
+    let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
+    remote.fetch(&[spec], Some(&mut fo), None).map_err(|e| SourceError::Unreachable {
+        url: super::redact_url(url),
+        why: e.message().to_string(),
+    })
+}
+
+fn poll_blocking(
+    url: &str,
+    branch: &str,
+    bare: &Path,
+    creds: &Credentials,
+    seen: Option<Oid>,
+    in_force: Option<Oid>,
+    allow_rewrites: bool,
+) -> Result<Poll, SourceError> {
+    let repo = open_or_init(bare)?;
+    let head = remote_head(&repo, url, branch, creds)?;
+    if seen == Some(head) {
+        return Ok(Poll::Unchanged { revision: head.to_string() });
+    }
+    if repo.find_commit(head).is_err() {
+        fetch(&repo, url, branch, creds)?;
+    }
+    let commit = repo.find_commit(head).map_err(|e| {
+        SourceError::Git(format!("{head} not found after fetch: {}", e.message()))
+    })?;
+    if let Some(old) = in_force {
+        if old != head && !allow_rewrites && !repo.graph_descendant_of(head, old).unwrap_or(false) {
+            return Err(SourceError::Rewritten {
+                branch: branch.into(),
+                old: old.to_string(),
+                new: head.to_string(),
+            });
+        }
+    }
+    let files = read_tree(&repo, &commit.tree()?)?;
+    Ok(Poll::Changed(Snapshot {
+        revision: head.to_string(),
+        subject: commit.summary().ok().flatten().unwrap_or("").to_string(),
+        files,
+    }))
+}
+
+/// Every blob of the tree: regular and executable files; symlinks and
+/// submodules are left out.
+pub fn read_tree(repo: &Repository, tree: &git2::Tree<'_>) -> Result<Vec<TreeFile>, SourceError> {
+    let mut files = Vec::new();
+    let mut err = None;
+    tree.walk(TreeWalkMode::PreOrder, |root, entry| {
+        if entry.kind() != Some(ObjectType::Blob) {
+            return TreeWalkResult::Ok;
+        }
+        let mode = entry.filemode();
+        if mode != 0o100644 && mode != 0o100755 {
+            return TreeWalkResult::Ok;
+        }
+        let Ok(name) = entry.name() else {
+            return TreeWalkResult::Ok;
+        };
+        match repo.find_blob(entry.id()) {
+            Ok(blob) if blob.size() <= MAX_FILE => files.push(TreeFile {
+                path: format!("{root}{name}"),
+                executable: mode == 0o100755,
+                contents: blob.content().to_vec(),
+            }),
+            Ok(_) => {}
+            Err(e) => {
+                err = Some(SourceError::from(e));
+                return TreeWalkResult::Abort;
+            }
+        }
+        TreeWalkResult::Ok
+    })?;
+    match err {
+        Some(e) => Err(e),
+        None => Ok(files),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use git2::Signature;
+
+    fn commit(repo: &Repository, files: &[(&str, &str)], msg: &str) -> Oid {
+        let mut index = repo.index().unwrap();
+        let work = repo.workdir().unwrap().to_path_buf();
+        for (p, c) in files {
+            let full = work.join(p);
+            std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+            std::fs::write(&full, c).unwrap();
+            index.add_path(Path::new(p)).unwrap();
+        }
+        index.write().unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = Signature::now("t", "t@example.org").unwrap();
+        let parents: Vec<git2::Commit<'_>> =
+            repo.head().ok().and_then(|h| h.peel_to_commit().ok()).into_iter().collect();
+        let parents: Vec<&git2::Commit<'_>> = parents.iter().collect();
+        repo.commit(Some("HEAD"), &sig, &sig, msg, &tree, &parents).unwrap()
+    }
+
+    fn upstream() -> (tempfile::TempDir, Repository) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        repo.set_head("refs/heads/main").unwrap();
+        (dir, repo)
+    }
+
+    #[tokio::test]
+    async fn a_new_commit_is_fetched_and_an_old_one_is_not_read_again() {
+        let (up, repo) = upstream();
+        let c1 = commit(&repo, &[("manifests/a.yaml", "a: 1\n")], "first");
+        let cache = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", up.path().display());
+        let mut src = GitSource::new(&url, "main", cache.path(), Credentials::default(), false);
+
+        let Poll::Changed(s) = src.poll(None).await.unwrap() else { panic!("first poll") };
+        assert_eq!(s.revision, c1.to_string());
+        assert_eq!(s.subject, "first");
+        assert_eq!(s.files, vec![TreeFile {
+            path: "manifests/a.yaml".into(),
+            executable: false,
+            contents: b"a: 1\n".to_vec()
+        }]);
+        assert!(matches!(src.poll(Some(&s.revision)).await.unwrap(), Poll::Unchanged { .. }));
+
+        let c2 = commit(&repo, &[("manifests/b.yaml", "b: 2\n")], "second");
+        let Poll::Changed(s2) = src.poll(Some(&s.revision)).await.unwrap() else { panic!("second") };
+        assert_eq!(s2.revision, c2.to_string());
+        assert_eq!(s2.files.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn rewritten_history_is_refused() {
+        let (up, repo) = upstream();
+        let c1 = commit(&repo, &[("a", "1")], "first");
+        let c2 = commit(&repo, &[("a", "2")], "second");
+        let cache = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", up.path().display());
+        let mut src = GitSource::new(&url, "main", cache.path(), Credentials::default(), false);
+        let Poll::Changed(s) = src.poll(None).await.unwrap() else { panic!() };
+        assert_eq!(s.revision, c2.to_string());
+        // Force-push: main back to c1 plus a different commit.
+        repo.reference("refs/heads/main", c1, true, "reset").unwrap();
+        let sig = Signature::now("t", "t@example.org").unwrap();
+        let tree = repo.find_commit(c1).unwrap().tree().unwrap();
+        let parent = repo.find_commit(c1).unwrap();
+        repo.commit(Some("refs/heads/main"), &sig, &sig, "other", &tree, &[&parent]).unwrap();
+        let err = src.poll(Some(&s.revision)).await.unwrap_err();
+        assert_eq!(err.metric_label(), "rewritten", "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_remote_is_an_error_not_a_panic() {
+        let cache = tempfile::tempdir().unwrap();
+        let mut src = GitSource::new(
+            "file:///nonexistent/tend-repo",
+            "main",
+            cache.path(),
+            Credentials::default(),
+            false,
+        );
+        let err = src.poll(None).await.unwrap_err();
+        assert_eq!(err.metric_label(), "unreachable", "{err}");
+    }
+}

@@ -1,0 +1,195 @@
+//! One transport per host, kept across reconciles.
+
+use super::local::LocalTransport;
+use super::ssh::{SshOptions, SshTransport};
+use super::{Transport, TransportError, TransportStats};
+use crate::model::{Address, Host};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    pub connect_timeout: Duration,
+    /// Limit for one script (None: none).
+    pub exec_timeout: Option<Duration>,
+    pub keepalive: Option<Duration>,
+    /// Private key for hosts that name none.
+    pub default_identity: Option<PathBuf>,
+    /// known_hosts for hosts that pin no key and name no file.
+    pub known_hosts: Option<PathBuf>,
+    /// Concurrent channels per connection (keep below sshd's MaxSessions, 10).
+    pub max_channels: usize,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        let d = SshOptions::default();
+        PoolOptions {
+            connect_timeout: d.connect_timeout,
+            exec_timeout: d.exec_timeout,
+            keepalive: d.keepalive,
+            default_identity: None,
+            known_hosts: None,
+            max_channels: d.max_channels,
+        }
+    }
+}
+
+struct Entry {
+    address: Address,
+    transport: Arc<dyn Transport>,
+}
+
+pub struct Pool {
+    opts: PoolOptions,
+    entries: Mutex<HashMap<String, Entry>>,
+    /// Counters of transports replaced or dropped, so totals never go down.
+    retired: TransportStats,
+}
+
+impl Pool {
+    pub fn new(opts: PoolOptions) -> Self {
+        Pool { opts, entries: Mutex::new(HashMap::new()), retired: TransportStats::default() }
+    }
+
+    pub fn options(&self) -> &PoolOptions {
+        &self.opts
+    }
+
+    /// The host's transport (connected lazily, on first use). A host whose
+    /// address changed gets a new one.
+    pub fn get(&self, host: &Host) -> Result<Arc<dyn Transport>, TransportError> {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = entries.get(&host.name) {
+            if e.address == host.address {
+                return Ok(e.transport.clone());
+            }
+        }
+        let transport: Arc<dyn Transport> = match &host.address {
+            Address::Local => Arc::new(LocalTransport::with_exec_timeout(self.opts.exec_timeout)),
+            Address::Ssh(target) => Arc::new(SshTransport::new(&host.name, target.clone(), self.ssh_options())?),
+        };
+        if let Some(old) = entries.insert(
+            host.name.clone(),
+            Entry { address: host.address.clone(), transport: transport.clone() },
+        ) {
+            self.retire(old.transport.stats());
+        }
+        Ok(transport)
+    }
+
+    /// Drop transports of hosts for which `keep` is false (hosts gone from Git).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<String> = entries.keys().filter(|k| !keep(k)).cloned().collect();
+        for k in gone {
+            if let Some(e) = entries.remove(&k) {
+                self.retire(e.transport.stats());
+            }
+        }
+    }
+
+    /// A snapshot of one host's counters.
+    pub fn stats(&self, host: &str) -> Option<TransportStats> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(host).map(|e| snapshot(&[e.transport.stats()]))
+    }
+
+    /// Counters summed over every host, including replaced transports.
+    pub fn total_stats(&self) -> TransportStats {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<&TransportStats> = entries.values().map(|e| e.transport.stats()).collect();
+        all.push(&self.retired);
+        snapshot(&all)
+    }
+
+    fn retire(&self, s: &TransportStats) {
+        self.retired.connections.fetch_add(s.connections(), Ordering::Relaxed);
+        self.retired.execs.fetch_add(s.execs(), Ordering::Relaxed);
+        self.retired.tunnels.fetch_add(s.tunnels(), Ordering::Relaxed);
+    }
+
+    fn ssh_options(&self) -> SshOptions {
+        SshOptions {
+            connect_timeout: self.opts.connect_timeout,
+            exec_timeout: self.opts.exec_timeout,
+            keepalive: self.opts.keepalive,
+            max_channels: self.opts.max_channels,
+            default_identity: self.opts.default_identity.clone(),
+            known_hosts: self.opts.known_hosts.clone(),
+        }
+    }
+}
+
+fn snapshot(all: &[&TransportStats]) -> TransportStats {
+    let out = TransportStats::default();
+    for s in all {
+        out.connections.fetch_add(s.connections(), Ordering::Relaxed);
+        out.execs.fetch_add(s.execs(), Ordering::Relaxed);
+        out.tunnels.fetch_add(s.tunnels(), Ordering::Relaxed);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SshTarget;
+
+    fn host(name: &str, address: Address) -> Host {
+        Host {
+            name: name.into(),
+            labels: Default::default(),
+            address,
+            root: crate::model::DEFAULT_ROOT.into(),
+            capacity: None,
+            reserved: 0,
+        }
+    }
+
+    fn ssh(addr: &str, pins: Vec<String>) -> Address {
+        Address::Ssh(SshTarget {
+            address: addr.into(),
+            port: 22,
+            user: "root".into(),
+            identity: None,
+            host_keys: pins,
+            known_hosts: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn the_same_host_gets_the_same_transport_and_totals_add_up() {
+        let pool = Pool::new(PoolOptions::default());
+        let a = pool.get(&host("a", Address::Local)).unwrap();
+        let b = pool.get(&host("a", Address::Local)).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        a.exec("true", b"").await.unwrap();
+        pool.get(&host("b", Address::Local)).unwrap().exec("true", b"").await.unwrap();
+        assert_eq!(pool.total_stats().execs(), 2);
+        assert_eq!(pool.stats("a").unwrap().execs(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_changed_address_replaces_the_transport_without_losing_counts() {
+        let pool = Pool::new(PoolOptions::default());
+        let a = pool.get(&host("a", Address::Local)).unwrap();
+        a.exec("true", b"").await.unwrap();
+        let pin = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGnst4mKePMqZT/3w8l/8WAIgdmrLutHhTtjJNp63fL6".to_string();
+        let b = pool.get(&host("a", ssh("127.0.0.1", vec![pin]))).unwrap();
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert_eq!(pool.total_stats().execs(), 1);
+        assert_eq!(pool.stats("a").unwrap().execs(), 0);
+    }
+
+    #[test]
+    fn an_ssh_host_without_pins_or_known_hosts_is_refused_up_front() {
+        let pool = Pool::new(PoolOptions::default());
+        let e = pool.get(&host("a", ssh("10.77.0.2", vec![]))).err().unwrap();
+        assert_eq!(e.metric_label(), "host_key");
+        assert!(e.to_string().contains("never trusts on first use"), "{e}");
+    }
+}

@@ -1,0 +1,367 @@
+//! SSH via russh: one kept-open, authenticated connection per host.
+//!
+//! Each exec is one session channel running `sh -c <quoted script>`; stdin is
+//! written then EOF'd while output is read, and the channel is always drained
+//! to its end (an undrained channel stalls the whole connection). Channels per
+//! connection are bounded below OpenSSH's MaxSessions (10). A dropped
+//! connection is reopened once for a fresh exec; a script that may have
+//! started is never re-run.
+
+use super::hostkey::{self, Trust};
+use super::{ExecOutput, Stream, Transport, TransportError, TransportStats};
+use crate::model::SshTarget;
+use async_trait::async_trait;
+use russh::client::{self, Handle, Msg};
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::{Channel, ChannelMsg};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+
+/// How one SSH transport behaves; filled in by the pool.
+#[derive(Debug, Clone)]
+pub struct SshOptions {
+    pub connect_timeout: Duration,
+    /// Limit for one script, from channel open to exit (None: no limit).
+    pub exec_timeout: Option<Duration>,
+    /// Keepalive interval; 3 unanswered keepalives close the connection.
+    pub keepalive: Option<Duration>,
+    /// Concurrent session channels per connection.
+    pub max_channels: usize,
+    /// Key used when the target names none.
+    pub default_identity: Option<PathBuf>,
+    /// known_hosts used when the target pins no key and names no file.
+    pub known_hosts: Option<PathBuf>,
+}
+
+impl Default for SshOptions {
+    fn default() -> Self {
+        SshOptions {
+            connect_timeout: Duration::from_secs(10),
+            exec_timeout: Some(Duration::from_secs(600)),
+            keepalive: Some(Duration::from_secs(15)),
+            max_channels: 8,
+            default_identity: None,
+            known_hosts: None,
+        }
+    }
+}
+
+struct Conn {
+    handle: Handle<Client>,
+    channels: Arc<Semaphore>,
+}
+
+pub struct SshTransport {
+    /// The Host's name, used in every error.
+    name: String,
+    target: SshTarget,
+    trust: Trust,
+    identity: Option<PathBuf>,
+    opts: SshOptions,
+    config: Arc<client::Config>,
+    conn: Mutex<Option<Arc<Conn>>>,
+    stats: TransportStats,
+}
+
+impl std::fmt::Debug for SshTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshTransport")
+            .field("name", &self.name)
+            .field("address", &self.target.address)
+            .field("port", &self.target.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which host keys to trust for `target`: its pins, else its known_hosts,
+/// else the default one. Nothing at all is an error: never trust on first use.
+pub fn trust_for(name: &str, target: &SshTarget, default_known_hosts: Option<&PathBuf>) -> Result<Trust, TransportError> {
+    if !target.host_keys.is_empty() {
+        return Ok(Trust::Pinned(target.host_keys.clone()));
+    }
+    match target.known_hosts.as_ref().or(default_known_hosts) {
+        Some(p) => Ok(Trust::KnownHosts(p.clone())),
+        None => Err(TransportError::HostKey {
+            host: name.to_string(),
+            why: format!(
+                "{}:{} has no pinned host key and no known_hosts file is configured (tend never trusts on first use)",
+                target.address, target.port
+            ),
+        }),
+    }
+}
+
+impl SshTransport {
+    /// Not connected yet: the first exec connects.
+    pub fn new(name: &str, target: SshTarget, opts: SshOptions) -> Result<Self, TransportError> {
+        let trust = trust_for(name, &target, opts.known_hosts.as_ref())?;
+        let identity = target.identity.clone().or_else(|| opts.default_identity.clone());
+        let config = client::Config {
+            keepalive_interval: opts.keepalive,
+            keepalive_max: 3,
+            nodelay: true,
+            ..Default::default()
+        };
+        Ok(SshTransport {
+            name: name.to_string(),
+            target,
+            trust,
+            identity,
+            opts,
+            config: Arc::new(config),
+            conn: Mutex::new(None),
+            stats: TransportStats::default(),
+        })
+    }
+
+    pub fn target(&self) -> &SshTarget {
+        &self.target
+    }
+
+    /// True while a connection is open (for tests and status).
+    pub async fn is_connected(&self) -> bool {
+        self.conn.lock().await.as_ref().is_some_and(|c| !c.handle.is_closed())
+    }
+
+    fn timeout_err(&self, d: Duration) -> TransportError {
+        TransportError::Timeout { host: self.name.clone(), secs: d.as_secs().max(1) }
+    }
+
+    /// The open connection, or a new one (one at a time: callers wait on the lock).
+    async fn connection(&self) -> Result<Arc<Conn>, TransportError> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref() {
+            if !c.handle.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        *guard = None;
+        let t = self.opts.connect_timeout;
+        let conn = tokio::time::timeout(t, self.connect()).await.map_err(|_| self.timeout_err(t))??;
+        let conn = Arc::new(conn);
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Forget `conn` if it is still the current one (it proved dead).
+    async fn invalidate(&self, conn: &Arc<Conn>) {
+        let mut guard = self.conn.lock().await;
+        if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            *guard = None;
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, TransportError> {
+        let host = &self.name;
+        let refusal = Arc::new(StdMutex::new(None));
+        let handler = Client {
+            trust: self.trust.clone(),
+            address: self.target.address.clone(),
+            port: self.target.port,
+            refusal: refusal.clone(),
+        };
+        let addr = (self.target.address.as_str(), self.target.port);
+        let mut handle = match client::connect(self.config.clone(), addr, handler).await {
+            Ok(h) => h,
+            Err(e) => {
+                let refused = refusal.lock().unwrap_or_else(|p| p.into_inner()).take();
+                return Err(match refused {
+                    Some(why) => TransportError::HostKey { host: host.clone(), why },
+                    None => TransportError::Connect {
+                        host: host.clone(),
+                        why: format!("{}:{}: {e}", self.target.address, self.target.port),
+                    },
+                });
+            }
+        };
+        let auth_err = |why: String| TransportError::Auth { host: host.clone(), why };
+        let Some(path) = self.identity.as_ref() else {
+            return Err(auth_err("no identity (private key) configured for the host or as default".into()));
+        };
+        let key = russh::keys::load_secret_key(path, None)
+            .map_err(|e| auth_err(format!("cannot load private key {}: {e}", path.display())))?;
+        let hash = if key.algorithm().is_rsa() {
+            // rsa-sha2-512/256 when the server says so; OpenSSH ≥ 8.8 refuses SHA-1.
+            match handle.best_supported_rsa_hash().await {
+                Ok(Some(h)) => h,
+                _ => Some(HashAlg::Sha256),
+            }
+        } else {
+            None
+        };
+        let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
+        let res = handle
+            .authenticate_publickey(self.target.user.clone(), key)
+            .await
+            .map_err(|e| auth_err(format!("as {}: {e}", self.target.user)))?;
+        if !res.success() {
+            return Err(auth_err(format!(
+                "{}:{} refused key {} for user {}",
+                self.target.address,
+                self.target.port,
+                path.display(),
+                self.target.user
+            )));
+        }
+        Ok(Conn { handle, channels: Arc::new(Semaphore::new(self.opts.max_channels.max(1))) })
+    }
+
+    /// A session channel and its permit; reconnects once when the kept
+    /// connection turns out dead (nothing has run yet, so that is safe).
+    async fn open_session(&self) -> Result<(Arc<Conn>, OwnedSemaphorePermit, Channel<Msg>), TransportError> {
+        let mut last = None;
+        for _attempt in 0..2 {
+            let conn = self.connection().await?;
+            let permit = conn
+                .channels
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| TransportError::Lost { host: self.name.clone(), why: e.to_string() })?;
+            let t = self.opts.connect_timeout;
+            match tokio::time::timeout(t, conn.handle.channel_open_session()).await {
+                Ok(Ok(ch)) => return Ok((conn, permit, ch)),
+                Ok(Err(e)) => {
+                    self.invalidate(&conn).await;
+                    last = Some(TransportError::Lost { host: self.name.clone(), why: format!("opening a channel: {e}") });
+                }
+                Err(_) => {
+                    // A silent peer (link down): do not wait a second time.
+                    self.invalidate(&conn).await;
+                    return Err(self.timeout_err(t));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| TransportError::Lost { host: self.name.clone(), why: "no channel".into() }))
+    }
+
+    async fn run(&self, script: &str, stdin: &[u8]) -> Result<ExecOutput, TransportError> {
+        let command = format!("sh -c {}", crate::shell::quote(script).map_err(|e| self.io(e.to_string()))?);
+        let (conn, _permit, channel) = self.open_session().await?;
+        let lost = |why: String| TransportError::Lost { host: self.name.clone(), why };
+        if let Err(e) = channel.exec(true, command.into_bytes()).await {
+            self.invalidate(&conn).await;
+            return Err(lost(format!("sending the script: {e}")));
+        }
+        let (mut rx, tx) = channel.split();
+        let write = async {
+            // A script that exits without reading stdin closes it: not an error.
+            if !stdin.is_empty() {
+                let _ = tx.data(stdin).await;
+            }
+            let _ = tx.eof().await;
+        };
+        let read = async {
+            let mut out = ExecOutput::default();
+            let mut ended = false;
+            let mut refused = false;
+            while let Some(msg) = rx.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                    ChannelMsg::ExtendedData { data, ext: 1 } => out.stderr.extend_from_slice(&data),
+                    ChannelMsg::ExitStatus { exit_status } => {
+                        out.status = Some(exit_status);
+                        ended = true;
+                    }
+                    ChannelMsg::ExitSignal { .. } => ended = true,
+                    ChannelMsg::Failure => refused = true,
+                    _ => {}
+                }
+            }
+            (out, ended, refused)
+        };
+        let ((), (out, ended, refused)) = tokio::join!(write, read);
+        if refused {
+            return Err(TransportError::Io { host: self.name.clone(), why: "the server refused to run the command".into() });
+        }
+        if !ended {
+            if conn.handle.is_closed() {
+                self.invalidate(&conn).await;
+            }
+            return Err(lost("the channel ended without an exit status (the script may have run)".into()));
+        }
+        Ok(out)
+    }
+
+    fn io(&self, why: String) -> TransportError {
+        TransportError::Io { host: self.name.clone(), why }
+    }
+}
+
+#[async_trait]
+impl Transport for SshTransport {
+    async fn exec(&self, script: &str, stdin: &[u8]) -> Result<ExecOutput, TransportError> {
+        self.stats.execs.fetch_add(1, Ordering::Relaxed);
+        match self.opts.exec_timeout {
+            None => self.run(script, stdin).await,
+            Some(t) => tokio::time::timeout(t, self.run(script, stdin)).await.map_err(|_| self.timeout_err(t))?,
+        }
+    }
+
+    async fn connect_tcp(&self, port: u16) -> Result<Box<dyn Stream>, TransportError> {
+        let mut last = None;
+        for _attempt in 0..2 {
+            let conn = self.connection().await?;
+            let t = self.opts.connect_timeout;
+            let open = conn.handle.channel_open_direct_tcpip("127.0.0.1", u32::from(port), "127.0.0.1", 0);
+            match tokio::time::timeout(t, open).await {
+                Ok(Ok(ch)) => {
+                    self.stats.tunnels.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Box::new(ch.into_stream()));
+                }
+                Ok(Err(russh::Error::ChannelOpenFailure(f))) => {
+                    return Err(TransportError::Connect {
+                        host: self.name.clone(),
+                        why: format!("127.0.0.1:{port} on the host: {f:?}"),
+                    })
+                }
+                Ok(Err(e)) => {
+                    self.invalidate(&conn).await;
+                    last = Some(TransportError::Lost { host: self.name.clone(), why: format!("opening a tunnel: {e}") });
+                }
+                Err(_) => {
+                    self.invalidate(&conn).await;
+                    return Err(self.timeout_err(t));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| TransportError::Lost { host: self.name.clone(), why: "no tunnel".into() }))
+    }
+
+    fn stats(&self) -> &TransportStats {
+        &self.stats
+    }
+}
+
+/// russh callbacks: only the host key check matters.
+struct Client {
+    trust: Trust,
+    address: String,
+    port: u16,
+    /// Why the key was refused, for the error russh cannot carry.
+    refusal: Arc<StdMutex<Option<String>>>,
+}
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, offered: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let verdict = match offered {
+            PublicKeyOrCertificate::PublicKey { key, .. } => hostkey::verify(&self.trust, &self.address, self.port, key),
+            PublicKeyOrCertificate::Certificate(_) => {
+                Err(format!("{}:{} offered a host certificate; tend accepts only plain host keys", self.address, self.port))
+            }
+        };
+        match verdict {
+            Ok(()) => Ok(true),
+            Err(why) => {
+                *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                Ok(false)
+            }
+        }
+    }
+}

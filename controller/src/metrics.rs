@@ -179,6 +179,12 @@ impl Metrics {
         out
     }
 
+    /// Prometheus text format 0.0.4, for scrapers (and promtool) that do not
+    /// ask for OpenMetrics: counter families are named with their `_total`.
+    pub fn encode_prometheus(&self) -> String {
+        to_prometheus_text(&self.encode())
+    }
+
     /// Replace every per-host and per-service series with these samples, so
     /// services and hosts that left Git leave the metrics too.
     pub fn set_fleet(&self, hosts: &[HostSample], services: &[ServiceSample]) {
@@ -278,6 +284,38 @@ impl Metrics {
             start: Instant::now(),
         }
     }
+}
+
+/// OpenMetrics text → Prometheus text 0.0.4 (the two differ in counter
+/// family names, `# UNIT` and `# EOF`).
+pub fn to_prometheus_text(open: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open.len());
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "].into_iter().find(|p| line.starts_with(p));
+        if let Some(prefix) = meta {
+            let rest = &line[prefix.len()..];
+            let name = rest.split(' ').next().unwrap_or("");
+            if counters.contains(name) {
+                out.push_str(prefix);
+                out.push_str(name);
+                out.push_str("_total");
+                out.push_str(&rest[name.len()..]);
+                out.push('\n');
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 fn clamp(v: u64) -> i64 {
@@ -445,13 +483,13 @@ mod tests {
         let m = sample();
         m.set_fleet(&[], &[]);
         let text = m.encode();
-        assert!(!text.contains("ai-service-1\",") || text.contains("tend_rollbacks_total"), "{text}");
+        assert!(!text.contains("tend_service_drift{"), "{text}");
         assert!(!text.contains("tend_service_in_sync{"), "{text}");
     }
 
     #[test]
     fn a_real_scrape_passes_promtool() {
-        let text = sample().encode();
+        let text = sample().encode_prometheus();
         let Ok(mut child) = std::process::Command::new("promtool")
             .args(["check", "metrics"])
             .stdin(std::process::Stdio::piped())

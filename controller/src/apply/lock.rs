@@ -180,12 +180,13 @@ pub struct Claim {
 }
 
 impl Claim {
-    pub fn take(host: &str) -> Result<Claim, LockError> {
+    /// Claim `host`, known by `key` (its address and root).
+    pub fn take(host: &str, key: &str) -> Result<Claim, LockError> {
         let mut r = registry().lock().unwrap_or_else(|p| p.into_inner());
-        if !r.insert(host.to_string()) {
+        if !r.insert(key.to_string()) {
             return Err(LockError::Busy { host: host.into() });
         }
-        Ok(Claim { key: host.to_string() })
+        Ok(Claim { key: key.to_string() })
     }
 }
 

@@ -1,1 +1,515 @@
-//! (being written)
+//! Converge hosts to the desired state: lock, observe, plan, execute.
+//!
+//! Hosts run in parallel (bounded); on one host actions run one at a time in
+//! plan order; across the fleet an action waits until everything in its
+//! `after` converged (health-gated) — an action whose dependency failed is
+//! skipped. Every script is safe to run again and the record is written
+//! last, so a controller killed at any point leaves hosts the next run
+//! converges from.
+
+mod exec;
+pub mod lock;
+pub mod output;
+
+use crate::model::{Desired, Observation};
+use crate::observe::Transports;
+use crate::plan::{Action, ActionKind, Plan, Status};
+use crate::transport::Transport;
+use lock::{Claim, HostLock, LockError, Owner};
+use output::Redactor;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Semaphore};
+
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Hosts to converge (names in the manifests); None: all.
+    pub hosts: Option<Vec<String>>,
+    /// Remove services tend installed that are no longer in Git.
+    pub prune: bool,
+    /// Prune even past `max_prune_share`.
+    pub force_prune: bool,
+    /// Largest share of a host's recorded services one run may prune.
+    pub max_prune_share: f64,
+    /// Hosts acted on at once.
+    pub parallelism: usize,
+    /// Git revision being applied (written to the records).
+    pub revision: Option<String>,
+    /// This controller's name in lock owners (default: the hostname).
+    pub controller: Option<String>,
+    /// How long a host lock lasts without being renewed by a script.
+    pub lease: Duration,
+    /// How long a script waits for another's `flock` to go.
+    pub lock_wait: Duration,
+    pub observe_timeout: Duration,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            hosts: None,
+            prune: false,
+            force_prune: false,
+            max_prune_share: 0.5,
+            parallelism: 8,
+            revision: None,
+            controller: None,
+            lease: Duration::from_secs(900),
+            lock_wait: Duration::from_secs(30),
+            observe_timeout: crate::observe::DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "outcome", content = "message")]
+pub enum ActionOutcome {
+    Succeeded,
+    Failed(String),
+    /// The new release failed its health gate; the previous one runs again.
+    RolledBack(String),
+    Skipped(String),
+}
+
+impl ActionOutcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ActionOutcome::Succeeded => "succeeded",
+            ActionOutcome::Failed(_) => "failed",
+            ActionOutcome::RolledBack(_) => "rolled_back",
+            ActionOutcome::Skipped(_) => "skipped",
+        }
+    }
+    pub fn message(&self) -> Option<&str> {
+        match self {
+            ActionOutcome::Succeeded => None,
+            ActionOutcome::Failed(m) | ActionOutcome::RolledBack(m) | ActionOutcome::Skipped(m) => {
+                Some(m)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionReport {
+    #[serde(flatten)]
+    pub action: Action,
+    #[serde(flatten)]
+    pub outcome: ActionOutcome,
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    /// Last lines of the scripts' output, secrets redacted.
+    pub output: Vec<String>,
+    /// The kernel OOM-killed the service during this action.
+    pub oom_killed: bool,
+    /// Release directory the action installed or switched to.
+    pub release: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyReport {
+    pub plan: Plan,
+    pub actions: Vec<ActionReport>,
+    /// Hosts that could not be locked, with who holds them.
+    pub locked: BTreeMap<String, String>,
+    /// Whether pruning was on (prunes skipped while it is off are no failure).
+    pub pruning: bool,
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+}
+
+impl ApplyReport {
+    /// Every action succeeded and every selected host was reached and locked.
+    pub fn converged(&self) -> bool {
+        self.locked.is_empty()
+            && self.plan.unreachable.is_empty()
+            && self.actions.iter().all(|a| {
+                a.outcome == ActionOutcome::Succeeded
+                    || (!self.pruning
+                        && a.action.kind == ActionKind::Prune
+                        && matches!(a.outcome, ActionOutcome::Skipped(_)))
+            })
+    }
+    pub fn count(&self, kind: &str) -> usize {
+        self.actions.iter().filter(|a| a.outcome.as_str() == kind).count()
+    }
+}
+
+/// Progress, as it happens.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum Event {
+    HostLocked { host: String },
+    HostLockFailed { host: String, why: String },
+    HostObserved { host: String, reachable: bool },
+    Planned { actions: usize },
+    ActionStarted { host: String, service: String, kind: ActionKind },
+    /// A step inside an action: `running` (script done), `health`, `rolling_back`.
+    ActionStep { host: String, service: String, kind: ActionKind, step: String },
+    ActionFinished {
+        host: String,
+        service: String,
+        kind: ActionKind,
+        outcome: ActionOutcome,
+        #[serde(with = "humantime_serde")]
+        duration: Duration,
+    },
+    HostReleased { host: String },
+}
+
+pub type EventSender = tokio::sync::mpsc::UnboundedSender<Event>;
+
+#[derive(Clone)]
+pub(crate) struct Emit(Option<EventSender>);
+
+impl Emit {
+    pub(crate) fn send(&self, e: Event) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(e);
+        }
+    }
+}
+
+/// Observe and plan without locking or changing anything (`--dry-run`, the
+/// confirmation prompt).
+pub async fn preview(desired: &Desired, transports: &dyn Transports, opts: &ApplyOptions) -> Plan {
+    let selected = selected_hosts(desired, opts);
+    let observed = crate::observe::observe_all_with(
+        transports,
+        desired,
+        &observe_set(desired, &selected),
+        opts.observe_timeout,
+        crate::observe::DEFAULT_CONCURRENCY,
+    )
+    .await;
+    restrict(crate::plan::plan(desired, &observed), &selected)
+}
+
+fn selected_hosts(desired: &Desired, opts: &ApplyOptions) -> BTreeSet<String> {
+    match &opts.hosts {
+        Some(h) => h.iter().filter(|n| desired.hosts.contains_key(*n)).cloned().collect(),
+        None => desired.hosts.keys().cloned().collect(),
+    }
+}
+
+/// The selected hosts and those their services depend on (observed only, so
+/// a dependency's health is known).
+fn observe_set(desired: &Desired, selected: &BTreeSet<String>) -> Vec<String> {
+    let mut set = selected.clone();
+    for s in desired.services.values().filter(|s| selected.contains(&s.host)) {
+        for d in &s.depends_on {
+            if let Some(dep) = desired.services.get(d) {
+                set.insert(dep.host.clone());
+            }
+        }
+    }
+    set.into_iter().collect()
+}
+
+/// Only the selected hosts' actions; the other hosts' services stay in the
+/// plan (they decide whether a dependency is in sync).
+fn restrict(mut plan: Plan, selected: &BTreeSet<String>) -> Plan {
+    plan.actions.retain(|a| selected.contains(&a.host));
+    plan.unreachable.retain(|h, _| selected.contains(h));
+    plan
+}
+
+/// What makes a host the same host: where it is and tend's root there.
+fn claim_key(h: &crate::model::Host) -> String {
+    match &h.address {
+        crate::model::Address::Local => format!("local:{}", h.root),
+        crate::model::Address::Ssh(t) => format!("{}@{}:{}:{}", t.user, t.address, t.port, h.root),
+    }
+}
+
+struct HostRun {
+    lock: HostLock,
+    t: Arc<dyn Transport>,
+    _claim: Claim,
+}
+
+/// Converge the selected hosts. Takes a [`Desired`], which only exists when
+/// the manifests loaded: nothing is ever pruned on a failed load.
+pub async fn converge(
+    desired: &Desired,
+    transports: &dyn Transports,
+    opts: &ApplyOptions,
+    events: Option<EventSender>,
+) -> ApplyReport {
+    let started = Instant::now();
+    let emit = Emit(events);
+    let selected = selected_hosts(desired, opts);
+    let owner = Owner::me(opts.controller.as_deref());
+
+    // 1. Lock every selected host (in parallel).
+    let mut locked: BTreeMap<String, String> = BTreeMap::new();
+    let mut unreachable: BTreeMap<String, String> = BTreeMap::new();
+    let mut runs: BTreeMap<String, HostRun> = BTreeMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for name in &selected {
+        let Some(host) = desired.hosts.get(name) else { continue };
+        let claim = match Claim::take(name, &claim_key(host)) {
+            Ok(c) => c,
+            Err(e) => {
+                emit.send(Event::HostLockFailed { host: name.clone(), why: e.to_string() });
+                locked.insert(name.clone(), e.to_string());
+                continue;
+            }
+        };
+        let t = match transports.transport(host) {
+            Ok(t) => t,
+            Err(e) => {
+                unreachable.insert(name.clone(), e.to_string());
+                continue;
+            }
+        };
+        let (name, root, owner) = (name.clone(), host.root.clone(), owner.clone());
+        let (lease, wait) = (opts.lease, opts.lock_wait);
+        tasks.spawn(async move {
+            let r = HostLock::acquire(t.as_ref(), &name, &root, &owner, lease, wait).await;
+            (name, t, claim, r)
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let Ok((name, t, claim, r)) = done else { continue };
+        match r {
+            Ok(lock) => {
+                emit.send(Event::HostLocked { host: name.clone() });
+                runs.insert(name, HostRun { lock, t, _claim: claim });
+            }
+            Err(LockError::Transport(e)) => {
+                emit.send(Event::HostLockFailed { host: name.clone(), why: e.to_string() });
+                unreachable.insert(name, e.to_string());
+            }
+            Err(e) => {
+                emit.send(Event::HostLockFailed { host: name.clone(), why: e.to_string() });
+                locked.insert(name, e.to_string());
+            }
+        }
+    }
+
+    // 2. Observe under the lock (and the hosts of dependencies, read only).
+    let mut to_observe: Vec<String> = observe_set(desired, &selected)
+        .into_iter()
+        .filter(|h| !locked.contains_key(h) && !unreachable.contains_key(h))
+        .collect();
+    to_observe.sort();
+    let mut observed = crate::observe::observe_all_with(
+        transports,
+        desired,
+        &to_observe,
+        opts.observe_timeout,
+        crate::observe::DEFAULT_CONCURRENCY,
+    )
+    .await;
+    for (h, o) in &observed {
+        emit.send(Event::HostObserved {
+            host: h.clone(),
+            reachable: matches!(o, Observation::Reachable(_)),
+        });
+    }
+    for (h, why) in unreachable.iter().chain(locked.iter()) {
+        observed.insert(h.clone(), Observation::Unreachable { reason: why.clone() });
+    }
+
+    // 3. Plan; act only where we hold the lock.
+    let mut plan = restrict(crate::plan::plan(desired, &observed), &selected);
+    for h in locked.keys() {
+        plan.unreachable.remove(h);
+    }
+    emit.send(Event::Planned { actions: plan.actions.len() });
+
+    let ctx = Arc::new(exec::Ctx {
+        desired: desired.clone(),
+        observed,
+        opts: opts.clone(),
+        redactor: Redactor::for_desired(desired),
+        emit: emit.clone(),
+    });
+    let prune_refusals = prune_guard(&plan, &ctx);
+    let actions = schedule(&plan, runs.clone_handles(), ctx.clone(), prune_refusals).await;
+
+    // 4. Give the locks back.
+    let mut releases = tokio::task::JoinSet::new();
+    for (name, run) in runs {
+        releases.spawn(async move {
+            if let Err(e) = run.lock.release(run.t.as_ref()).await {
+                tracing::warn!(host = %name, "cannot release the lock: {e}");
+            }
+            drop(run._claim);
+            name
+        });
+    }
+    while let Some(done) = releases.join_next().await {
+        if let Ok(host) = done {
+            emit.send(Event::HostReleased { host });
+        }
+    }
+
+    ApplyReport { plan, actions, locked, pruning: opts.prune, duration: started.elapsed() }
+}
+
+trait CloneHandles {
+    fn clone_handles(&self) -> HashMap<String, (HostLock, Arc<dyn Transport>)>;
+}
+
+impl CloneHandles for BTreeMap<String, HostRun> {
+    fn clone_handles(&self) -> HashMap<String, (HostLock, Arc<dyn Transport>)> {
+        self.iter().map(|(k, v)| (k.clone(), (v.lock.clone(), v.t.clone()))).collect()
+    }
+}
+
+/// Prune actions refused, with why: off, or past the share of a host.
+fn prune_guard(plan: &Plan, ctx: &exec::Ctx) -> HashMap<(String, String), String> {
+    let mut out = HashMap::new();
+    let mut by_host: BTreeMap<&str, Vec<&Action>> = BTreeMap::new();
+    for a in plan.actions.iter().filter(|a| a.kind == ActionKind::Prune) {
+        by_host.entry(a.host.as_str()).or_default().push(a);
+    }
+    for (host, prunes) in by_host {
+        let why = if !ctx.opts.prune {
+            Some("pruning is off (use --prune)".to_string())
+        } else {
+            let total = match ctx.observed.get(host) {
+                Some(Observation::Reachable(st)) => st.services.len(),
+                _ => 0,
+            };
+            let allowed = (ctx.opts.max_prune_share * total as f64).floor() as usize;
+            if prunes.len() > allowed && !ctx.opts.force_prune {
+                Some(format!(
+                    "would remove {} of the {total} services tend installed on {host} (more than {:.0} %); use --force-prune",
+                    prunes.len(),
+                    ctx.opts.max_prune_share * 100.0
+                ))
+            } else {
+                None
+            }
+        };
+        if let Some(why) = why {
+            for a in prunes {
+                out.insert((a.host.clone(), a.service.clone()), why.clone());
+            }
+        }
+    }
+    out
+}
+
+/// What became of an action, for those waiting on it.
+type Done = HashMap<String, bool>;
+
+async fn schedule(
+    plan: &Plan,
+    runs: HashMap<String, (HostLock, Arc<dyn Transport>)>,
+    ctx: Arc<exec::Ctx>,
+    prune_refusals: HashMap<(String, String), String>,
+) -> Vec<ActionReport> {
+    let (done_tx, done_rx) = watch::channel::<Done>(HashMap::new());
+    let done_tx = Arc::new(done_tx);
+    let limit = Arc::new(Semaphore::new(ctx.opts.parallelism.max(1)));
+    // Position of each service's action in plan order.
+    let index: HashMap<String, usize> =
+        plan.actions.iter().enumerate().map(|(i, a)| (a.service.clone(), i)).collect();
+    let status: HashMap<String, Status> =
+        plan.services.iter().map(|s| (s.service.clone(), s.status)).collect();
+    let index = Arc::new(index);
+    let status = Arc::new(status);
+
+    let mut per_host: BTreeMap<String, Vec<(usize, Action)>> = BTreeMap::new();
+    for (i, a) in plan.actions.iter().enumerate() {
+        per_host.entry(a.host.clone()).or_default().push((i, a.clone()));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (host, actions) in per_host {
+        let handle = runs.get(&host).cloned();
+        let (ctx, done_tx, mut done_rx) = (ctx.clone(), done_tx.clone(), done_rx.clone());
+        let (limit, index, status) = (limit.clone(), index.clone(), status.clone());
+        let refusals: HashMap<String, String> = prune_refusals
+            .iter()
+            .filter(|((h, _), _)| *h == host)
+            .map(|((_, s), w)| (s.clone(), w.clone()))
+            .collect();
+        tasks.spawn(async move {
+            let mut reports = Vec::new();
+            for (i, a) in actions {
+                let t0 = Instant::now();
+                let skip = |why: String| ActionReport {
+                    action: a.clone(),
+                    outcome: ActionOutcome::Skipped(why),
+                    duration: t0.elapsed(),
+                    output: Vec::new(),
+                    oom_killed: false,
+                    release: None,
+                };
+                let report = if let Some(why) = refusals.get(&a.service) {
+                    skip(why.clone())
+                } else if let Some((lock, t)) = &handle {
+                    match wait_for_deps(&a, i, &index, &status, &mut done_rx).await {
+                        Err(why) => skip(why),
+                        Ok(()) => {
+                            let _permit = limit.acquire().await;
+                            exec::run_action(&ctx, lock, t.as_ref(), &a).await
+                        }
+                    }
+                } else {
+                    skip(format!("host {} is not locked", a.host))
+                };
+                ctx.emit.send(Event::ActionFinished {
+                    host: a.host.clone(),
+                    service: a.service.clone(),
+                    kind: a.kind,
+                    outcome: report.outcome.clone(),
+                    duration: report.duration,
+                });
+                let ok = report.outcome == ActionOutcome::Succeeded;
+                done_tx.send_modify(|d| {
+                    d.insert(a.service.clone(), ok);
+                });
+                reports.push((i, report));
+            }
+            reports
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(reports) => all.extend(reports),
+            Err(e) => tracing::error!("apply task failed: {e}"),
+        }
+    }
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Wait until every dependency of `a` converged; Err(why) when one did not.
+async fn wait_for_deps(
+    a: &Action,
+    i: usize,
+    index: &HashMap<String, usize>,
+    status: &HashMap<String, Status>,
+    done: &mut watch::Receiver<Done>,
+) -> Result<(), String> {
+    for dep in &a.after {
+        match index.get(dep) {
+            Some(&j) if j < i => {
+                let seen = done
+                    .wait_for(|d| d.contains_key(dep))
+                    .await
+                    .map_err(|_| format!("dependency {dep}: its result never came"))?;
+                if seen.get(dep) != Some(&true) {
+                    return Err(format!("dependency {dep} did not converge"));
+                }
+            }
+            Some(_) => return Err(format!("dependency {dep} is planned after it")),
+            None => match status.get(dep) {
+                Some(Status::InSync) | Some(Status::Suspended) | None => {}
+                Some(Status::Drifted) => return Err(format!("dependency {dep} is drifted")),
+                Some(Status::Unknown) => {
+                    return Err(format!("dependency {dep} is on a host that was not observed"))
+                }
+            },
+        }
+    }
+    Ok(())
+}

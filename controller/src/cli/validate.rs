@@ -45,7 +45,10 @@ fn rows(d: &Desired) -> Vec<HostRow> {
         .values()
         .map(|h| {
             let services: Vec<_> = d.services_on(&h.name).collect();
-            let mut ports: Vec<u16> = services.iter().flat_map(|s| s.ports.iter().copied()).collect();
+            let mut ports: Vec<u16> = services
+                .iter()
+                .flat_map(|s| s.ports.iter().copied())
+                .collect();
             ports.sort_unstable();
             let committed = services.iter().filter_map(|s| s.memory).sum();
             let budget = h.capacity.map(|c| c.saturating_sub(h.reserved));
@@ -68,7 +71,13 @@ fn rows(d: &Desired) -> Vec<HostRow> {
 }
 
 fn table(rows: &[HostRow]) -> String {
-    let header = ["HOST", "SERVICES", "PORTS", "MEMORY (committed / capacity − reserved)", "FREE"];
+    let header = [
+        "HOST",
+        "SERVICES",
+        "PORTS",
+        "MEMORY (committed / capacity − reserved)",
+        "FREE",
+    ];
     let mut lines: Vec<[String; 5]> = vec![header.map(String::from)];
     for r in rows {
         let ports: Vec<String> = r.ports.iter().map(u16::to_string).collect();
@@ -79,13 +88,23 @@ fn table(rows: &[HostRow]) -> String {
         lines.push([
             r.name.clone(),
             r.services.len().to_string(),
-            if ports.is_empty() { "-".into() } else { ports.join(",") },
+            if ports.is_empty() {
+                "-".into()
+            } else {
+                ports.join(",")
+            },
             memory,
             r.free.map(format_bytes).unwrap_or_else(|| "-".into()),
         ]);
     }
     let widths: Vec<usize> = (0..5)
-        .map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0))
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for l in &lines {
@@ -98,6 +117,10 @@ fn table(rows: &[HostRow]) -> String {
         out.push('\n');
     }
     out
+}
+
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 pub fn run(a: ValidateArgs) -> anyhow::Result<ExitCode> {
@@ -116,15 +139,31 @@ pub fn run(a: ValidateArgs) -> anyhow::Result<ExitCode> {
                 };
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                for w in &loaded.warnings {
+                // Secrets are absent where validate usually runs (a pull
+                // request): one line for them, every other warning in full.
+                let (placeholders, others): (Vec<_>, Vec<_>) = loaded
+                    .warnings
+                    .iter()
+                    .partition(|w| w.message.ends_with(manifest::PLACEHOLDER_NOTE));
+                for w in others {
                     eprintln!("warning: {w}");
+                }
+                if !placeholders.is_empty() {
+                    eprintln!(
+                        "note: {} secret value{} not available here, checked with placeholders",
+                        placeholders.len(),
+                        if placeholders.len() == 1 {
+                            " is"
+                        } else {
+                            "s are"
+                        }
+                    );
                 }
                 print!("{}", table(&hosts));
                 println!(
-                    "valid: {} services on {} hosts in {} files",
-                    loaded.desired.services.len(),
-                    loaded.desired.hosts.len(),
-                    loaded.files
+                    "valid: {} in {}",
+                    count(loaded.desired.services.len(), "service"),
+                    count(loaded.files, "file")
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -143,8 +182,7 @@ pub fn run(a: ValidateArgs) -> anyhow::Result<ExitCode> {
                 for d in &diags.0 {
                     println!("{d}");
                 }
-                let n = diags.0.len();
-                eprintln!("invalid: {n} problem{}", if n == 1 { "" } else { "s" });
+                eprintln!("invalid: {}", count(diags.0.len(), "problem"));
             }
             Ok(ExitCode::from(1))
         }

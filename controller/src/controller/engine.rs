@@ -1,11 +1,17 @@
-//! The seam between the loop and the stages that touch hosts: `observe` and
-//! `apply`. The loop only sees [`Engine::observe`] and [`Engine::apply`].
+//! The seam between the loop and the stages that touch hosts: `observe`
+//! (one probe per host, read-only, no lock) and `apply::converge` (lock,
+//! observe again under the lock, plan, act) — called only when the plan has
+//! actions, so a no-op tick costs one round trip per host.
 
+use crate::apply::{self, ApplyOptions};
 use crate::config::Config;
 use crate::model::{Desired, Host, Observation};
+use crate::observe;
 use crate::plan::{ActionKind, Plan};
+use crate::transport::pool::{Pool, PoolOptions};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// How one action ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -36,47 +42,104 @@ pub struct ActionOutcome {
     pub result: ActionResult,
     /// One line for people (why it failed or was skipped).
     pub message: Option<String>,
-    /// What the host printed (the caller keeps the tail).
+    /// What the host printed, secrets redacted (the caller keeps the tail).
     pub output: String,
 }
 
-/// Observes and converges hosts.
+/// What one converge did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub outcomes: Vec<ActionOutcome>,
+    /// Hosts locked by another controller or unreachable, as sentences.
+    pub problems: Vec<String>,
+}
+
+/// Observes and converges hosts; keeps one transport per host across ticks.
 pub struct Engine {
-    _config: Config,
+    pool: Arc<Pool>,
+    opts: ApplyOptions,
 }
 
 impl Engine {
     pub fn new(config: &Config) -> Engine {
-        Engine { _config: config.clone() }
+        let pool = Pool::new(PoolOptions {
+            default_identity: config.ssh.identity.clone(),
+            known_hosts: config.ssh.known_hosts.clone(),
+            ..PoolOptions::default()
+        });
+        let opts = ApplyOptions {
+            hosts: None,
+            prune: config.prune.enabled,
+            force_prune: config.prune.force,
+            max_prune_share: config.prune.max_share,
+            parallelism: config.concurrency,
+            revision: None,
+            controller: Some(config.ident.clone()),
+            observe_timeout: config.host_timeout,
+            ..ApplyOptions::default()
+        };
+        Engine { pool: Arc::new(pool), opts }
+    }
+
+    /// Forget transports of hosts that left Git.
+    pub fn retain_hosts(&self, desired: &Desired) {
+        self.pool.retain(|h| desired.hosts.contains_key(h));
     }
 
     /// One probe of one host. The caller bounds it with the host timeout.
     pub async fn observe(&self, host: &Host, desired: &Desired) -> Observation {
-        // SEAM(observe): replace with tend::observe once it exists.
-        let _ = (host, desired);
-        Observation::Unreachable { reason: "observe is not built yet".into() }
+        let t = match self.pool.get(host) {
+            Ok(t) => t,
+            Err(e) => return Observation::Unreachable { reason: e.to_string() },
+        };
+        let opts = observe::options_for(desired, &host.name);
+        observe::observe_host_with(t.as_ref(), host, &opts).await
     }
 
-    /// Run the plan's actions; one outcome per action, in the plan's order.
-    pub async fn apply(
-        &self,
-        plan: &Plan,
-        desired: &Desired,
-        observed: &BTreeMap<String, Observation>,
-        revision: &str,
-    ) -> Vec<ActionOutcome> {
-        // SEAM(apply): replace with tend::apply once it exists.
-        let _ = (desired, observed, revision);
-        plan.actions
+    /// Converge the hosts that have actions in `plan`. `apply` locks each host,
+    /// observes it again under the lock and plans from that, so what runs is
+    /// what the host needs now, not what it needed a moment ago.
+    pub async fn apply(&self, plan: &Plan, desired: &Desired, revision: &str) -> Applied {
+        let hosts: BTreeSet<String> = plan.actions.iter().map(|a| a.host.clone()).collect();
+        let opts = ApplyOptions {
+            hosts: Some(hosts.into_iter().collect()),
+            revision: Some(revision.to_string()),
+            ..self.opts.clone()
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let log = tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                match serde_json::to_string(&ev) {
+                    Ok(line) => tracing::info!(target: "tend::apply", "{line}"),
+                    Err(_) => tracing::info!(target: "tend::apply", "{ev:?}"),
+                }
+            }
+        });
+        let report = apply::converge(desired, self.pool.as_ref(), &opts, Some(tx)).await;
+        let _ = log.await;
+        let mut problems: Vec<String> =
+            report.locked.iter().map(|(h, who)| format!("{h}: not converged, locked: {who}")).collect();
+        problems.extend(report.plan.unreachable.iter().map(|(h, why)| format!("{h}: {why}")));
+        let outcomes = report
+            .actions
             .iter()
-            .map(|a| ActionOutcome {
-                kind: a.kind,
-                host: a.host.clone(),
-                service: a.service.clone(),
-                result: ActionResult::Skipped,
-                message: Some("apply is not built yet".into()),
-                output: String::new(),
+            .map(|a| {
+                let result = match &a.outcome {
+                    apply::ActionOutcome::Succeeded => ActionResult::Success,
+                    apply::ActionOutcome::Failed(_) => ActionResult::Failure,
+                    apply::ActionOutcome::RolledBack(_) => ActionResult::RolledBack,
+                    apply::ActionOutcome::Skipped(_) => ActionResult::Skipped,
+                };
+                ActionOutcome {
+                    kind: a.action.kind,
+                    host: a.action.host.clone(),
+                    service: a.action.service.clone(),
+                    result,
+                    message: a.outcome.message().map(str::to_string),
+                    output: a.output.join("\n"),
+                }
             })
-            .collect()
+            .collect();
+        Applied { outcomes, problems }
     }
 }

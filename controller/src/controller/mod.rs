@@ -50,9 +50,7 @@ impl ControllerError {
 #[derive(Debug, Clone)]
 struct Good {
     revision: String,
-    subject: String,
     desired: Arc<Desired>,
-    warnings: Vec<String>,
 }
 
 /// Exponential backoff of one unreachable host.
@@ -219,7 +217,7 @@ pub fn make_source(config: &Config) -> Result<Source, ControllerError> {
                 config.git.allow_rewrites,
             ))
         }
-        SourceSpec::Dir { root } => Source::Dir(source::dir::DirSource::new(&root)),
+        SourceSpec::Dir { root } => Source::Dir(source::dir::DirSource::new(&root, &config.path)),
     })
 }
 
@@ -266,6 +264,69 @@ pub async fn run(
         s.abort();
     }
     watcher.abort();
+}
+
+/// A controller running in this process: the loop and its HTTP server.
+pub struct Running {
+    pub ctx: Arc<Context>,
+    /// Where the server listens (the real port when `listen` asked for 0).
+    pub addr: std::net::SocketAddr,
+    stop: watch::Sender<bool>,
+    loop_task: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Ask it to stop (the running reconcile finishes first).
+    pub fn request_stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// A handle that asks for a stop (signal handlers).
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+
+    /// Stop and wait for the loop and the server to end.
+    pub async fn stop(self) {
+        self.request_stop();
+        self.wait().await;
+    }
+
+    /// Wait until stopped (by [`Running::request_stop`] or a stopper).
+    pub async fn wait(self) {
+        if let Err(e) = self.loop_task.await {
+            tracing::error!("controller loop: {e}");
+        }
+        let _ = self.stop.send(true);
+        match self.server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("server: {e}"),
+            Err(e) => tracing::error!("server task: {e}"),
+        }
+    }
+}
+
+/// Start the controller described by `config`: bind, serve, loop.
+pub async fn spawn(config: Config) -> Result<Running, ControllerError> {
+    let addr = config
+        .listen_addr()
+        .map_err(|why| ControllerError::Listen { addr: config.listen.clone(), why })?;
+    let source = make_source(&config)?;
+    let ctx = Context::new(config, &source)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ControllerError::Listen { addr: addr.to_string(), why: e.to_string() })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ControllerError::Listen { addr: addr.to_string(), why: e.to_string() })?;
+    let (stop, stop_rx) = watch::channel(false);
+    let wait_stop = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let server = tokio::spawn(crate::server::serve(ctx.clone(), listener, wait_stop(stop_rx.clone())));
+    let loop_task = tokio::spawn(run(ctx.clone(), source, wait_stop(stop_rx)));
+    Ok(Running { ctx, addr, stop, loop_task, server })
 }
 
 struct Worker {
@@ -320,6 +381,7 @@ impl Worker {
         };
 
         let desired = shard(&good.desired, &ctx.config.selector);
+        self.engine.retain_hosts(&desired);
         let hosts: Vec<Host> = desired.hosts.values().cloned().collect();
         let mut observed = {
             let _t = ctx.metrics.phase_timer("observe");
@@ -334,7 +396,9 @@ impl Worker {
         if !the_plan.actions.is_empty() {
             {
                 let _t = ctx.metrics.phase_timer("apply");
-                outcomes = self.engine.apply(&the_plan, &desired, &observed, &good.revision).await;
+                let applied = self.engine.apply(&the_plan, &desired, &good.revision).await;
+                outcomes = applied.outcomes;
+                problems.extend(applied.problems);
             }
             self.record_outcomes(q.id, &outcomes);
             // Show the state the actions left, not the one they repaired.
@@ -419,12 +483,7 @@ impl Worker {
             Ok(l) => {
                 tracing::info!(revision = %snap.revision, "manifests valid");
                 let warnings: Vec<String> = l.warnings.iter().map(|w| w.to_string()).collect();
-                s.good = Some(Good {
-                    revision: snap.revision.clone(),
-                    subject: snap.subject.clone(),
-                    desired: Arc::new(l.desired),
-                    warnings: warnings.clone(),
-                });
+                s.good = Some(Good { revision: snap.revision.clone(), desired: Arc::new(l.desired) });
                 s.source.revision = Some(snap.revision.clone());
                 s.source.subject = Some(snap.subject);
                 s.source.manifests_valid = true;

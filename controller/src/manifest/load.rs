@@ -31,7 +31,11 @@ struct SliceTree<'a>(&'a [TreeFile]);
 
 impl Tree for SliceTree<'_> {
     fn manifests(&self, dir: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
-        let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
         let mut out: Vec<(String, Vec<u8>)> = self
             .0
             .iter()
@@ -76,8 +80,14 @@ impl FsTree {
                 let Some(name) = entry.file_name().to_str().map(str::to_string) else {
                     continue;
                 };
-                let child_rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
-                let ft = entry.file_type().map_err(|e| format!("{}: {e}", entry.path().display()))?;
+                let child_rel = if rel.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let ft = entry
+                    .file_type()
+                    .map_err(|e| format!("{}: {e}", entry.path().display()))?;
                 if ft.is_dir() {
                     if !SKIP_DIRS.contains(&name.as_str()) {
                         stack.push((child_rel, entry.path()));
@@ -110,7 +120,11 @@ impl Tree for FsTree {
         let mut out = Vec::new();
         for (rel, path) in Self::walk(&base)? {
             if is_manifest(&rel) {
-                let repo_rel = if dir.is_empty() { rel } else { format!("{dir}/{rel}") };
+                let repo_rel = if dir.is_empty() {
+                    rel
+                } else {
+                    format!("{dir}/{rel}")
+                };
                 out.push((repo_rel, read(&path)?));
             }
         }
@@ -162,7 +176,12 @@ pub fn load_tree(
 /// directory itself (or a file's parent). Diagnostics name files as given.
 pub fn load_path(path: &Path, secrets: Secrets) -> Result<Loaded, Diagnostics> {
     let fail = |why: String| {
-        Diagnostics(vec![Diagnostic::new(path.display().to_string(), At::default(), "", why)])
+        Diagnostics(vec![Diagnostic::new(
+            path.display().to_string(),
+            At::default(),
+            "",
+            why,
+        )])
     };
     let abs = std::fs::canonicalize(path).map_err(|e| fail(format!("cannot read: {e}")))?;
     let root = repo_root(&abs);
@@ -171,7 +190,9 @@ pub fn load_path(path: &Path, secrets: Secrets) -> Result<Loaded, Diagnostics> {
     let tree = FsTree { root: root.clone() };
 
     // Name files the way the user can open them: relative to the working directory.
-    let cwd = std::env::current_dir().ok().and_then(|c| std::fs::canonicalize(c).ok());
+    let cwd = std::env::current_dir()
+        .ok()
+        .and_then(|c| std::fs::canonicalize(c).ok());
     let display = |repo_rel: &str| -> String {
         let full = root.join(repo_rel);
         match cwd.as_ref().and_then(|c| full.strip_prefix(c).ok()) {
@@ -205,14 +226,21 @@ pub fn repo_root(path: &Path) -> PathBuf {
     if path.is_dir() {
         path.to_path_buf()
     } else {
-        path.parent().map(Path::to_path_buf).unwrap_or_else(|| path.to_path_buf())
+        path.parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| path.to_path_buf())
     }
 }
 
 pub(crate) fn load(tree: &dyn Tree, dir: &str, secrets: Secrets) -> Result<Loaded, Diagnostics> {
     let shown = if dir.is_empty() { "." } else { dir };
     let files = tree.manifests(dir).map_err(|why| {
-        Diagnostics(vec![Diagnostic::new(shown, At::default(), "", format!("cannot read manifests: {why}"))])
+        Diagnostics(vec![Diagnostic::new(
+            shown,
+            At::default(),
+            "",
+            format!("cannot read manifests: {why}"),
+        )])
     })?;
     if files.is_empty() {
         // An empty desired state would mean "remove everything": never guess that.
@@ -261,7 +289,10 @@ fn message(e: &serde_saphyr::Error) -> String {
     }
     // "msg at line 3, column 4" → "msg"
     if let Some(i) = m.rfind(" at line ") {
-        if m[i + 9..].chars().all(|c| c.is_ascii_digit() || c == ',' || c == ' ' || c.is_alphabetic()) {
+        if m[i + 9..]
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == ',' || c == ' ' || c.is_alphabetic())
+        {
             m.truncate(i);
         }
     }
@@ -317,7 +348,12 @@ fn parse_file(file: &str, bytes: &[u8], r: &mut Report) -> Vec<ParsedDoc> {
         match res {
             Ok(doc) => {
                 if node.is_some_and(|n| n.at != doc.at) {
-                    err(r, doc.at, "", "internal: documents out of step between parses".into());
+                    err(
+                        r,
+                        doc.at,
+                        "",
+                        "internal: documents out of step between parses".into(),
+                    );
                     break;
                 }
                 match doc.value {
@@ -334,9 +370,118 @@ fn parse_file(file: &str, bytes: &[u8], r: &mut Report) -> Vec<ParsedDoc> {
             }
             Err(e) => {
                 let at = e.location().map(At::from).unwrap_or_default();
-                let field = node.map(|n| n.path_at(at)).unwrap_or_default();
-                err(r, at, &field, message(&e));
+                let mut msg = message(&e);
+                let Some(node) = node else {
+                    err(r, at, "", msg);
+                    continue;
+                };
+                let mut field = node.path_at(at);
+                let mut at = at;
+                // serde stops at the first problem of a document: the schema finds the rest.
+                let more = schema_problems(*kind, node);
+                if msg.starts_with("missing field `") {
+                    // serde points at the mapping's last key; the schema knows the mapping.
+                    if let Some((f, a, _)) = more.iter().find(|(_, _, m)| *m == msg) {
+                        (field, at) = (f.clone(), *a);
+                    }
+                } else if msg.starts_with("invalid u") {
+                    if let Some((_, _, better)) = more.iter().find(|(f, _, _)| *f == field) {
+                        msg = better.clone();
+                    }
+                }
+                err(r, at, &field, msg);
+                for (f, a, m) in more {
+                    if f != field {
+                        err(r, a, &f, m);
+                    }
+                }
             }
+        }
+    }
+    out
+}
+
+/// ["spec", "ports", "1"] → `spec.ports[1]`.
+fn field_of<'a>(segs: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = String::new();
+    for seg in segs {
+        if !seg.is_empty() && seg.chars().all(|c| c.is_ascii_digit()) && !out.is_empty() {
+            out.push_str(&format!("[{seg}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(seg);
+        }
+    }
+    out
+}
+
+fn join_field(parent: &[String], name: &str) -> String {
+    field_of(
+        parent
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once(name)),
+    )
+}
+
+/// Structural problems the schema sees in a document: (field, position, message).
+fn schema_problems(kind: DocKind, node: &Node) -> Vec<(String, At, String)> {
+    use jsonschema::error::ValidationErrorKind as K;
+    let Some(validator) = super::schema::validator(kind) else {
+        return Vec::new();
+    };
+    let json = node.to_json();
+    let mut out = Vec::new();
+    for e in validator.iter_errors(&json) {
+        let segs: Vec<String> = e.instance_path().iter().map(|s| s.to_string()).collect();
+        let field = field_of(segs.iter().map(String::as_str));
+        let target = node.lookup(segs.iter().map(String::as_str));
+        let at = target.map_or(node.at, |n| n.at);
+        let scalar = target.is_some_and(|n| !matches!(n.kind, NodeKind::Map(_) | NodeKind::Seq(_)));
+        match e.kind() {
+            K::AdditionalProperties { unexpected } => {
+                for key in unexpected {
+                    let key_at = target.and_then(|n| n.get(key)).map_or(at, |(k, _)| k.at);
+                    out.push((
+                        join_field(&segs, key),
+                        key_at,
+                        format!("unknown field `{key}`"),
+                    ));
+                }
+            }
+            K::Required { property } => {
+                let name = property.as_str().unwrap_or("?");
+                out.push((
+                    join_field(&segs, name),
+                    at,
+                    format!("missing field `{name}`"),
+                ));
+            }
+            K::Type { .. } => {
+                // YAML scalars convert between strings, numbers and booleans as
+                // the loader needs; only a wrong shape is a problem.
+                let text = e.to_string();
+                if !scalar || text.contains("\"object\"") || text.contains("\"array\"") {
+                    out.push((field, at, text));
+                }
+            }
+            K::Pattern { .. } => {
+                let why = e
+                    .instance()
+                    .as_str()
+                    .and_then(|s| super::parse_bytes(s).err());
+                out.push((field, at, why.unwrap_or_else(|| e.to_string())));
+            }
+            K::OneOfNotValid { .. } | K::AnyOf { .. } if field.starts_with("spec.env.") => {
+                out.push((
+                    field,
+                    at,
+                    "expected a string, {fromEnv: NAME} or {fromFile: PATH}".into(),
+                ));
+            }
+            _ => out.push((field, at, e.to_string())),
         }
     }
     out
@@ -348,7 +493,11 @@ fn header(file: &str, node: &Node, r: &mut Report) -> DocKind {
         r.errors.push(Diagnostic::new(file, at, field, msg));
     };
     if !matches!(node.kind, NodeKind::Map(_)) {
-        err(node.at, "", "a document is a mapping with apiVersion, kind, metadata and spec".into());
+        err(
+            node.at,
+            "",
+            "a document is a mapping with apiVersion, kind, metadata and spec".into(),
+        );
         return DocKind::Skip;
     }
     let mut ok = true;
@@ -361,7 +510,10 @@ fn header(file: &str, node: &Node, r: &mut Report) -> DocKind {
             err(
                 v.at,
                 "apiVersion",
-                format!("unknown apiVersion `{}`: expected tend/v1", v.scalar().unwrap_or("?")),
+                format!(
+                    "unknown apiVersion `{}`: expected tend/v1",
+                    v.scalar().unwrap_or("?")
+                ),
             );
             ok = false;
         }
@@ -376,7 +528,14 @@ fn header(file: &str, node: &Node, r: &mut Report) -> DocKind {
             Some("Host") => DocKind::Host,
             Some("Service") => DocKind::Service,
             other => {
-                err(v.at, "kind", format!("unknown kind `{}`: expected Host or Service", other.unwrap_or("?")));
+                err(
+                    v.at,
+                    "kind",
+                    format!(
+                        "unknown kind `{}`: expected Host or Service",
+                        other.unwrap_or("?")
+                    ),
+                );
                 DocKind::Skip
             }
         },

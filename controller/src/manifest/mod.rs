@@ -38,6 +38,9 @@ pub enum Secrets {
 /// Value given to secrets that could not be read under [`Secrets::Placeholder`].
 pub const UNRESOLVED: &str = "<unresolved>";
 
+/// How every warning about a secret replaced by [`UNRESOLVED`] ends.
+pub const PLACEHOLDER_NOTE: &str = "checked with a placeholder";
+
 /// A successfully loaded desired state.
 #[derive(Debug, Clone)]
 pub struct Loaded {
@@ -99,10 +102,17 @@ impl Diagnostics {
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        write!(f, "{n} problem{} in manifests", if n == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "{n} problem{} in manifests",
+            if n == 1 { "" } else { "s" }
+        )?;
         for d in &self.0 {
             write!(f, "\n{d}")?;
         }
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -319,7 +319,9 @@ impl<'de> Deserialize<'de> for EnvSource {
             }
             fn visit_f64<E: de::Error>(self, _: f64) -> Result<EnvSource, E> {
                 // The parser has already turned `1.10` into 1.1: refuse the guess.
-                Err(E::custom("a decimal number would lose its spelling: quote it"))
+                Err(E::custom(
+                    "a decimal number would lose its spelling: quote it",
+                ))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<EnvSource, A::Error> {
                 let mut out = None;
@@ -333,7 +335,9 @@ impl<'de> Deserialize<'de> for EnvSource {
                         }
                     };
                     if out.replace(src).is_some() {
-                        return Err(de::Error::custom("use one of fromEnv or fromFile, not both"));
+                        return Err(de::Error::custom(
+                            "use one of fromEnv or fromFile, not both",
+                        ));
                     }
                 }
                 out.ok_or_else(|| de::Error::custom("expected fromEnv or fromFile"))
@@ -375,7 +379,10 @@ pub struct Node {
 pub enum NodeKind {
     Map(Vec<(S<String>, Node)>),
     Seq(Vec<Node>),
-    Scalar(String),
+    Str(String),
+    Int(i128),
+    Float(f64),
+    Bool(bool),
     Null,
 }
 
@@ -392,8 +399,46 @@ impl Node {
     }
     pub fn scalar(&self) -> Option<&str> {
         match &self.kind {
-            NodeKind::Scalar(s) => Some(s),
+            NodeKind::Str(s) => Some(s),
             _ => None,
+        }
+    }
+
+    /// The node at a JSON-pointer-like path of keys and indices.
+    pub fn lookup<'a>(&self, path: impl IntoIterator<Item = &'a str>) -> Option<&Node> {
+        let mut node = self;
+        for seg in path {
+            node = match &node.kind {
+                NodeKind::Map(_) => node.get(seg)?.1,
+                NodeKind::Seq(items) => items.get(seg.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        Some(node)
+    }
+
+    /// The value as JSON, for checking against the schema.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value;
+        match &self.kind {
+            NodeKind::Map(entries) => {
+                let mut m = serde_json::Map::new();
+                for (k, v) in entries {
+                    m.insert(k.value.clone(), v.to_json());
+                }
+                Value::Object(m)
+            }
+            NodeKind::Seq(items) => Value::Array(items.iter().map(Node::to_json).collect()),
+            NodeKind::Str(s) => Value::String(s.clone()),
+            NodeKind::Int(i) => i64::try_from(*i)
+                .map(Value::from)
+                .or_else(|_| u64::try_from(*i).map(Value::from))
+                .unwrap_or_else(|_| Value::String(i.to_string())),
+            NodeKind::Float(f) => {
+                serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number)
+            }
+            NodeKind::Bool(b) => Value::Bool(*b),
+            NodeKind::Null => Value::Null,
         }
     }
 
@@ -404,7 +449,10 @@ impl Node {
         loop {
             match &node.kind {
                 NodeKind::Map(entries) => {
-                    let Some((k, v)) = entries.iter().filter(|(k, _)| k.at <= at).max_by_key(|(k, _)| k.at)
+                    let Some((k, v)) = entries
+                        .iter()
+                        .filter(|(k, _)| k.at <= at)
+                        .max_by_key(|(k, _)| k.at)
                     else {
                         return path;
                     };
@@ -415,14 +463,18 @@ impl Node {
                     node = v;
                 }
                 NodeKind::Seq(items) => {
-                    let Some((i, v)) = items.iter().enumerate().filter(|(_, v)| v.at <= at).max_by_key(|(_, v)| v.at)
+                    let Some((i, v)) = items
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, v)| v.at <= at)
+                        .max_by_key(|(_, v)| v.at)
                     else {
                         return path;
                     };
                     path.push_str(&format!("[{i}]"));
                     node = v;
                 }
-                NodeKind::Scalar(_) | NodeKind::Null => return path,
+                _ => return path,
             }
         }
     }
@@ -447,28 +499,28 @@ impl<'de> Deserialize<'de> for NodeKind {
                 f.write_str("any YAML value")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<NodeKind, E> {
-                Ok(NodeKind::Scalar(v.to_string()))
+                Ok(NodeKind::Str(v.to_string()))
             }
             fn visit_bool<E: de::Error>(self, v: bool) -> Result<NodeKind, E> {
-                Ok(NodeKind::Scalar(v.to_string()))
+                Ok(NodeKind::Bool(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<NodeKind, E> {
-                Ok(NodeKind::Scalar(v.to_string()))
+                Ok(NodeKind::Int(v.into()))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<NodeKind, E> {
-                Ok(NodeKind::Scalar(v.to_string()))
+                Ok(NodeKind::Int(v.into()))
             }
             fn visit_i128<E: de::Error>(self, v: i128) -> Result<NodeKind, E> {
-                Ok(NodeKind::Scalar(v.to_string()))
+                Ok(NodeKind::Int(v))
             }
             fn visit_u128<E: de::Error>(self, v: u128) -> Result<NodeKind, E> {
-                Ok(NodeKind::Scalar(v.to_string()))
+                Ok(i128::try_from(v).map_or_else(|_| NodeKind::Str(v.to_string()), NodeKind::Int))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<NodeKind, E> {
-                Ok(NodeKind::Scalar(v.to_string()))
+                Ok(NodeKind::Float(v))
             }
             fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<NodeKind, E> {
-                Ok(NodeKind::Scalar(String::from_utf8_lossy(v).into_owned()))
+                Ok(NodeKind::Str(String::from_utf8_lossy(v).into_owned()))
             }
             fn visit_unit<E: de::Error>(self) -> Result<NodeKind, E> {
                 Ok(NodeKind::Null)
@@ -512,7 +564,10 @@ impl<'de> Deserialize<'de> for KeyText {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let n = NodeKind::deserialize(d)?;
         Ok(KeyText(match n {
-            NodeKind::Scalar(s) => s,
+            NodeKind::Str(s) => s,
+            NodeKind::Int(i) => i.to_string(),
+            NodeKind::Float(f) => f.to_string(),
+            NodeKind::Bool(b) => b.to_string(),
             NodeKind::Null => "~".into(),
             _ => "<complex key>".into(),
         }))
@@ -554,7 +609,9 @@ pub fn with_kinds<R>(kinds: Vec<DocKind>, f: impl FnOnce() -> R) -> R {
 
 impl<'de> Deserialize<'de> for TypedDoc {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let kind = KINDS.with(|k| k.borrow_mut().pop_front()).unwrap_or(DocKind::Skip);
+        let kind = KINDS
+            .with(|k| k.borrow_mut().pop_front())
+            .unwrap_or(DocKind::Skip);
         match kind {
             DocKind::Host => HostDoc::deserialize(d).map(TypedDoc::Host),
             DocKind::Service => ServiceDoc::deserialize(d).map(TypedDoc::Service),

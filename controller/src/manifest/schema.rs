@@ -3,7 +3,8 @@
 //! Checked in at `schemas/tend-v1.json` for editors (yaml-language-server);
 //! a test keeps it in step with the types.
 
-use super::raw::Document;
+use super::raw::{DocKind, Document, HostDoc, ServiceDoc};
+use std::sync::LazyLock;
 
 /// The schema as pretty JSON text, newline-terminated.
 pub fn schema_json() -> String {
@@ -11,6 +12,25 @@ pub fn schema_json() -> String {
     let mut s = serde_json::to_string_pretty(&schema).unwrap_or_default();
     s.push('\n');
     s
+}
+
+fn compile(schema: schemars::Schema) -> Option<jsonschema::Validator> {
+    jsonschema::validator_for(&serde_json::Value::from(schema)).ok()
+}
+
+static HOST: LazyLock<Option<jsonschema::Validator>> =
+    LazyLock::new(|| compile(schemars::schema_for!(HostDoc)));
+static SERVICE: LazyLock<Option<jsonschema::Validator>> =
+    LazyLock::new(|| compile(schemars::schema_for!(ServiceDoc)));
+
+/// The validator for one kind of document (to find every structural problem
+/// in a document that failed to parse, not only the first).
+pub(crate) fn validator(kind: DocKind) -> Option<&'static jsonschema::Validator> {
+    match kind {
+        DocKind::Host => HOST.as_ref(),
+        DocKind::Service => SERVICE.as_ref(),
+        DocKind::Skip => None,
+    }
 }
 
 #[cfg(test)]
@@ -53,18 +73,23 @@ mod tests {
         let validator = jsonschema::validator_for(&schema).unwrap();
         let mut files = Vec::new();
         manifest_files(&repo().join("manifests"), &mut files);
-        assert!(files.len() >= 4, "expected the seed and demo manifests, found {files:?}");
+        assert!(
+            files.len() >= 4,
+            "expected the seed and demo manifests, found {files:?}"
+        );
         let mut docs = 0;
         for f in &files {
             let text = std::fs::read_to_string(f).unwrap();
             let first = text.lines().next().unwrap_or("");
             assert!(
-                first.starts_with("# yaml-language-server: $schema=") && first.ends_with("schemas/tend-v1.json"),
+                first.starts_with("# yaml-language-server: $schema=")
+                    && first.ends_with("schemas/tend-v1.json"),
                 "{} does not start with the schema modeline",
                 f.display()
             );
             for doc in serde_saphyr::from_multiple::<serde_json::Value>(&text).unwrap() {
-                let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+                let errors: Vec<String> =
+                    validator.iter_errors(&doc).map(|e| e.to_string()).collect();
                 assert!(errors.is_empty(), "{}: {errors:?}", f.display());
                 docs += 1;
             }

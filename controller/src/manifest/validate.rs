@@ -2,7 +2,7 @@
 
 use super::load::Tree;
 use super::raw::{self, At, EnvSource, HostDoc, ServiceDoc, S};
-use super::{Diagnostic, Secrets, UNRESOLVED};
+use super::{Diagnostic, Secrets, PLACEHOLDER_NOTE, UNRESOLVED};
 use crate::model::{
     Address, Delivery, Desired, EnvValue, Health, HealthCheck, Host, RuntimeKind, Service,
     SourceFile, SourceTree, SshTarget, DEFAULT_ROOT,
@@ -106,7 +106,13 @@ pub(crate) fn build(
                         at: name.at,
                     },
                 );
-                let capacity_at = h.spec.value.capacity.as_ref().map(|c| c.at).unwrap_or(h.spec.at);
+                let capacity_at = h
+                    .spec
+                    .value
+                    .capacity
+                    .as_ref()
+                    .map(|c| c.at)
+                    .unwrap_or(h.spec.at);
                 if let Some(host) = host(&d.file, &h, report) {
                     host_info.insert(
                         host.name.clone(),
@@ -125,7 +131,10 @@ pub(crate) fn build(
                         &d.file,
                         name.at,
                         "metadata.name",
-                        format!("duplicate Service `{}`: first defined at {first}", name.value),
+                        format!(
+                            "duplicate Service `{}`: first defined at {first}",
+                            name.value
+                        ),
                     );
                     continue;
                 }
@@ -146,10 +155,18 @@ pub(crate) fn build(
                     health_port: spec.health.as_ref().and_then(|h| {
                         let h = &h.value;
                         if let Some(c) = &h.http {
-                            Some((c.value.port.value, c.value.port.at, "spec.health.http.port".into()))
+                            Some((
+                                c.value.port.value,
+                                c.value.port.at,
+                                "spec.health.http.port".into(),
+                            ))
                         } else {
                             h.tcp.as_ref().map(|c| {
-                                (c.value.port.value, c.value.port.at, "spec.health.tcp.port".into())
+                                (
+                                    c.value.port.value,
+                                    c.value.port.at,
+                                    "spec.health.tcp.port".into(),
+                                )
                             })
                         }
                     }),
@@ -204,7 +221,11 @@ fn host(file: &str, doc: &HostDoc, r: &mut Report) -> Option<Host> {
                 r.error(file, p.at, "spec.port", "port 0 is not a port");
             }
         }
-        let user = spec.user.as_ref().map(|u| u.value.clone()).unwrap_or_else(|| "root".into());
+        let user = spec
+            .user
+            .as_ref()
+            .map(|u| u.value.clone())
+            .unwrap_or_else(|| "root".into());
         if let Some(u) = &spec.user {
             if u.value.is_empty() || u.value.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 r.error(file, u.at, "spec.user", "not a user name");
@@ -220,7 +241,11 @@ fn host(file: &str, doc: &HostDoc, r: &mut Report) -> Option<Host> {
             port,
             user,
             identity: spec.identity.as_ref().map(|p| PathBuf::from(&p.value)),
-            host_keys: spec.host_keys.iter().map(|k| k.value.trim().to_string()).collect(),
+            host_keys: spec
+                .host_keys
+                .iter()
+                .map(|k| k.value.trim().to_string())
+                .collect(),
             known_hosts: spec.known_hosts.as_ref().map(|p| PathBuf::from(&p.value)),
         })
     };
@@ -329,7 +354,9 @@ fn check_host_key(key: &str) -> Result<(), String> {
     };
     if !TYPES.contains(&kind) {
         if TYPES.contains(&b64) {
-            return Err(format!("{hint}; this looks like a known_hosts line: drop the leading `{kind}`"));
+            return Err(format!(
+                "{hint}; this looks like a known_hosts line: drop the leading `{kind}`"
+            ));
         }
         return Err(format!("unknown key type `{kind}`; {hint}"));
     }
@@ -424,20 +451,38 @@ fn service(
     } else if let Some(a) = &spec.artifact {
         let url = &a.value.url;
         if !(url.value.starts_with("https://") || url.value.starts_with("http://"))
-            || url.value.chars().any(|c| c.is_whitespace() || c.is_control())
+            || url
+                .value
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
         {
-            r.error(file, url.at, "spec.artifact.url", "expected an http:// or https:// URL");
+            r.error(
+                file,
+                url.at,
+                "spec.artifact.url",
+                "expected an http:// or https:// URL",
+            );
         }
         let sha = a.value.sha256.value.trim().to_ascii_lowercase();
         if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
-            r.error(file, a.value.sha256.at, "spec.artifact.sha256", "expected 64 hex digits");
+            r.error(
+                file,
+                a.value.sha256.at,
+                "spec.artifact.sha256",
+                "expected 64 hex digits",
+            );
         }
         Delivery::Artifact {
             url: url.value.clone(),
             sha256: sha,
         }
     } else if let Some(img) = &spec.image {
-        if img.value.trim().is_empty() || img.value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if img.value.trim().is_empty()
+            || img
+                .value
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
             r.error(file, img.at, "spec.image", "not an image reference");
         }
         Delivery::Image {
@@ -450,7 +495,10 @@ fn service(
     let version = match (&spec.version, &delivery) {
         (Some(v), _) => {
             let t = v.value.trim();
-            if t.is_empty() || t.len() > 128 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if t.is_empty()
+                || t.len() > 128
+                || t.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
                 r.error(
                     file,
                     v.at,
@@ -476,7 +524,12 @@ fn service(
 
     for (i, step) in spec.install.iter().enumerate() {
         if step.value.trim().is_empty() || step.value.contains('\0') {
-            r.error(file, step.at, format!("spec.install[{i}]"), "an install step is a non-empty shell command");
+            r.error(
+                file,
+                step.at,
+                format!("spec.install[{i}]"),
+                "an install step is a non-empty shell command",
+            );
         }
     }
     if spec.command.is_empty() && runtime != RuntimeKind::Podman {
@@ -489,7 +542,12 @@ fn service(
     }
     for (i, a) in spec.command.iter().enumerate() {
         if a.value.contains('\0') || (i == 0 && a.value.is_empty()) {
-            r.error(file, a.at, format!("spec.command[{i}]"), "not a usable argument");
+            r.error(
+                file,
+                a.at,
+                format!("spec.command[{i}]"),
+                "not a usable argument",
+            );
         }
     }
 
@@ -498,9 +556,19 @@ fn service(
     let mut ports = Vec::new();
     for (i, p) in spec.ports.iter().enumerate() {
         if p.value == 0 {
-            r.error(file, p.at, format!("spec.ports[{i}]"), "port 0 is not a port");
+            r.error(
+                file,
+                p.at,
+                format!("spec.ports[{i}]"),
+                "port 0 is not a port",
+            );
         } else if ports.contains(&p.value) {
-            r.error(file, p.at, format!("spec.ports[{i}]"), format!("port {} is listed twice", p.value));
+            r.error(
+                file,
+                p.at,
+                format!("spec.ports[{i}]"),
+                format!("port {} is listed twice", p.value),
+            );
         } else {
             ports.push(p.value);
         }
@@ -509,7 +577,12 @@ fn service(
     let memory = spec.memory.as_ref().and_then(|m| {
         let b = bytes_field(file, m, "spec.memory", r)?;
         if b == 0 {
-            r.error(file, m.at, "spec.memory", "a memory limit of 0 would stop the service from starting");
+            r.error(
+                file,
+                m.at,
+                "spec.memory",
+                "a memory limit of 0 would stop the service from starting",
+            );
         }
         Some(b)
     });
@@ -520,9 +593,19 @@ fn service(
     for (i, dep) in spec.depends_on.iter().enumerate() {
         let field = format!("spec.dependsOn[{i}]");
         if &dep.value == name {
-            r.error(file, dep.at, field, format!("`{name}` cannot depend on itself"));
+            r.error(
+                file,
+                dep.at,
+                field,
+                format!("`{name}` cannot depend on itself"),
+            );
         } else if depends_on.contains(&dep.value) {
-            r.error(file, dep.at, field, format!("`{}` is listed twice", dep.value));
+            r.error(
+                file,
+                dep.at,
+                field,
+                format!("`{}` is listed twice", dep.value),
+            );
         } else {
             depends_on.push(dep.value.clone());
         }
@@ -549,9 +632,16 @@ fn service(
 /// Env var names that hold secrets: their values must come from outside Git.
 fn looks_secret(key: &str) -> bool {
     let k = key.to_ascii_uppercase();
-    ["SECRET", "PASSWORD", "PASSWD", "TOKEN", "API_KEY", "PRIVATE_KEY"]
-        .iter()
-        .any(|w| k.contains(w))
+    [
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "TOKEN",
+        "API_KEY",
+        "PRIVATE_KEY",
+    ]
+    .iter()
+    .any(|w| k.contains(w))
 }
 
 fn env(
@@ -563,10 +653,16 @@ fn env(
     let mut out = BTreeMap::new();
     for (key, v) in &spec.env {
         let field = format!("spec.env.{key}");
-        let valid_key = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        // Dots are allowed: container images read `discovery.type` and the like.
+        let valid_key = key
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
         if !valid_key {
-            r.error(file, v.at, &field, "an environment variable name is letters, digits and `_`, not starting with a digit");
+            r.error(file, v.at, &field, "an environment variable name is letters, digits, `_` and `.`, not starting with a digit");
             continue;
         }
         let value = match &v.value {
@@ -581,21 +677,40 @@ fn env(
                     continue;
                 }
                 if s.contains('\0') {
-                    r.error(file, v.at, &field, "an environment value cannot hold a NUL byte");
+                    r.error(
+                        file,
+                        v.at,
+                        &field,
+                        "an environment value cannot hold a NUL byte",
+                    );
                     continue;
                 }
                 EnvValue::literal(s.clone())
             }
             EnvSource::FromEnv(name) => match std::env::var(name) {
                 Ok(s) if !s.contains('\0') => EnvValue::secret(s),
-                _ => match unresolved(file, v.at, &field, secrets, format!("environment variable `{name}` is not set on the controller"), r) {
+                _ => match unresolved(
+                    file,
+                    v.at,
+                    &field,
+                    secrets,
+                    format!("environment variable `{name}` is not set on the controller"),
+                    r,
+                ) {
                     Some(x) => x,
                     None => continue,
                 },
             },
             EnvSource::FromFile(path) => match read_secret_file(path) {
                 Ok(s) => EnvValue::secret(s),
-                Err(why) => match unresolved(file, v.at, &field, secrets, format!("cannot read `{path}` on the controller: {why}"), r) {
+                Err(why) => match unresolved(
+                    file,
+                    v.at,
+                    &field,
+                    secrets,
+                    format!("cannot read `{path}` on the controller: {why}"),
+                    r,
+                ) {
                     Some(x) => x,
                     None => continue,
                 },
@@ -620,14 +735,14 @@ fn unresolved(
             None
         }
         Secrets::Placeholder => {
-            r.warn(file, at, field, format!("{why}; checked with a placeholder"));
+            r.warn(file, at, field, format!("{why}; {PLACEHOLDER_NOTE}"));
             Some(EnvValue::secret(UNRESOLVED))
         }
     }
 }
 
 fn read_secret_file(path: &str) -> Result<String, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.kind().to_string())?;
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let mut s = String::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
     if s.contains('\0') {
         return Err("holds a NUL byte".into());
@@ -646,13 +761,28 @@ fn health(file: &str, h: &S<raw::HealthSpec>, r: &mut Report) -> Option<Health> 
     let spec = &h.value;
     let mut checks = Vec::new();
     if let Some(c) = &spec.http {
-        let path = c.value.path.as_ref().map(|p| p.value.clone()).unwrap_or_else(|| "/".into());
+        let path = c
+            .value
+            .path
+            .as_ref()
+            .map(|p| p.value.clone())
+            .unwrap_or_else(|| "/".into());
         if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
             let at = c.value.path.as_ref().map(|p| p.at).unwrap_or(c.at);
-            r.error(file, at, "spec.health.http.path", "an HTTP path starts with `/` and has no spaces");
+            r.error(
+                file,
+                at,
+                "spec.health.http.path",
+                "an HTTP path starts with `/` and has no spaces",
+            );
         }
         if c.value.port.value == 0 {
-            r.error(file, c.value.port.at, "spec.health.http.port", "port 0 is not a port");
+            r.error(
+                file,
+                c.value.port.at,
+                "spec.health.http.port",
+                "port 0 is not a port",
+            );
         }
         checks.push(HealthCheck::Http {
             port: c.value.port.value,
@@ -661,7 +791,12 @@ fn health(file: &str, h: &S<raw::HealthSpec>, r: &mut Report) -> Option<Health> 
     }
     if let Some(c) = &spec.tcp {
         if c.value.port.value == 0 {
-            r.error(file, c.value.port.at, "spec.health.tcp.port", "port 0 is not a port");
+            r.error(
+                file,
+                c.value.port.at,
+                "spec.health.tcp.port",
+                "port 0 is not a port",
+            );
         }
         checks.push(HealthCheck::Tcp {
             port: c.value.port.value,
@@ -669,14 +804,24 @@ fn health(file: &str, h: &S<raw::HealthSpec>, r: &mut Report) -> Option<Health> 
     }
     if let Some(c) = &spec.command {
         if c.value.first().is_none_or(|a| a.value.is_empty()) {
-            r.error(file, c.at, "spec.health.command", "a command check is a non-empty argv list");
+            r.error(
+                file,
+                c.at,
+                "spec.health.command",
+                "a command check is a non-empty argv list",
+            );
         }
         checks.push(HealthCheck::Command {
             command: c.value.iter().map(|a| a.value.clone()).collect(),
         });
     }
     if checks.len() != 1 {
-        r.error(file, h.at, "spec.health", "set exactly one of http, tcp or command");
+        r.error(
+            file,
+            h.at,
+            "spec.health",
+            "set exactly one of http, tcp or command",
+        );
         return None;
     }
     let mut duration = |d: &Option<S<String>>, field: &str, default: Duration| match d {
@@ -688,7 +833,12 @@ fn health(file: &str, h: &S<raw::HealthSpec>, r: &mut Report) -> Option<Health> 
                 default
             }
             Err(e) => {
-                r.error(file, d.at, field, format!("not a duration like 30s or 1m: {e}"));
+                r.error(
+                    file,
+                    d.at,
+                    field,
+                    format!("not a duration like 30s or 1m: {e}"),
+                );
                 default
             }
         },
@@ -711,7 +861,12 @@ fn health(file: &str, h: &S<raw::HealthSpec>, r: &mut Report) -> Option<Health> 
     })
 }
 
-fn source_tree(file: &str, path: &S<String>, tree: &dyn Tree, r: &mut Report) -> Option<SourceTree> {
+fn source_tree(
+    file: &str,
+    path: &S<String>,
+    tree: &dyn Tree,
+    r: &mut Report,
+) -> Option<SourceTree> {
     let Some(dir) = normalize(&path.value) else {
         r.error(
             file,
@@ -733,7 +888,12 @@ fn source_tree(file: &str, path: &S<String>, tree: &dyn Tree, r: &mut Report) ->
             return None;
         }
         Err(why) => {
-            r.error(file, path.at, "spec.source.path", format!("cannot read `{dir}`: {why}"));
+            r.error(
+                file,
+                path.at,
+                "spec.source.path",
+                format!("cannot read `{dir}`: {why}"),
+            );
             return None;
         }
     };
@@ -749,7 +909,10 @@ pub(crate) fn normalize(p: &str) -> Option<String> {
     if p.starts_with('/') || p.contains('\0') || p.contains('\\') {
         return None;
     }
-    let parts: Vec<&str> = p.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
+    let parts: Vec<&str> = p
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
     if parts.is_empty() || parts.contains(&"..") {
         return None;
     }
@@ -778,7 +941,8 @@ fn dns_label(file: &str, name: &S<String>, field: &str, r: &mut Report) {
     let n = &name.value;
     let ok = !n.is_empty()
         && n.len() <= 63
-        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !n.starts_with('-')
         && !n.ends_with('-');
     if !ok {
@@ -796,11 +960,26 @@ fn labels(file: &str, meta: &raw::Metadata, r: &mut Report) -> BTreeMap<String, 
     for (k, v) in &meta.labels {
         let key_ok = !k.is_empty()
             && k.len() <= 63
-            && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
         if !key_ok {
-            r.error(file, v.at, format!("metadata.labels.{k}"), "a label key is letters, digits, `-`, `_`, `.` and `/`, at most 63");
-        } else if v.value.len() > 63 || v.value.chars().any(|c| c.is_control() || c == ',' || c == '=') {
-            r.error(file, v.at, format!("metadata.labels.{k}"), "a label value has at most 63 characters and no `,` or `=`");
+            r.error(
+                file,
+                v.at,
+                format!("metadata.labels.{k}"),
+                "a label key is letters, digits, `-`, `_`, `.` and `/`, at most 63",
+            );
+        } else if v.value.len() > 63
+            || v.value
+                .chars()
+                .any(|c| c.is_control() || c == ',' || c == '=')
+        {
+            r.error(
+                file,
+                v.at,
+                format!("metadata.labels.{k}"),
+                "a label value has at most 63 characters and no `,` or `=`",
+            );
         }
         out.insert(k.clone(), v.value.clone());
     }
@@ -821,7 +1000,9 @@ fn bytes_field(file: &str, v: &S<raw::ByteSize>, field: &str, r: &mut Report) ->
 /// powers of 1024, SI units powers of 1000; bare `M`/`G` are refused as ambiguous.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = (&t[..split], t[split..].trim_start());
     let mult: u64 = match unit {
         "" | "B" => 1,
@@ -837,8 +1018,16 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
             let hint = match u.chars().next().map(|c| c.to_ascii_uppercase()) {
                 Some(p @ ('K' | 'M' | 'G' | 'T')) => {
                     let n = if num.is_empty() { "512" } else { num };
-                    let iec = if p == 'K' { "Ki".to_string() } else { format!("{p}i") };
-                    let si = if p == 'K' { "k".to_string() } else { p.to_string() };
+                    let iec = if p == 'K' {
+                        "Ki".to_string()
+                    } else {
+                        format!("{p}i")
+                    };
+                    let si = if p == 'K' {
+                        "k".to_string()
+                    } else {
+                        p.to_string()
+                    };
                     format!(": `{u}` is ambiguous, write {n}{iec}B (or {n}{si}B)")
                 }
                 _ => ": units are B, KiB, MiB, GiB, TiB or kB, MB, GB, TB".to_string(),
@@ -847,7 +1036,8 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         }
     };
     let bad = || format!("`{s}` is not a size like 512MiB or 1.5GiB");
-    if num.is_empty() || num.starts_with('.') || num.ends_with('.') || num.matches('.').count() > 1 {
+    if num.is_empty() || num.starts_with('.') || num.ends_with('.') || num.matches('.').count() > 1
+    {
         return Err(bad());
     }
     let bytes = if let Some((whole, frac)) = num.split_once('.') {
@@ -858,14 +1048,22 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         let f = (frac as u128 * mult as u128 / scale as u128) as u64;
         w.checked_add(f).ok_or_else(bad)?
     } else {
-        num.parse::<u64>().map_err(|_| bad())?.checked_mul(mult).ok_or_else(bad)?
+        num.parse::<u64>()
+            .map_err(|_| bad())?
+            .checked_mul(mult)
+            .ok_or_else(bad)?
     };
     Ok(bytes)
 }
 
 /// Bytes for people, in IEC units: `384MiB`, `1.8GiB`, `1.72GiB`.
 pub fn format_bytes(b: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
     for (u, m) in UNITS {
         if b >= m {
             let v = b as f64 / m as f64;
@@ -897,7 +1095,11 @@ fn cross_checks(
                 format!(
                     "unknown host `{}` (hosts: {})",
                     s.host.value,
-                    if known.is_empty() { "none".into() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
                 ),
             );
         }
@@ -953,7 +1155,9 @@ fn cross_checks(
 
     // Memory budget per host: the sum of limits must fit capacity − reserved.
     for (hname, host) in &desired.hosts {
-        let Some(capacity) = host.capacity else { continue };
+        let Some(capacity) = host.capacity else {
+            continue;
+        };
         let budget = capacity.saturating_sub(host.reserved);
         let mut parts = Vec::new();
         let mut sum = 0u64;
@@ -1015,7 +1219,9 @@ fn cycles(services: &BTreeMap<String, ServiceInfo>, r: &mut Report) {
         stack.push(n);
         let s = &services[n];
         for (i, d) in s.depends_on.iter().enumerate() {
-            let Some((dep, _)) = services.get_key_value(&d.value) else { continue };
+            let Some((dep, _)) = services.get_key_value(&d.value) else {
+                continue;
+            };
             if dep == n {
                 continue; // reported as self-dependency
             }
@@ -1023,7 +1229,8 @@ fn cycles(services: &BTreeMap<String, ServiceInfo>, r: &mut Report) {
                 Some(Mark::New) => visit(dep, services, mark, stack, seen, r),
                 Some(Mark::Open) => {
                     let start = stack.iter().position(|x| *x == dep).unwrap_or(0);
-                    let mut cycle: Vec<String> = stack[start..].iter().map(|x| x.to_string()).collect();
+                    let mut cycle: Vec<String> =
+                        stack[start..].iter().map(|x| x.to_string()).collect();
                     let mut key = cycle.clone();
                     key.sort();
                     if seen.insert(key) {

@@ -327,27 +327,6 @@ pub fn switch(root: &str, service: &str, release: &str) -> Result<String, Runtim
     Ok(o)
 }
 
-/// Write the static record for the start script: the release's own
-/// `.tend/record` plus `extra` (a record rendered by the caller; its header
-/// line is dropped, later keys override earlier ones when parsed).
-pub fn stage_record(
-    root: &str,
-    service: &str,
-    release: &str,
-    extra: &Record,
-) -> Result<String, RuntimeError> {
-    let mut o = vars(root, service)?;
-    let _ = writeln!(o, "rel={}", q(release)?);
-    let text = extra.render_static();
-    let body = text.split_once('\n').map(|(_, b)| b).unwrap_or("");
-    let _ = writeln!(
-        o,
-        "{{ cat \"$d/$rel/.tend/record\"; printf '%s' {}; }} > \"$root/records/.tmp-$svc.static\"",
-        q(body)?
-    );
-    Ok(o)
-}
-
 /// Run the release's own start script, without the lock's descriptor.
 pub fn run_start(root: &str, service: &str, release: &str) -> Result<String, RuntimeError> {
     let mut o = vars(root, service)?;

@@ -39,12 +39,26 @@ pub async fn serve(
     axum::serve(listener, router(ctx)).with_graceful_shutdown(shutdown).await
 }
 
-async fn metrics(State(ctx): State<Arc<Context>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        ctx.metrics.encode(),
-    )
-        .into_response()
+/// OpenMetrics for scrapers that ask for it (Prometheus does), the classic
+/// text format for everyone else (curl, promtool).
+async fn metrics(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> Response {
+    let open = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    if open {
+        (
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            ctx.metrics.encode(),
+        )
+            .into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            ctx.metrics.encode_prometheus(),
+        )
+            .into_response()
+    }
 }
 
 async fn readyz(State(ctx): State<Arc<Context>>) -> Response {

@@ -16,13 +16,23 @@ const MAX_FILES: usize = 50_000;
 
 pub struct DirSource {
     root: PathBuf,
+    /// Loose files at the root are read only when the manifests live there:
+    /// logs and notes next to the repository must not count as changes.
+    root_files: bool,
     seen: Option<String>,
     watcher: Option<Debouncer<notify::RecommendedWatcher, RecommendedCache>>,
 }
 
 impl DirSource {
-    pub fn new(root: &Path) -> DirSource {
-        DirSource { root: root.to_path_buf(), seen: None, watcher: None }
+    /// `manifests` is the manifests directory, relative to `root`.
+    pub fn new(root: &Path, manifests: &str) -> DirSource {
+        let m = manifests.trim_matches('/');
+        DirSource {
+            root: root.to_path_buf(),
+            root_files: m.is_empty() || m == ".",
+            seen: None,
+            watcher: None,
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -31,7 +41,8 @@ impl DirSource {
 
     pub async fn poll(&mut self) -> Result<Poll, SourceError> {
         let root = self.root.clone();
-        let snap = tokio::task::spawn_blocking(move || read_dir_snapshot(&root))
+        let root_files = self.root_files;
+        let snap = tokio::task::spawn_blocking(move || read_dir_snapshot(&root, root_files))
             .await
             .map_err(|e| SourceError::Io { path: self.root.display().to_string(), why: e.to_string() })??;
         if self.seen.as_deref() == Some(snap.revision.as_str()) {
@@ -45,6 +56,7 @@ impl DirSource {
     /// message per debounced burst of changes.
     pub fn watch(&mut self, tx: mpsc::UnboundedSender<()>) -> Result<(), SourceError> {
         let root = self.root.clone();
+        let root_files = self.root_files;
         let mut deb = new_debouncer(
             Duration::from_millis(300),
             None,
@@ -52,7 +64,11 @@ impl DirSource {
                 if let Ok(events) = res {
                     let relevant = events.iter().any(|e| {
                         e.paths.iter().any(|p| {
-                            p.strip_prefix(&root).map(|rel| !skipped_path(rel)).unwrap_or(true)
+                            p.strip_prefix(&root)
+                                .map(|rel| {
+                                    !skipped_path(rel) && (root_files || rel.components().count() > 1)
+                                })
+                                .unwrap_or(true)
                         }) && !e.kind.is_access()
                     });
                     if relevant {
@@ -88,9 +104,9 @@ fn skipped_path(rel: &Path) -> bool {
 
 /// Read every file under `root` (skipping hidden and build directories) and
 /// name the result by a digest of paths, modes and contents.
-pub fn read_dir_snapshot(root: &Path) -> Result<Snapshot, SourceError> {
+pub fn read_dir_snapshot(root: &Path, root_files: bool) -> Result<Snapshot, SourceError> {
     let mut files = Vec::new();
-    walk(root, "", &mut files)?;
+    walk(root, "", root_files, &mut files)?;
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let mut h = Sha256::new();
     for f in &files {
@@ -104,21 +120,21 @@ pub fn read_dir_snapshot(root: &Path) -> Result<Snapshot, SourceError> {
     Ok(Snapshot { revision, subject: root.display().to_string(), files })
 }
 
-fn walk(dir: &Path, rel: &str, out: &mut Vec<TreeFile>) -> Result<(), SourceError> {
+fn walk(dir: &Path, rel: &str, files_here: bool, out: &mut Vec<TreeFile>) -> Result<(), SourceError> {
     use std::os::unix::fs::PermissionsExt;
     let entries = std::fs::read_dir(dir).map_err(|e| super::io_err(dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| super::io_err(dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if skipped_name(&name) || name.ends_with('~') || name.ends_with(".swp") {
+        if skipped_name(&name) || name.ends_with('~') || name.ends_with(".swp") || name.ends_with(".log") {
             continue;
         }
         let path = entry.path();
         let ty = entry.file_type().map_err(|e| super::io_err(&path, e))?;
         let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
         if ty.is_dir() {
-            walk(&path, &child, out)?;
-        } else if ty.is_file() {
+            walk(&path, &child, true, out)?;
+        } else if ty.is_file() && files_here {
             let meta = entry.metadata().map_err(|e| super::io_err(&path, e))?;
             if meta.len() > MAX_FILE {
                 continue;
@@ -153,11 +169,13 @@ mod tests {
         std::fs::create_dir_all(d.path().join("target/debug")).unwrap();
         std::fs::write(d.path().join("manifests/a.yaml"), "a: 1\n").unwrap();
         std::fs::write(d.path().join("target/debug/x"), "bin").unwrap();
-        let mut src = DirSource::new(d.path());
+        std::fs::write(d.path().join("notes.log"), "x").unwrap();
+        let mut src = DirSource::new(d.path(), "manifests");
         let Poll::Changed(s) = src.poll().await.unwrap() else { panic!("first poll") };
         assert_eq!(s.files.len(), 1);
         assert_eq!(s.files[0].path, "manifests/a.yaml");
         std::fs::write(d.path().join("target/debug/x"), "bin2").unwrap();
+        std::fs::write(d.path().join("notes.log"), "y").unwrap();
         assert!(matches!(src.poll().await.unwrap(), Poll::Unchanged { .. }));
         std::fs::write(d.path().join("manifests/a.yaml"), "a: 2\n").unwrap();
         let Poll::Changed(s2) = src.poll().await.unwrap() else { panic!("edit not seen") };
@@ -168,7 +186,7 @@ mod tests {
     async fn an_edit_is_seen_by_the_watcher() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("manifests")).unwrap();
-        let mut src = DirSource::new(d.path());
+        let mut src = DirSource::new(d.path(), "manifests");
         let (tx, mut rx) = mpsc::unbounded_channel();
         src.watch(tx).unwrap();
         std::fs::write(d.path().join("manifests/a.yaml"), "a: 1\n").unwrap();

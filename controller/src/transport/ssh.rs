@@ -49,6 +49,9 @@ impl Default for SshOptions {
     }
 }
 
+/// Longest quoted script sent as the exec command itself.
+const MAX_INLINE_SCRIPT: usize = 96 * 1024;
+
 struct Conn {
     handle: Handle<Client>,
     channels: Arc<Semaphore>,
@@ -138,6 +141,7 @@ impl SshTransport {
                 return Ok(c.clone());
             }
         }
+        if guard.is_some() { eprintln!("DEBUG replacing closed connection of {}", self.name); }
         *guard = None;
         let t = self.opts.connect_timeout;
         let conn = tokio::time::timeout(t, self.connect()).await.map_err(|_| self.timeout_err(t))??;
@@ -226,6 +230,7 @@ impl SshTransport {
             match tokio::time::timeout(t, conn.handle.channel_open_session()).await {
                 Ok(Ok(ch)) => return Ok((conn, permit, ch)),
                 Ok(Err(e)) => {
+                    eprintln!("DEBUG open failed: {e:?} closed={}", conn.handle.is_closed());
                     self.invalidate(&conn).await;
                     last = Some(TransportError::Lost { host: self.name.clone(), why: format!("opening a channel: {e}") });
                 }
@@ -240,7 +245,15 @@ impl SshTransport {
     }
 
     async fn run(&self, script: &str, stdin: &[u8]) -> Result<ExecOutput, TransportError> {
-        let command = format!("sh -c {}", crate::shell::quote(script).map_err(|e| self.io(e.to_string()))?);
+        let quoted = crate::shell::quote(script).map_err(|e| self.io(e.to_string()))?;
+        // Linux caps one exec argument at 128 KiB: a bigger script travels
+        // ahead of stdin and is read back exactly (`head -c` stops at N bytes).
+        let (command, prefix) = if quoted.len() <= MAX_INLINE_SCRIPT {
+            (format!("sh -c {quoted}"), &b""[..])
+        } else {
+            let reader = format!("s=$(head -c {} && echo x) && s=${{s%x}} && eval \"$s\"", script.len());
+            (format!("sh -c {}", crate::shell::quote(&reader).map_err(|e| self.io(e.to_string()))?), script.as_bytes())
+        };
         let (conn, _permit, channel) = self.open_session().await?;
         let lost = |why: String| TransportError::Lost { host: self.name.clone(), why };
         if let Err(e) = channel.exec(true, command.into_bytes()).await {
@@ -250,7 +263,11 @@ impl SshTransport {
         let (mut rx, tx) = channel.split();
         let write = async {
             // A script that exits without reading stdin closes it: not an error.
-            if !stdin.is_empty() {
+            let mut ok = true;
+            if !prefix.is_empty() {
+                ok = tx.data(prefix).await.is_ok();
+            }
+            if ok && !stdin.is_empty() {
                 let _ = tx.data(stdin).await;
             }
             let _ = tx.eof().await;

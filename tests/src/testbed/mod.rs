@@ -17,7 +17,7 @@
 mod fleet;
 mod net;
 
-pub use fleet::{Fleet, TestHost};
+pub use fleet::{Fleet, TestHost, ALT_PORT, HOST_DIRS};
 
 /// True when e2e tests can run here. Otherwise prints "skipped <test>: <why>"
 /// and returns false — or panics when `TEND_E2E=required`.

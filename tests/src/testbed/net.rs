@@ -14,7 +14,6 @@ pub(crate) const LOCK_DIR: &str = "/run/tend-testbed";
 /// hosts shadow with their own mounts, so sshd inside can read its config.
 pub(crate) const FLEET_ROOT: &str = "/var/tmp/tend-testbed";
 /// Per-host cgroups live under `<hierarchy>/tend-testbed/f<N>/<host>`.
-pub(crate) const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 pub(crate) const CGROUP_SUBDIR: &str = "tend-testbed";
 const MAX_FLEET: u8 = 250;
 

@@ -1,0 +1,378 @@
+//! One action on one host: compose the runtime's scripts behind the lock
+//! prelude, run them, gate on health, roll back.
+
+use super::lock::HostLock;
+use super::output::{last_line, tail, Redactor};
+use super::{ActionOutcome, ActionReport, ApplyOptions, Emit, Event};
+use crate::model::{Delivery, Desired, Observation, ObservedService, Service, SourceTree};
+use crate::plan::{Action, ActionKind};
+use crate::record::{escape, PreviousRelease, Record};
+use crate::runtime::{self, Release, RuntimeError, EXIT_LOCKED};
+use crate::transport::Transport;
+use std::collections::BTreeMap;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Lines of output kept per action.
+const TAIL: usize = 20;
+
+pub(crate) struct Ctx {
+    pub desired: Desired,
+    pub observed: BTreeMap<String, Observation>,
+    pub opts: ApplyOptions,
+    pub redactor: Redactor,
+    pub emit: Emit,
+}
+
+impl Ctx {
+    fn observed(&self, host: &str, service: &str) -> Option<&ObservedService> {
+        match self.observed.get(host) {
+            Some(Observation::Reachable(st)) => st.services.get(service),
+            _ => None,
+        }
+    }
+}
+
+/// Accumulates what one action did.
+struct Run<'a> {
+    ctx: &'a Ctx,
+    lock: &'a HostLock,
+    t: &'a dyn Transport,
+    action: &'a Action,
+    output: String,
+    oom: bool,
+    release: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error("{0}")]
+    Render(#[from] RuntimeError),
+    #[error("{0}")]
+    Transport(#[from] crate::transport::TransportError),
+    #[error("host is locked by {0}")]
+    Locked(String),
+    #[error("{0}")]
+    Script(String),
+    #[error("cannot pack the source: {0}")]
+    Pack(String),
+}
+
+impl<'a> Run<'a> {
+    fn step(&self, step: &str) {
+        self.ctx.emit.send(Event::ActionStep {
+            host: self.action.host.clone(),
+            service: self.action.service.clone(),
+            kind: self.action.kind,
+            step: step.into(),
+        });
+    }
+
+    /// Run `body` behind the lock prelude.
+    async fn script(&mut self, body: &str, stdin: &[u8]) -> Result<String, StepError> {
+        let script = super::lock::wrap(&self.lock.prelude()?, body);
+        let out = self.t.exec(&script, stdin).await?;
+        let text = self
+            .ctx
+            .redactor
+            .redact(&format!("{}{}", out.stdout_lossy(), out.stderr_lossy()));
+        self.output.push_str(&text);
+        if out.status == Some(EXIT_LOCKED) {
+            let by = text.lines().find_map(|l| l.strip_prefix("tend-locked ")).unwrap_or("unknown");
+            return Err(StepError::Locked(by.to_string()));
+        }
+        if !out.success() {
+            let status = out.status.map(|s| s.to_string()).unwrap_or_else(|| "a signal".into());
+            let why = last_line(&text);
+            return Err(StepError::Script(if why.is_empty() {
+                format!("script exited with {status}")
+            } else {
+                format!("script exited with {status}: {why}")
+            }));
+        }
+        Ok(text)
+    }
+
+    /// Whether the service is alive, and whether the kernel OOM-killed in its cgroup.
+    async fn status(&mut self, rt: &dyn runtime::Runtime) -> (bool, bool) {
+        let Ok(script) = rt.status(&self.lock.root, &self.action.service) else {
+            return (false, false);
+        };
+        let Ok(out) = self.t.exec(&script, &[]).await else { return (false, false) };
+        let text = out.stdout_lossy();
+        let mut alive = false;
+        let mut oom = false;
+        for l in text.lines() {
+            if let Some(v) = l.strip_prefix("alive=") {
+                alive = v.trim() == "1";
+            }
+            if let Some(v) = l.strip_prefix("oom_kill=") {
+                oom = v.trim().parse::<u64>().map(|n| n > 0).unwrap_or(false);
+            }
+        }
+        self.oom |= oom;
+        (alive, oom)
+    }
+
+    fn report(self, outcome: ActionOutcome, t0: Instant) -> ActionReport {
+        ActionReport {
+            action: self.action.clone(),
+            outcome,
+            duration: t0.elapsed(),
+            output: tail(&self.output, TAIL),
+            oom_killed: self.oom,
+            release: self.release,
+        }
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Record lines the deploy adds to the release's static record.
+fn extra_lines(prev: Option<&PreviousRelease>, failed: Option<&str>) -> String {
+    let mut s = format!("deployed_at={}\n", now());
+    if let Some(p) = prev {
+        s.push_str(&format!(
+            "previous_version={}\nprevious_config_hash={}\nprevious_release={}\n",
+            escape(&p.version),
+            escape(&p.config_hash),
+            escape(&p.release)
+        ));
+    }
+    if let Some(f) = failed {
+        s.push_str(&format!("failed_version={}\n", escape(f)));
+    }
+    s
+}
+
+fn stage(root: &str, svc: &str, release: &str, extra: &str) -> Result<String, RuntimeError> {
+    let mut o = runtime::vars(root, svc)?;
+    o.push_str(&format!(
+        "rel={}\n{{ cat \"$d/$rel/.tend/record\"; printf '%s' {}; }} > \"$root/records/.tmp-$svc.static\"\n",
+        runtime::q(release)?,
+        runtime::q(extra)?
+    ));
+    Ok(o)
+}
+
+/// The source tree as a tar stream (read by `tar -x` on the host).
+pub fn source_tar(tree: &SourceTree) -> Result<Vec<u8>, std::io::Error> {
+    let mut b = tar::Builder::new(Vec::new());
+    for f in tree.files.iter() {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(f.contents.len() as u64);
+        h.set_mode(if f.executable { 0o755 } else { 0o644 });
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, &f.path, f.contents.as_slice())?;
+    }
+    b.into_inner()
+}
+
+pub(crate) async fn run_action(
+    ctx: &Ctx,
+    lock: &HostLock,
+    t: &dyn Transport,
+    a: &Action,
+) -> ActionReport {
+    let t0 = Instant::now();
+    ctx.emit.send(Event::ActionStarted {
+        host: a.host.clone(),
+        service: a.service.clone(),
+        kind: a.kind,
+    });
+    let mut run =
+        Run { ctx, lock, t, action: a, output: String::new(), oom: false, release: None };
+    let outcome = match a.kind {
+        ActionKind::Start | ActionKind::Upgrade | ActionKind::Restart => {
+            match ctx.desired.services.get(&a.service) {
+                Some(s) if s.host == a.host => deploy(&mut run, s).await,
+                _ => ActionOutcome::Skipped(format!("{} is not in the manifests", a.service)),
+            }
+        }
+        ActionKind::Stop => stop(&mut run).await,
+        ActionKind::Prune => prune(&mut run).await,
+        ActionKind::Rollback => explicit_rollback(&mut run).await,
+    };
+    run.report(outcome, t0)
+}
+
+fn fail(e: StepError) -> ActionOutcome {
+    ActionOutcome::Failed(e.to_string())
+}
+
+async fn deploy(run: &mut Run<'_>, s: &Service) -> ActionOutcome {
+    match deploy_inner(run, s).await {
+        Ok(o) => o,
+        Err(e) => fail(e),
+    }
+}
+
+async fn deploy_inner(run: &mut Run<'_>, s: &Service) -> Result<ActionOutcome, StepError> {
+    let root = run.lock.root.clone();
+    let rt = runtime::for_kind(s.runtime);
+    let rel = Release::new(&root, s, run.ctx.opts.revision.as_deref());
+    let recorded = run.ctx.observed(&run.action.host, &s.name).map(|o| o.record.clone());
+    // The release to fall back to: the one running now, unless it is this one.
+    let prev: Option<PreviousRelease> = match &recorded {
+        Some(r) if r.release != rel.name && !r.release.is_empty() => Some(PreviousRelease {
+            version: r.version.clone(),
+            config_hash: r.config_hash.clone(),
+            release: r.release.clone(),
+        }),
+        Some(r) => r.previous.clone(),
+        None => None,
+    };
+    let switching = recorded.as_ref().is_some_and(|r| r.release != rel.name);
+
+    let mut body = runtime::install_release(rt, &rel)?;
+    body.push_str(&rt.stop(&root, &s.name)?);
+    if let Some(old) = recorded.as_ref().and_then(|r| r.runtime).filter(|k| *k != s.runtime) {
+        body.push_str(&runtime::for_kind(old).stop(&root, &s.name)?);
+    }
+    body.push_str(&runtime::switch(&root, &s.name, &rel.name)?);
+    let mut keep = vec![rel.name.as_str()];
+    if let Some(p) = &prev {
+        keep.push(p.release.as_str());
+    }
+    body.push_str(&runtime::gc_releases(&root, &s.name, &keep)?);
+    body.push_str(&stage(&root, &s.name, &rel.name, &extra_lines(prev.as_ref(), None))?);
+    body.push_str(&runtime::run_start(&root, &s.name, &rel.name)?);
+    let stdin = match &s.delivery {
+        Delivery::Source(tree) => source_tar(tree).map_err(|e| StepError::Pack(e.to_string()))?,
+        _ => Vec::new(),
+    };
+    run.release = Some(rel.name.clone());
+    run.script(&body, &stdin).await?;
+    run.step("running");
+
+    let Some(health) = &s.health else {
+        let (alive, oom) = run.status(rt).await;
+        return Ok(if alive {
+            ActionOutcome::Succeeded
+        } else {
+            ActionOutcome::Failed(exited_message(oom, s))
+        });
+    };
+    run.step("health");
+    let err = match crate::health::wait_healthy(run.t, &root, &s.name, health).await {
+        Ok(_) => return Ok(ActionOutcome::Succeeded),
+        Err(e) => e,
+    };
+    let (alive, oom) = run.status(rt).await;
+    let mut why = format!("{} is unhealthy: {err}", s.version);
+    if !alive {
+        why = format!("{}; {}", why, exited_message(oom, s));
+    }
+    match (switching, prev) {
+        (true, Some(p)) => {
+            run.step("rolling_back");
+            let rolled = rollback(run, &p, &s.version, Some(s)).await;
+            Ok(match rolled {
+                Ok(()) => ActionOutcome::RolledBack(format!("{why}; rolled back to {}", p.version)),
+                Err(e) => ActionOutcome::Failed(format!("{why}; rollback to {} failed: {e}", p.version)),
+            })
+        }
+        _ => Ok(ActionOutcome::Failed(why)),
+    }
+}
+
+fn exited_message(oom: bool, s: &Service) -> String {
+    if oom {
+        match s.memory {
+            Some(m) => format!("the kernel OOM-killed it (memory limit {m} bytes)"),
+            None => "the kernel OOM-killed it".into(),
+        }
+    } else {
+        "it is not running (see its log)".into()
+    }
+}
+
+/// Switch back to `prev`, start it, record `failed_version`; gate on the
+/// desired health check when given (the port usually stays the same).
+async fn rollback(
+    run: &mut Run<'_>,
+    prev: &PreviousRelease,
+    failed: &str,
+    health_of: Option<&Service>,
+) -> Result<(), StepError> {
+    let root = run.lock.root.clone();
+    let svc = run.action.service.clone();
+    let current_rt = health_of
+        .map(|s| s.runtime)
+        .or_else(|| run.ctx.observed(&run.action.host, &svc).and_then(|o| o.record.runtime));
+    let mut body = String::new();
+    if let Some(k) = current_rt {
+        body.push_str(&runtime::for_kind(k).stop(&root, &svc)?);
+    }
+    body.push_str(&runtime::switch(&root, &svc, &prev.release)?);
+    body.push_str(&stage(&root, &svc, &prev.release, &extra_lines(None, Some(failed)))?);
+    body.push_str(&runtime::run_start(&root, &svc, &prev.release)?);
+    run.release = Some(prev.release.clone());
+    run.script(&body, &[]).await?;
+    if let Some(h) = health_of.and_then(|s| s.health.as_ref()) {
+        crate::health::wait_healthy(run.t, &root, &svc, h)
+            .await
+            .map_err(|e| StepError::Script(format!("{} is unhealthy too: {e}", prev.version)))?;
+    }
+    Ok(())
+}
+
+async fn explicit_rollback(run: &mut Run<'_>) -> ActionOutcome {
+    let Some(o) = run.ctx.observed(&run.action.host, &run.action.service) else {
+        return ActionOutcome::Skipped("no record on the host".into());
+    };
+    let rec: Record = o.record.clone();
+    let Some(prev) = rec.previous.clone() else {
+        return ActionOutcome::Failed("no previous release to roll back to".into());
+    };
+    let desired = run.ctx.desired.services.get(&run.action.service).cloned();
+    match rollback(run, &prev, &rec.version, desired.as_ref()).await {
+        Ok(()) => ActionOutcome::Succeeded,
+        Err(e) => fail(e),
+    }
+}
+
+async fn stop(run: &mut Run<'_>) -> ActionOutcome {
+    let root = run.lock.root.clone();
+    let svc = run.action.service.clone();
+    let kind = run
+        .ctx
+        .observed(&run.action.host, &svc)
+        .and_then(|o| o.record.runtime)
+        .or_else(|| run.ctx.desired.services.get(&svc).map(|s| s.runtime));
+    let Some(kind) = kind else {
+        return ActionOutcome::Skipped("runtime unknown".into());
+    };
+    let body = match runtime::for_kind(kind).stop(&root, &svc) {
+        Ok(b) => b,
+        Err(e) => return fail(e.into()),
+    };
+    match run.script(&body, &[]).await {
+        Ok(_) => ActionOutcome::Succeeded,
+        Err(e) => fail(e),
+    }
+}
+
+async fn prune(run: &mut Run<'_>) -> ActionOutcome {
+    let root = run.lock.root.clone();
+    let svc = run.action.service.clone();
+    // Only what tend installed: a record must be there.
+    let Some(kind) = run.ctx.observed(&run.action.host, &svc).map(|o| o.record.runtime) else {
+        return ActionOutcome::Skipped("no record of it on the host".into());
+    };
+    let mut body = String::new();
+    for k in [kind.unwrap_or(crate::model::RuntimeKind::Process)] {
+        match runtime::for_kind(k).remove(&root, &svc) {
+            Ok(b) => body.push_str(&b),
+            Err(e) => return fail(e.into()),
+        }
+    }
+    match run.script(&body, &[]).await {
+        Ok(_) => ActionOutcome::Succeeded,
+        Err(e) => fail(e),
+    }
+}

@@ -1,0 +1,3 @@
+module zervigo/auth
+
+go 1.21

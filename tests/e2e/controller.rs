@@ -1,0 +1,581 @@
+//! `tend run` end to end: a real Git repository (git CLI), the controller in
+//! this process, real services (python3 http.server) on the local transport,
+//! a real Prometheus. No root needed: the point is the loop itself.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use tend::config::{Config, NotificationSink, SinkKind};
+use tend::controller::{self, Running};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const NEVER: &str = "0 0 1 1 *";
+const TOKEN: &str = "e2e-token-0123456789";
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One HTTP/1.1 request, `Connection: close`; (status, body).
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let body = if chunked { dechunk(rest) } else { rest.to_string() };
+    (code, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub async fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let (code, body) = http(addr, "GET", path, &[], b"").await;
+    assert_eq!(code, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+/// Poll `f` until it gives Some, for at most `secs` (a bound, not a measurement).
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("gave up waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "e2e")
+        .env("GIT_AUTHOR_EMAIL", "e2e@example.org")
+        .env("GIT_COMMITTER_NAME", "e2e")
+        .env("GIT_COMMITTER_EMAIL", "e2e@example.org")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .expect("git");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A bare repository with a fleet of `python3 -m http.server` services on
+/// one local host, a work clone to commit from, and the host's root.
+pub struct Fleet {
+    pub tmp: tempfile::TempDir,
+    pub host: String,
+    pub services: BTreeMap<String, u16>,
+}
+
+impl Fleet {
+    pub fn new(host: &str, services: &[&str]) -> Fleet {
+        let tmp = tempfile::tempdir().unwrap();
+        let services = services.iter().map(|s| (s.to_string(), free_port())).collect();
+        let f = Fleet { tmp, host: host.into(), services };
+        std::fs::create_dir_all(f.bare()).unwrap();
+        git(&f.bare(), &["init", "--bare", "-q", "-b", "main"]);
+        git(f.tmp.path(), &["clone", "-q", f.bare().to_str().unwrap(), "work"]);
+        git(&f.work(), &["checkout", "-q", "-b", "main"]);
+        f
+    }
+
+    pub fn bare(&self) -> PathBuf {
+        self.tmp.path().join("fleet.git")
+    }
+    pub fn work(&self) -> PathBuf {
+        self.tmp.path().join("work")
+    }
+    pub fn root(&self) -> PathBuf {
+        self.tmp.path().join("host")
+    }
+
+    /// Manifests with every service at `version`; `extra` is appended to each
+    /// service's spec (indented already).
+    pub fn manifests(&self, version: &str, extra: &str) -> String {
+        let mut m = format!(
+            "apiVersion: tend/v1\nkind: Host\nmetadata: {{name: {h}, labels: {{role: e2e}}}}\n\
+spec:\n  address: local\n  root: {root}\n",
+            h = self.host,
+            root = self.root().display()
+        );
+        for (name, port) in &self.services {
+            m.push_str(&format!(
+                "---\napiVersion: tend/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  host: {h}\n  runtime: process\n  version: \"{version}\"\n  command: [python3, -m, http.server, --bind, 127.0.0.1, \"{port}\"]\n  ports: [{port}]\n  health: {{http: {{port: {port}, path: /}}, interval: 1s, timeout: 20s}}\n{extra}",
+                h = self.host
+            ));
+        }
+        m
+    }
+
+    pub fn commit(&self, contents: &str, msg: &str) -> String {
+        let dir = self.work().join("fleet");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("fleet.yaml"), contents).unwrap();
+        git(&self.work(), &["add", "-A"]);
+        git(&self.work(), &["commit", "-q", "-m", msg]);
+        git(&self.work(), &["push", "-q", "origin", "main"]);
+        let out = Command::new("git").args(["rev-parse", "HEAD"]).current_dir(self.work()).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn config(&self, schedule: &str) -> Config {
+        let token = self.tmp.path().join("token");
+        std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+        Config {
+            repository: format!("file://{}", self.bare().display()),
+            branch: "main".into(),
+            path: "fleet".into(),
+            schedule: schedule.into(),
+            listen: "127.0.0.1:0".into(),
+            token_file: Some(token),
+            cache_dir: self.tmp.path().join("cache"),
+            ident: format!("e2e-{}", self.host),
+            host_timeout: Duration::from_secs(60),
+            ..Config::default()
+        }
+    }
+
+    /// The pid tend recorded for `service`.
+    pub fn pid(&self, service: &str) -> Option<i32> {
+        let rec = std::fs::read_to_string(self.root().join("records").join(format!("{service}.rec"))).ok()?;
+        rec.lines().find_map(|l| l.strip_prefix("pid=")).and_then(|p| p.trim().parse().ok())
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        // The services outlive the controller by design; the test's do not.
+        for s in self.services.keys() {
+            if let Some(pid) = self.pid(s) {
+                // SAFETY: kill has no memory preconditions.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+fn service<'a>(status: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    status["hosts"]
+        .as_array()?
+        .iter()
+        .flat_map(|h| h["services"].as_array().into_iter().flatten())
+        .find(|s| s["name"] == name)
+}
+
+/// Every service in sync at `version`.
+async fn converged(r: &Running, fleet: &Fleet, version: &str) -> serde_json::Value {
+    eventually(120, &format!("all services in sync at {version}"), || async {
+        let st = get_json(r.addr, "/status").await;
+        fleet
+            .services
+            .keys()
+            .all(|s| {
+                service(&st, s).is_some_and(|x| x["status"] == "in_sync" && x["observed_version"] == version)
+            })
+            .then_some(st)
+    })
+    .await
+}
+
+async fn trigger_and_wait(r: &Running) -> serde_json::Value {
+    let auth = format!("Bearer {TOKEN}");
+    let (code, body) = http(r.addr, "POST", "/reconcile?wait=true", &[("Authorization", &auth)], b"").await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+async fn metrics(r: &Running) -> String {
+    let (code, body) = http(r.addr, "GET", "/metrics", &[], b"").await;
+    assert_eq!(code, 200);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_converges_after_a_trigger_and_after_the_next_tick_without_one() {
+    let fleet = Fleet::new("ctl-commit", &["alpha", "beta"]);
+    fleet.commit(&fleet.manifests("1", ""), "v1");
+    let r = controller::spawn(fleet.config(NEVER)).await.unwrap();
+    converged(&r, &fleet, "1").await;
+
+    let rev2 = fleet.commit(&fleet.manifests("2", ""), "v2");
+    let answer = trigger_and_wait(&r).await;
+    assert_eq!(answer["reconcile"]["revision"], rev2.as_str(), "{answer}");
+    let st = converged(&r, &fleet, "2").await;
+    assert_eq!(st["source"]["revision"], rev2.as_str());
+    let last = &service(&st, "alpha").unwrap()["last_action"];
+    assert_eq!(last["kind"], "upgrade", "{last}");
+    assert_eq!(last["result"], "success", "{last}");
+    r.stop().await;
+
+    // Now on a schedule: a commit and no trigger.
+    let r = controller::spawn(fleet.config("*/2 * * * * *")).await.unwrap();
+    converged(&r, &fleet, "2").await;
+    let rev3 = fleet.commit(&fleet.manifests("3", ""), "v3");
+    let st = converged(&r, &fleet, "3").await;
+    assert_eq!(st["source"]["revision"], rev3.as_str());
+    let by = st["reconciles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["revision"] == rev3.as_str() && !x["actions"].as_array().unwrap().is_empty())
+        .expect("the reconcile that applied v3");
+    assert_eq!(by["trigger"], "schedule", "{by}");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_commit_keeps_the_last_good_revision_and_says_why() {
+    let fleet = Fleet::new("ctl-invalid", &["gamma"]);
+    let good = fleet.commit(&fleet.manifests("1", ""), "v1");
+    let r = controller::spawn(fleet.config(NEVER)).await.unwrap();
+    converged(&r, &fleet, "1").await;
+    assert!(metrics(&r).await.contains("tend_manifests_valid 1"));
+
+    // Version 2 with a misspelt field: refused as a whole.
+    let bad = fleet.commit(&fleet.manifests("2", "  prots: [1]\n"), "typo");
+    let answer = trigger_and_wait(&r).await;
+    assert_eq!(answer["reconcile"]["revision"], good.as_str(), "{answer}");
+    let st = get_json(r.addr, "/status").await;
+    let src = &st["source"];
+    assert_eq!(src["manifests_valid"], false, "{src}");
+    assert_eq!(src["revision"], good.as_str());
+    assert_eq!(src["newest"], bad.as_str());
+    let err = src["errors"][0].as_str().unwrap_or_default();
+    assert!(err.starts_with("fleet/fleet.yaml:") && err.contains("prots"), "{src}");
+    let line: usize = err.split(':').nth(1).and_then(|l| l.parse().ok()).unwrap_or(0);
+    assert!(line > 1, "{err}");
+    let m = metrics(&r).await;
+    assert!(m.contains("tend_manifests_valid 0"), "{m}");
+    assert!(m.contains(&format!("tend_source_info{{revision=\"{good}\"")), "{m}");
+    // Still running the good revision's version.
+    let g = service(&st, "gamma").unwrap();
+    assert_eq!((g["status"].as_str(), g["observed_version"].as_str()), (Some("in_sync"), Some("1")));
+
+    let fixed = fleet.commit(&fleet.manifests("2", ""), "fix");
+    trigger_and_wait(&r).await;
+    let st = converged(&r, &fleet, "2").await;
+    assert_eq!(st["source"]["revision"], fixed.as_str());
+    assert!(metrics(&r).await.contains("tend_manifests_valid 1"));
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_killed_by_hand_is_restarted_on_the_next_tick() {
+    let fleet = Fleet::new("ctl-kill", &["delta"]);
+    fleet.commit(&fleet.manifests("1", ""), "v1");
+    let r = controller::spawn(fleet.config("* * * * * *")).await.unwrap();
+    converged(&r, &fleet, "1").await;
+    let pid = fleet.pid("delta").expect("recorded pid");
+    // SAFETY: kill has no memory preconditions; the pid is the test's service.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let st = eventually(120, "delta restarted with a new pid", || async {
+        let st = get_json(r.addr, "/status").await;
+        let ok = service(&st, "delta").is_some_and(|s| s["status"] == "in_sync")
+            && fleet.pid("delta").is_some_and(|p| p != pid);
+        ok.then_some(st)
+    })
+    .await;
+    let last = &service(&st, "delta").unwrap()["last_action"];
+    assert_eq!(last["result"], "success", "{last}");
+    let by = st["reconciles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["actions"].as_array().unwrap().iter().any(|a| a["service"] == "delta"))
+        .expect("a reconcile that acted on delta");
+    assert_eq!(by["trigger"], "schedule", "{by}");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_without_the_token_gets_401_and_a_forged_webhook_403() {
+    let fleet = Fleet::new("ctl-auth", &["eps"]);
+    fleet.commit(&fleet.manifests("1", ""), "v1");
+    let secret = fleet.tmp.path().join("hook-secret");
+    std::fs::write(&secret, "hook-s3cret\n").unwrap();
+    let cfg = Config { webhook_secret_file: Some(secret), ..fleet.config(NEVER) };
+    let r = controller::spawn(cfg).await.unwrap();
+    let (code, _) = http(r.addr, "POST", "/reconcile", &[], b"").await;
+    assert_eq!(code, 401);
+    let (code, _) = http(r.addr, "POST", "/reconcile", &[("Authorization", "Bearer nope")], b"").await;
+    assert_eq!(code, 401);
+    let auth = format!("Bearer {TOKEN}");
+    let (code, body) = http(r.addr, "POST", "/reconcile", &[("Authorization", &auth)], b"").await;
+    assert_eq!(code, 202, "{body}");
+
+    let payload = br#"{"ref":"refs/heads/main"}"#;
+    let (code, _) = http(r.addr, "POST", "/webhook", &[("X-Hub-Signature-256", "sha256=00ff")], payload).await;
+    assert_eq!(code, 403);
+    let sig = hmac_sha256_hex(b"hook-s3cret", payload);
+    let gh = format!("sha256={sig}");
+    let (code, body) = http(r.addr, "POST", "/webhook", &[("X-Hub-Signature-256", &gh)], payload).await;
+    assert_eq!(code, 202, "{body}");
+    let (code, body) = http(r.addr, "POST", "/webhook", &[("X-Gitea-Signature", &sig)], payload).await;
+    assert_eq!(code, 202, "{body}");
+    r.stop().await;
+}
+
+/// HMAC-SHA256 from Python's standard library: the server is checked against
+/// an independent implementation.
+fn hmac_sha256_hex(key: &[u8], msg: &[u8]) -> String {
+    let script = format!(
+        "import hmac,hashlib,sys; print(hmac.new({:?}.encode(), sys.stdin.buffer.read(), hashlib.sha256).hexdigest())",
+        std::str::from_utf8(key).unwrap()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(msg)?;
+            c.wait_with_output()
+        })
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_triggers_in_a_burst_cause_at_most_two_reconciles() {
+    let fleet = Fleet::new("ctl-burst", &["zeta"]);
+    fleet.commit(&fleet.manifests("1", ""), "v1");
+    let r = controller::spawn(fleet.config(NEVER)).await.unwrap();
+    converged(&r, &fleet, "1").await;
+    let idle = || async {
+        let st = get_json(r.addr, "/status").await;
+        (st["running"].is_null() && st["pending"].is_null()).then(|| st["reconciles"][0]["id"].as_u64().unwrap())
+    };
+    let before = eventually(60, "controller idle", idle).await;
+    let auth = format!("Bearer {TOKEN}");
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (addr, auth) = (r.addr, auth.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..50 {
+                let (code, body) = http(addr, "POST", "/reconcile", &[("Authorization", &auth)], b"").await;
+                assert_eq!(code, 202, "{body}");
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                ids.push(v["id"].as_u64().unwrap());
+            }
+            ids
+        }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for t in tasks {
+        ids.extend(t.await.unwrap());
+    }
+    let after = eventually(60, "controller idle after the burst", idle).await;
+    assert!(after > before, "no reconcile ran");
+    assert!(after - before <= 2, "{} reconciles for 1000 triggers", after - before);
+    assert!(ids.len() <= 2, "{ids:?}");
+    assert!(metrics(&r).await.contains("tend_triggers_total{trigger=\"api\"} 1000"));
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_in_sync_for_every_service() {
+    if Command::new("prometheus").arg("--version").output().is_err() {
+        if std::env::var("TEND_E2E").as_deref() == Ok("required") {
+            panic!("prometheus is not installed");
+        }
+        println!("skipped: prometheus is not installed");
+        return;
+    }
+    let fleet = Fleet::new("ctl-prom", &["eta", "theta"]);
+    fleet.commit(&fleet.manifests("1", ""), "v1");
+    let r = controller::spawn(fleet.config(NEVER)).await.unwrap();
+    converged(&r, &fleet, "1").await;
+    let dir = fleet.tmp.path().join("prom");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: tend\n    static_configs: [{{targets: ['{}']}}]\n",
+            r.addr
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut prom = Command::new("prometheus")
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    let paddr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let found = eventually(120, "prometheus has tend_service_in_sync for every service", || async {
+        let (code, body) = match tokio::net::TcpStream::connect(paddr).await {
+            Ok(_) => http(paddr, "GET", "/api/v1/query?query=tend_service_in_sync", &[], b"").await,
+            Err(_) => return None,
+        };
+        if code != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let got: BTreeMap<String, String> = v["data"]["result"]
+            .as_array()?
+            .iter()
+            .map(|x| {
+                (x["metric"]["service"].as_str().unwrap_or("").to_string(), x["value"][1].as_str().unwrap_or("").to_string())
+            })
+            .collect();
+        fleet.services.keys().all(|s| got.contains_key(s)).then_some(got)
+    })
+    .await;
+    let _ = prom.kill();
+    let _ = prom.wait();
+    for s in fleet.services.keys() {
+        assert_eq!(found[s], "1", "{found:?}");
+    }
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_reach_a_local_receiver_without_secrets() {
+    let var = "TEND_E2E_NOTIFY_SECRET";
+    let secret_value = "sup3r-s3cret-value-42";
+    std::env::set_var(var, secret_value);
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", receiver.local_addr().unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = receiver.accept().await else { return };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                            let _ = tx.send(body.to_string());
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+
+    let fleet = Fleet::new("ctl-notify", &["iota"]);
+    let extra = format!("  env: {{API_KEY: {{fromEnv: {var}}}}}\n");
+    fleet.commit(&fleet.manifests("1", &extra), "v1");
+    let cfg = Config {
+        notifications: vec![NotificationSink { kind: SinkKind::Generic, url }],
+        ..fleet.config(NEVER)
+    };
+    let r = controller::spawn(cfg).await.unwrap();
+    converged(&r, &fleet, "1").await;
+    let body = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let b = rx.recv().await.expect("receiver");
+            let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+            if v["kind"] == "applied" {
+                return (b, v);
+            }
+        }
+    })
+    .await
+    .expect("an applied notification");
+    let (raw, v) = body;
+    assert_eq!(v["actions"][0]["service"], "iota", "{v}");
+    assert_eq!(v["actions"][0]["result"], "success", "{v}");
+    assert!(!raw.contains(secret_value), "{raw}");
+    let (_, status) = http(r.addr, "GET", "/status", &[], b"").await;
+    assert!(!status.contains(secret_value));
+    assert!(!metrics(&r).await.contains(secret_value));
+    let (_, page) = http(r.addr, "GET", "/", &[], b"").await;
+    assert!(!page.contains(secret_value));
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_held_by_a_stranger_is_drifted_on_the_status_page() {
+    let fleet = Fleet::new("ctl-page", &["kappa"]);
+    let port = fleet.services["kappa"];
+    let mut stranger = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string()])
+        .current_dir(fleet.tmp.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3");
+    eventually(30, "the stranger listens", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+    })
+    .await;
+    fleet.commit(&fleet.manifests("1", ""), "v1");
+    let r = controller::spawn(fleet.config(NEVER)).await.unwrap();
+    let st = eventually(120, "kappa reported drifted", || async {
+        let st = get_json(r.addr, "/status").await;
+        service(&st, "kappa").is_some_and(|s| s["status"] == "drifted").then_some(st)
+    })
+    .await;
+    let k = service(&st, "kappa").unwrap();
+    assert!(k["reasons"].as_array().unwrap().iter().any(|x| x == "port"), "{k}");
+    let (code, page) = http(r.addr, "GET", "/", &[], b"").await;
+    assert_eq!(code, 200);
+    assert!(page.contains("<tr class=\"drifted\" id=\"svc-ctl-page-kappa\""), "{page}");
+    let m = metrics(&r).await;
+    assert!(m.contains("tend_service_in_sync{host=\"ctl-page\",service=\"kappa\"} 0"), "{m}");
+    assert!(m.contains("tend_service_drift{host=\"ctl-page\",service=\"kappa\",reason=\"port\"} 1"), "{m}");
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+    r.stop().await;
+}

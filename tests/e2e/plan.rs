@@ -1,0 +1,284 @@
+//! Observe + plan against real sshd hosts: records and processes are put on
+//! the hosts by hand (through the test bed), then one probe per host is
+//! planned against the desired state.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tend::model::{Delivery, Desired, Observation, RuntimeKind, Service};
+use tend::plan::{plan, ActionKind, DriftReason, Plan, Status};
+use tend::record::Record;
+use tend::transport::pool::{Pool, PoolOptions};
+use tend_e2e::testbed::{skip_unless_e2e, Fleet, TestHost};
+
+const MIB: u64 = 1 << 20;
+
+fn pool() -> Pool {
+    Pool::new(PoolOptions {
+        connect_timeout: Duration::from_secs(3),
+        exec_timeout: Some(Duration::from_secs(30)),
+        keepalive: Some(Duration::from_secs(5)),
+        default_identity: None,
+        known_hosts: None,
+        max_channels: 8,
+    })
+}
+
+/// A python http server on `port` of `host`, limited to 64 MiB.
+fn web(name: &str, host: &str, port: u16) -> Service {
+    Service {
+        name: name.into(),
+        labels: BTreeMap::new(),
+        host: host.into(),
+        runtime: RuntimeKind::Process,
+        version: "1.0".into(),
+        delivery: Delivery::None,
+        install: Vec::new(),
+        command: ["python3", "-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"]
+            .map(String::from)
+            .to_vec(),
+        env: BTreeMap::new(),
+        ports: vec![port],
+        memory: Some(64 * MIB),
+        health: None,
+        depends_on: Vec::new(),
+        suspend: false,
+    }
+}
+
+/// One web service per host, on port 8100 + i.
+fn one_per_host(fleet: &Fleet) -> Desired {
+    let mut d = Desired::default();
+    for (i, h) in fleet.tend_hosts().into_iter().enumerate() {
+        let s = web(&format!("web{i}"), &h.name, 8100 + i as u16);
+        d.services.insert(s.name.clone(), s);
+        d.hosts.insert(h.name.clone(), h);
+    }
+    d
+}
+
+/// Start `cmd` detached inside the host, in memory cgroup `/tend/<cg>` when
+/// given (limited to `limit`); its pid once `port` listens.
+fn start(h: &TestHost, cg: Option<(&str, u64)>, cmd: &str, port: u16) -> u32 {
+    let join = match cg {
+        Some((name, limit)) => {
+            let dir = format!("/sys/fs/cgroup/memory/tend/{name}");
+            h.exec_ok(&format!("mkdir -p {dir} && echo {limit} > {dir}/memory.limit_in_bytes")).unwrap();
+            format!("echo $$ > {dir}/cgroup.procs && ")
+        }
+        None => String::new(),
+    };
+    let out = h
+        .exec_ok(&format!("sh -c '{join}exec {cmd}' </dev/null >/dev/null 2>&1 & echo $!"))
+        .unwrap();
+    let pid: u32 = out.trim().parse().unwrap();
+    // Bounded wait for the listener (not a timing assertion).
+    let hex = format!(":{port:04X} ");
+    h.exec_ok(&format!(
+        "i=0; while ! grep -q '{hex}.* 0A ' /proc/net/tcp; do i=$((i+1)); [ $i -gt 400 ] && exit 1; sleep 0.05; done"
+    ))
+    .unwrap();
+    pid
+}
+
+fn start_time(h: &TestHost, pid: u32) -> u64 {
+    let stat = h.exec_ok(&format!("cat /proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 1..];
+    after.split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+fn boot_id(h: &TestHost) -> String {
+    h.exec_ok("cat /proc/sys/kernel/random/boot_id").unwrap().trim().to_string()
+}
+
+fn write_record(h: &TestHost, r: &Record) {
+    let dir = h.path("/var/lib/tend/records");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{}.rec", r.name)), r.render()).unwrap();
+}
+
+/// Make `s` run on `h` exactly as declared, as `tend apply` would: process
+/// in its memory cgroup, record written. Returns the pid.
+fn converge(h: &TestHost, s: &Service) -> u32 {
+    let limit = s.memory.unwrap_or(u64::MAX);
+    let pid = start(h, Some((&s.name, limit)), &s.command.join(" "), s.ports[0]);
+    write_record(
+        h,
+        &Record {
+            name: s.name.clone(),
+            version: s.version.clone(),
+            config_hash: s.config_hash(),
+            runtime: Some(s.runtime),
+            release: format!("{}-{}", s.version, &s.config_hash()[..8]),
+            pid: Some(pid),
+            start_time: Some(start_time(h, pid)),
+            boot_id: Some(boot_id(h)),
+            cgroup: Some(format!("/tend/{}", s.name)),
+            ports: s.ports.clone(),
+            memory_limit: s.memory,
+            ..Record::default()
+        },
+    );
+    pid
+}
+
+fn converged_fleet(fleet: &Fleet) -> (Desired, Vec<u32>) {
+    let d = one_per_host(fleet);
+    let pids = fleet
+        .hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| converge(h, &d.services[&format!("web{i}")]))
+        .collect();
+    (d, pids)
+}
+
+async fn observe_and_plan(pool: &Pool, d: &Desired) -> (BTreeMap<String, Observation>, Plan) {
+    let hosts: Vec<String> = d.hosts.keys().cloned().collect();
+    let observed = tend::observe::observe_all(pool, d, &hosts).await;
+    let p = plan(d, &observed);
+    (observed, p)
+}
+
+fn reasons_of<'a>(p: &'a Plan, svc: &str) -> &'a [DriftReason] {
+    &p.services.iter().find(|s| s.service == svc).unwrap_or_else(|| panic!("no {svc} in {p:#?}")).reasons
+}
+
+fn only_action(p: &Plan) -> (ActionKind, &str) {
+    assert_eq!(p.actions.len(), 1, "{:#?}", p.actions);
+    (p.actions[0].kind, p.actions[0].service.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_hosts_plan_missing_and_a_start_for_everything() {
+    if !skip_unless_e2e("empty_hosts_plan_missing_and_a_start_for_everything") {
+        return;
+    }
+    let fleet = Fleet::start(3).unwrap();
+    let d = one_per_host(&fleet);
+    let (observed, p) = observe_and_plan(&pool(), &d).await;
+    for (h, o) in &observed {
+        match o {
+            Observation::Reachable(st) => assert_eq!(&st.facts.hostname, h, "each host is its own"),
+            Observation::Unreachable { reason } => panic!("{h} unreachable: {reason}"),
+        }
+    }
+    assert_eq!(p.services.len(), 3);
+    for s in &p.services {
+        assert_eq!(s.reasons, vec![DriftReason::Missing], "{s:?}");
+    }
+    let starts: Vec<&str> =
+        p.actions.iter().filter(|a| a.kind == ActionKind::Start).map(|a| a.service.as_str()).collect();
+    assert_eq!(starts, vec!["web0", "web1", "web2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_converged_fleet_plans_nothing_with_one_exec_per_host() {
+    if !skip_unless_e2e("a_converged_fleet_plans_nothing_with_one_exec_per_host") {
+        return;
+    }
+    let fleet = Fleet::start(3).unwrap();
+    let (d, _) = converged_fleet(&fleet);
+    let pool = pool();
+    let (observed, p) = observe_and_plan(&pool, &d).await;
+    assert!(p.in_sync(), "{p:#?}\n{observed:#?}");
+    for (i, h) in fleet.hosts().iter().enumerate() {
+        let Observation::Reachable(st) = &observed[&h.name] else { panic!("{} unreachable", h.name) };
+        let svc = &st.services[&format!("web{i}")];
+        assert!(svc.running);
+        assert_eq!(svc.memory_limit, Some(64 * MIB));
+        assert_eq!(st.listeners[&(8100 + i as u16)].service.as_deref(), Some(svc.record.name.as_str()));
+        assert_eq!(pool.stats(&h.name).map(|s| s.execs()), Some(1), "one round trip on {}", h.name);
+    }
+    assert_eq!(pool.total_stats().execs(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_process_plans_stopped() {
+    if !skip_unless_e2e("a_killed_process_plans_stopped") {
+        return;
+    }
+    let fleet = Fleet::start(3).unwrap();
+    let (d, pids) = converged_fleet(&fleet);
+    let h = fleet.host(1);
+    h.exec_ok(&format!(
+        "kill {p}; i=0; while [ -d /proc/{p} ] && ! grep -q '^State:.*Z' /proc/{p}/status; do \
+         i=$((i+1)); [ $i -gt 200 ] && exit 1; sleep 0.05; done",
+        p = pids[1]
+    ))
+    .unwrap();
+    let (_, p) = observe_and_plan(&pool(), &d).await;
+    assert_eq!(reasons_of(&p, "web1"), [DriftReason::Stopped]);
+    assert_eq!(only_action(&p), (ActionKind::Start, "web1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_desired_version_plans_version() {
+    if !skip_unless_e2e("a_changed_desired_version_plans_version") {
+        return;
+    }
+    let fleet = Fleet::start(3).unwrap();
+    let (mut d, _) = converged_fleet(&fleet);
+    if let Some(s) = d.services.get_mut("web2") {
+        s.version = "1.1".into();
+    }
+    let (_, p) = observe_and_plan(&pool(), &d).await;
+    assert_eq!(reasons_of(&p, "web2"), [DriftReason::Version]);
+    assert_eq!(only_action(&p), (ActionKind::Upgrade, "web2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_limit_changed_by_hand_plans_memory_limit() {
+    if !skip_unless_e2e("a_memory_limit_changed_by_hand_plans_memory_limit") {
+        return;
+    }
+    let fleet = Fleet::start(3).unwrap();
+    let (d, _) = converged_fleet(&fleet);
+    fleet
+        .host(0)
+        .exec_ok(&format!("echo {} > /sys/fs/cgroup/memory/tend/web0/memory.limit_in_bytes", 48 * MIB))
+        .unwrap();
+    let (_, p) = observe_and_plan(&pool(), &d).await;
+    assert_eq!(reasons_of(&p, "web0"), [DriftReason::MemoryLimit]);
+    assert_eq!(only_action(&p), (ActionKind::Restart, "web0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_on_a_declared_port_blocks_the_start_and_is_left_running() {
+    if !skip_unless_e2e("a_stranger_on_a_declared_port_blocks_the_start_and_is_left_running") {
+        return;
+    }
+    let fleet = Fleet::start(3).unwrap();
+    let d = one_per_host(&fleet);
+    let h = fleet.host(2);
+    let stranger = start(h, None, "python3 -m http.server 8102 --bind 127.0.0.1", 8102);
+    let (_, p) = observe_and_plan(&pool(), &d).await;
+    assert_eq!(reasons_of(&p, "web2"), [DriftReason::Missing, DriftReason::Port]);
+    let sp = p.services.iter().find(|s| s.service == "web2").unwrap();
+    let blocked = sp.blocked.as_deref().unwrap_or_default();
+    assert!(blocked.contains(&format!("port 8102 held by pid {stranger} (python")), "{blocked}");
+    assert!(!p.actions.iter().any(|a| a.host == h.name), "{:#?}", p.actions);
+    // The other hosts still start theirs.
+    assert_eq!(p.actions.len(), 2);
+    h.exec_ok(&format!("kill -0 {stranger}")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_link_is_down_is_unreachable_while_the_others_are_planned() {
+    if !skip_unless_e2e("a_host_whose_link_is_down_is_unreachable_while_the_others_are_planned") {
+        return;
+    }
+    let fleet = Fleet::start(3).unwrap();
+    let (d, _) = converged_fleet(&fleet);
+    fleet.host(1).link_down().unwrap();
+    let (_, p) = observe_and_plan(&pool(), &d).await;
+    fleet.host(1).link_up().unwrap();
+    assert_eq!(p.unreachable.keys().collect::<Vec<_>>(), vec![&fleet.host(1).name]);
+    let web1 = p.services.iter().find(|s| s.service == "web1").unwrap();
+    assert_eq!(web1.status, Status::Unknown);
+    for other in ["web0", "web2"] {
+        let s = p.services.iter().find(|s| s.service == other).unwrap();
+        assert_eq!(s.status, Status::InSync, "{s:?}");
+    }
+    assert!(p.actions.is_empty());
+    assert!(!p.in_sync());
+}

@@ -1,0 +1,299 @@
+//! The HTML status page, as a browser renders it: a controller over a local
+//! host with one service that runs and one that cannot pass its health check,
+//! read back with headless Chromium's `--dump-dom`.
+//!
+//! Needs Chromium (Debian's `chromium`), not root: the host is the machine
+//! itself (`address: local`) with its root in a temp dir.
+
+use super::deploy::tool;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// GET over plain HTTP/1.0: the body, when the answer is 200.
+fn get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200")
+        .then(|| body.to_string())
+        .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
+}
+
+/// Poll `/status` until `done` holds; waiting is bounded, not asserted on.
+fn wait_status(
+    addr: SocketAddr,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = serde_json::Value::Null;
+    while Instant::now() < deadline {
+        if let Some(body) = get(addr, "/status") {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
+                if done(&v) {
+                    return v;
+                }
+                last = v;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("/status never showed {what}; last:\n{last:#}");
+}
+
+fn service<'a>(st: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    st["hosts"]
+        .as_array()?
+        .iter()
+        .flat_map(|h| h["services"].as_array().into_iter().flatten())
+        .find(|s| s["name"] == name)
+}
+
+/// The DOM after Chromium loaded and rendered `url`.
+fn dump_dom(chromium: &Path, profile: &Path, url: &str, screenshot: Option<&Path>) -> String {
+    let mut args: Vec<String> = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(format!("--user-data-dir={}", profile.display()));
+    match screenshot {
+        Some(p) => {
+            args.push("--window-size=1280,900".into());
+            args.push(format!("--screenshot={}", p.display()));
+        }
+        None => args.push("--dump-dom".into()),
+    }
+    args.push(url.into());
+    let mut child = Command::new(chromium)
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", chromium.display()));
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    // A browser that hangs must not hang the test run.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish loading {url}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let dom = reader.join().unwrap();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(status.success(), "chromium: {status}\n{err}");
+    dom
+}
+
+/// The `<tr …>…</tr>` of the element with `id`.
+fn row<'a>(dom: &'a str, id: &str) -> &'a str {
+    let at = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no element {id} in the page:\n{dom}"));
+    let start = dom[..at].rfind("<tr").expect("the element is a table row");
+    let end = at + dom[at..].find("</tr>").expect("the row ends");
+    &dom[start..end]
+}
+
+/// Stops what the test's services left running on this machine, by their
+/// records (pid checked against its start time), and removes their cgroups.
+struct Leftovers {
+    root: PathBuf,
+    services: Vec<String>,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for svc in &self.services {
+            let rec = std::fs::read_to_string(self.root.join(format!("records/{svc}.rec")))
+                .unwrap_or_default();
+            let field = |k: &str| {
+                rec.lines()
+                    .filter_map(|l| l.strip_prefix(k))
+                    .last()
+                    .map(str::to_string)
+            };
+            if let (Some(pid), Some(start)) = (field("pid="), field("start_time=")) {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                // Field 22, counted after the parenthesised command name.
+                let started = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, r)| r.split_whitespace().nth(19));
+                if started == Some(start.as_str()) {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        // SAFETY: kill(2) on a pid we just checked is our service.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                        let gone = Instant::now() + Duration::from_secs(10);
+                        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < gone {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                    }
+                }
+            }
+            for cg in [
+                format!("/sys/fs/cgroup/memory/tend/{svc}"),
+                format!("/sys/fs/cgroup/tend/{svc}"),
+            ] {
+                let _ = std::fs::remove_dir(cg);
+            }
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn the_status_page_renders_the_fleet_and_shows_a_drifted_service_as_drifted() {
+    let test = "the_status_page_renders_the_fleet_and_shows_a_drifted_service_as_drifted";
+    let Some(chromium) = tool("chromium", "chromium", test) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let id = std::process::id();
+    let (host, ok, bad) = (
+        format!("page-{id}"),
+        format!("page-ok-{id}"),
+        format!("page-drift-{id}"),
+    );
+    let root = tmp.path().join("hostroot");
+    let manifests = tmp.path().join("repo/manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let _leftovers = Leftovers {
+        root: root.clone(),
+        services: vec![ok.clone(), bad.clone()],
+    };
+    // `bad` exits at once, so its health check on its own port never passes:
+    // every reconcile tries to start it and it stays drifted.
+    let port = free_port();
+    std::fs::write(
+        manifests.join("fleet.yaml"),
+        format!(
+            "apiVersion: tend/v1\nkind: Host\nmetadata: {{name: {host}, labels: {{role: page}}}}\n\
+spec: {{address: local, root: {root}}}\n---\n\
+apiVersion: tend/v1\nkind: Service\nmetadata: {{name: {ok}}}\n\
+spec: {{host: {host}, runtime: process, version: \"1\", command: [sleep, \"600\"]}}\n---\n\
+apiVersion: tend/v1\nkind: Service\nmetadata: {{name: {bad}}}\n\
+spec:\n  host: {host}\n  runtime: process\n  version: \"1\"\n  command: [sh, -c, exit 3]\n\
+  ports: [{port}]\n  health: {{tcp: {{port: {port}}}, interval: 1s, timeout: 2s}}\n",
+            root = root.display()
+        ),
+    )
+    .unwrap();
+    let cfg = tend::config::Config::parse(
+        &format!(
+            "repository: {}\npath: manifests\nschedule: '*/2 * * * * *'\nlisten: 127.0.0.1:0\n\
+cache_dir: {}\nident: tend@status-page-test\n",
+            tmp.path().join("repo").display(),
+            tmp.path().join("cache").display()
+        ),
+        "tend.yaml",
+    )
+    .unwrap();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let running = rt.block_on(tend::controller::spawn(cfg)).unwrap();
+    let addr = running.addr;
+
+    let st = wait_status(
+        addr,
+        "one service in sync and one drifted after a failed start",
+        |v| {
+            service(v, &ok).is_some_and(|s| s["status"] == "in_sync")
+                && service(v, &bad).is_some_and(|s| {
+                    s["status"] == "drifted" && s["last_action"]["result"] == "failure"
+                })
+        },
+    );
+    let reasons: Vec<String> = service(&st, &bad).unwrap()["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    assert!(!reasons.is_empty());
+
+    let profile = tmp.path().join("chromium");
+    let url = format!("http://{addr}/");
+    let dom = dump_dom(&chromium, &profile, &url, None);
+    // The fleet: the host, up, with both services.
+    assert!(dom.contains(&format!("id=\"host-{host}\"")), "{dom}");
+    assert!(dom.contains("2 services"), "{dom}");
+    assert!(dom.contains("1 drifted"), "{dom}");
+    let ok_row = row(&dom, &format!("svc-{host}-{ok}"));
+    assert!(ok_row.starts_with("<tr class=\"in_sync\""), "{ok_row}");
+    assert!(ok_row.contains(">in sync<"), "{ok_row}");
+    // The drifted one says so, with the reasons /status gives and its failed start.
+    let bad_row = row(&dom, &format!("svc-{host}-{bad}"));
+    assert!(bad_row.starts_with("<tr class=\"drifted\""), "{bad_row}");
+    assert!(bad_row.contains(">drifted<"), "{bad_row}");
+    for r in &reasons {
+        assert!(
+            bad_row.contains(r.as_str()),
+            "reason {r} not shown: {bad_row}"
+        );
+    }
+    assert!(bad_row.contains("start failure"), "{bad_row}");
+    if let Some(dir) = std::env::var_os("TEND_SCREENSHOT_DIR") {
+        let png = PathBuf::from(dir).join("status-page.png");
+        dump_dom(&chromium, &profile, &url, Some(&png));
+        println!("screenshot: {}", png.display());
+    }
+
+    // A refused revision: the page says so and the fleet stays as it was.
+    std::fs::write(
+        manifests.join("broken.yaml"),
+        "apiVersion: tend/v1\nkind: Service\nmetadata: {name: x}\nspec: {nonsense: 1}\n",
+    )
+    .unwrap();
+    wait_status(addr, "the newest revision refused", |v| {
+        v["source"]["manifests_valid"] == false
+    });
+    let dom = dump_dom(&chromium, &profile, &url, None);
+    let manifests_cell = row(&dom, "manifests");
+    assert!(manifests_cell.contains("class=\"bad\""), "{manifests_cell}");
+    assert!(manifests_cell.contains("refused"), "{manifests_cell}");
+    assert!(
+        dom.contains(&format!("id=\"svc-{host}-{ok}\"")),
+        "the fleet vanished: {dom}"
+    );
+
+    rt.block_on(running.stop());
+}

@@ -33,8 +33,9 @@ struct Args {
     /// Timed runs per measurement (median, min, max are reported).
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// Results (JSON, Markdown) and work files.
-    #[arg(long, default_value = "target/tend-bench")]
+    /// Results (JSON, Markdown) and work files. Outside any Git checkout:
+    /// tend resolves `source.path` against the nearest `.git` above the manifests.
+    #[arg(long, default_value = "/var/tmp/tend-bench")]
     out: PathBuf,
     /// Virtualenv for ansible-core (created when missing).
     #[arg(long)]
@@ -44,6 +45,13 @@ struct Args {
     tend_bin: Option<PathBuf>,
     #[arg(long)]
     skip_ansible: bool,
+    /// Timed runs per Ansible measurement (default: --runs).
+    #[arg(long)]
+    ansible_runs: Option<usize>,
+    /// UTC time (HH:MM) after which no new Ansible run starts; what was
+    /// measured is reported with the count.
+    #[arg(long)]
+    deadline: Option<String>,
     #[arg(long)]
     skip_tend: bool,
 }
@@ -56,6 +64,7 @@ fn main() -> anyhow::Result<()> {
     let mut env = Vec::new();
     env.push(format!("started: {}", now_utc()));
     env.push(format!("loadavg at start: {}", util::loadavg()));
+    env.extend(util::machine());
 
     let tend_bin = if args.skip_tend {
         None
@@ -93,8 +102,10 @@ fn main() -> anyhow::Result<()> {
         let t0 = Instant::now();
         let fleet = Fleet::start(n).with_context(|| format!("start a fleet of {n}"))?;
         eprintln!("fleet of {n} up in {:.1}s", t0.elapsed().as_secs_f64());
+        env.push(format!("{n} hosts: started {}, loadavg {}", now_utc(), util::loadavg()));
         let ctx = Ctx::new(&fleet, &out.join(format!("n{n}")), &args)?;
         bench_fleet(&ctx, tend_bin.as_deref(), ansible_bin.as_deref(), &mut rows);
+        env.push(format!("{n} hosts: finished {}, loadavg {}", now_utc(), util::loadavg()));
         let md = stats::markdown(&rows);
         let _ = std::fs::write(out.join("results.md"), &md);
         let _ = write_json(&out.join("results.json"), &rows, &env);
@@ -121,6 +132,9 @@ pub struct Ctx<'a> {
     pub work: PathBuf,
     pub manifests: PathBuf,
     pub wl: Workload,
+    pub ansible_runs: usize,
+    /// Seconds since midnight UTC.
+    pub deadline: Option<u64>,
 }
 
 impl<'a> Ctx<'a> {
@@ -141,7 +155,30 @@ impl<'a> Ctx<'a> {
         let keys: Vec<String> = fleet.hosts().iter().map(|h| h.host_key_line.clone()).collect();
         let wl = Workload::new(args.services);
         let manifests = wl.write_manifests(&work.join("manifests"), &hosts, &keys)?;
-        Ok(Ctx { fleet, n: fleet.len(), runs: args.runs.max(1), hosts, work: work.to_path_buf(), manifests, wl })
+        let deadline = match &args.deadline {
+            None => None,
+            Some(d) => Some(parse_hhmm(d).with_context(|| format!("--deadline {d:?} is not HH:MM"))?),
+        };
+        Ok(Ctx {
+            fleet,
+            n: fleet.len(),
+            runs: args.runs.max(1),
+            hosts,
+            work: work.to_path_buf(),
+            manifests,
+            wl,
+            ansible_runs: args.ansible_runs.unwrap_or(args.runs).max(1),
+            deadline,
+        })
+    }
+
+    pub fn past_deadline(&self) -> bool {
+        let Some(d) = self.deadline else { return false };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|t| t.as_secs() % 86_400)
+            .unwrap_or(0);
+        now >= d
     }
 
     pub fn test_hosts(&self) -> &[TestHost] {
@@ -226,14 +263,14 @@ fn bench_fleet(ctx: &Ctx, tend_bin: Option<&Path>, ansible_bin: Option<&Path>, r
     rows.extend(phase_floor(ctx));
     match tend_bin {
         Some(bin) => rows.extend(tendside::phases(ctx, bin)),
-        None => rows.push(Measurement::failed("all", "tend", n, "s", vec![], "tend binary not available")),
+        None => rows.push(Measurement::failed("all", "tend", n, "s", vec![], "skipped or the tend binary not available")),
     }
     if let Err(e) = ctx.wipe_tend() {
         eprintln!("wiping tend's services failed: {e:#}");
     }
     match ansible_bin {
         Some(bin) => rows.extend(phase_ansible(ctx, bin)),
-        None => rows.push(Measurement::failed("all", "ansible", n, "s", vec![], "ansible-core not installed")),
+        None => rows.push(Measurement::failed("all", "ansible", n, "s", vec![], "skipped or ansible-core not installed")),
     }
     if let Err(e) = ctx.wipe_ansible() {
         eprintln!("wiping Ansible's services failed: {e:#}");
@@ -292,48 +329,51 @@ fn phase_ansible(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
         Err(e) => return vec![Measurement::failed("all", "ansible", n, "s", vec![], format!("{e:#}"))],
     };
     let ports = ctx.ports();
+    let runs = ctx.ansible_runs;
     let settings = format!("forks={}, pipelining=True, gather_facts=false, ControlPersist=60s", a.forks);
+    let stopped = |k: usize| format!("stopped at the --deadline after {k} of {runs} runs");
 
-    // 2. converge from empty
+    // 2. converge from empty: the first run here, the others after the repairs.
+    let converge_once = || -> Result<f64> {
+        ctx.wipe_ansible().context("wipe")?;
+        let r = a.playbook(false)?;
+        util::all_healthy(ctx.test_hosts(), &ports).context("after ansible-playbook")?;
+        Ok(r.seconds)
+    };
     let mut conv = Vec::new();
-    let mut err = None;
-    for _ in 0..ctx.runs {
-        if let Err(e) = ctx.wipe_ansible() {
-            err = Some(format!("wipe: {e:#}"));
-            break;
-        }
-        match a.playbook(false).and_then(|r| util::all_healthy(ctx.test_hosts(), &ports).map(|_| r)) {
-            Ok(r) => conv.push(r.seconds),
-            Err(e) => {
-                err = Some(format!("{e:#}"));
-                break;
-            }
+    let mut conv_err = None;
+    match converge_once() {
+        Ok(s) => conv.push(s),
+        Err(e) => {
+            out.push(finish("converge", "ansible-playbook", n, conv, Some(format!("{e:#}")), settings));
+            return out;
         }
     }
-    out.push(finish("converge", "ansible-playbook", n, conv, err, format!("from empty hosts; {settings}")));
 
     // 1. no-op: --check on converged hosts
     let mut noop = Vec::new();
     let mut cpu = Vec::new();
     let mut ctl_cpu = Vec::new();
     let mut err = None;
-    if let Err(e) = util::all_healthy(ctx.test_hosts(), &ports).and_then(|_| a.playbook(true).map(drop)) {
-        err = Some(format!("warm-up --check: {e:#}"));
-    }
-    for _ in 0..ctx.runs {
-        if err.is_some() {
+    for k in 0..runs {
+        if ctx.past_deadline() {
+            err = Some(stopped(k));
             break;
         }
         let c0 = ctx.hosts_cpu_seconds().ok();
-        let s0 = procfs::self_cpu_seconds();
+        let s0 = procfs::children_cpu_seconds();
         match a.playbook(true) {
             Ok(r) if r.recap.changed == 0 && r.recap.hosts == n => noop.push(r.seconds),
             Ok(r) => {
                 err = Some(format!("--check on converged hosts reported {r:?}", r = r.recap));
+                break;
             }
-            Err(e) => err = Some(format!("{e:#}")),
+            Err(e) => {
+                err = Some(format!("{e:#}"));
+                break;
+            }
         }
-        ctl_cpu.push(procfs::self_cpu_seconds() - s0);
+        ctl_cpu.push((procfs::children_cpu_seconds() - s0) * 1e3);
         if let (Some(c0), Ok(c1)) = (c0, ctx.hosts_cpu_seconds()) {
             cpu.push((c1 - c0) / n as f64 * 1e3);
         }
@@ -351,9 +391,9 @@ fn phase_ansible(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
         "noop controller CPU",
         "ansible-playbook --check",
         n,
-        "s",
+        "ms",
         ctl_cpu,
-        "user+sys of ansible-playbook and its reaped children (ssh clients)",
+        "user+sys of ansible-playbook and the children it waited for (not the ControlPersist masters)",
     ));
 
     // 3. repair one killed service on one host
@@ -363,7 +403,11 @@ fn phase_ansible(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
     let victim = &ctx.test_hosts()[0];
     let port = ports[0];
     let svc = &ctx.wl.services[0].name;
-    for _ in 0..ctx.runs {
+    for k in 0..runs {
+        if ctx.past_deadline() {
+            err = Some(stopped(k));
+            break;
+        }
         let kill = format!("kill -9 \"$(cat /srv/ansible-bench/{svc}/app.pid)\"");
         if let Err(e) = victim.exec_ok(&kill).and_then(|_| util::wait_closed(&victim.ip, port, Duration::from_secs(10))) {
             err = Some(format!("kill: {e:#}"));
@@ -372,7 +416,7 @@ fn phase_ansible(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
         let t0 = Instant::now();
         let r = std::thread::scope(|s| {
             let run = s.spawn(|| a.playbook(false));
-            let healthy = util::wait_http(&victim.ip, port, Duration::from_secs(600)).map(|_| t0.elapsed());
+            let healthy = util::wait_http(&victim.ip, port, Duration::from_secs(900)).map(|_| t0.elapsed());
             let ran = run.join().map_err(|_| anyhow::anyhow!("ansible thread panicked"));
             (healthy, ran)
         });
@@ -403,6 +447,22 @@ fn phase_ansible(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
         total,
         "the same runs, until ansible-playbook exits",
     ));
+
+    // 2. the remaining converge runs
+    for k in 1..runs {
+        if ctx.past_deadline() {
+            conv_err = Some(stopped(k));
+            break;
+        }
+        match converge_once() {
+            Ok(s) => conv.push(s),
+            Err(e) => {
+                conv_err = Some(format!("{e:#}"));
+                break;
+            }
+        }
+    }
+    out.insert(0, finish("converge", "ansible-playbook", n, conv, conv_err, format!("from empty hosts; {settings}")));
     out
 }
 
@@ -418,6 +478,12 @@ pub fn finish(
         None => Measurement::new(scenario, tool, n, "s", samples, note),
         Some(e) => Measurement::failed(scenario, tool, n, "s", samples, e),
     }
+}
+
+fn parse_hhmm(s: &str) -> Option<u64> {
+    let (h, m) = s.split_once(':')?;
+    let (h, m): (u64, u64) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some(h * 3600 + m * 60)
 }
 
 fn version_line(bin: &Path) -> String {

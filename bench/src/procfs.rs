@@ -1,6 +1,5 @@
 //! What the kernel says about processes: memory (VmHWM/VmRSS) and CPU time.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,56 +25,6 @@ pub fn status_bytes(pid: u32, field: &'static str) -> Result<u64, ProcError> {
         .ok_or(ProcError::Field { path, field })
 }
 
-/// (ppid, own utime+stime, reaped children's cutime+cstime) in clock ticks.
-fn stat_times(pid: u32) -> Option<(u32, u64, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // comm may hold spaces and parens: fields start after the last ')'.
-    let rest = &text[text.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest[0] is field 3 (state); field N is f[N-3].
-    let num = |n: usize| f.get(n - 3).and_then(|x| x.parse::<u64>().ok());
-    let ppid = num(4)? as u32;
-    Some((ppid, num(14)? + num(15)?, num(16)? + num(17)?))
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
-}
-
-/// CPU seconds used by `root` and all its living descendants, plus what the
-/// ones already reaped left in their parents' cutime/cstime. A child still
-/// alive is not in its parent's cutime, so nothing is counted twice.
-pub fn tree_cpu_seconds(root: u32) -> f64 {
-    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    let mut times: HashMap<u32, u64> = HashMap::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if let Some((ppid, own, reaped)) = stat_times(pid) {
-                children.entry(ppid).or_default().push(pid);
-                times.insert(pid, own + reaped);
-            }
-        }
-    }
-    let mut total = 0u64;
-    let mut stack = vec![root];
-    while let Some(p) = stack.pop() {
-        total += times.get(&p).copied().unwrap_or(0);
-        if let Some(c) = children.get(&p) {
-            stack.extend(c);
-        }
-    }
-    total as f64 / clock_ticks()
-}
-
 /// cpuacct.usage of a cgroup v1 directory, in seconds.
 pub fn cpuacct_seconds(dir: &Path) -> Result<f64, ProcError> {
     let path = dir.join("cpuacct.usage");
@@ -87,9 +36,22 @@ pub fn cpuacct_seconds(dir: &Path) -> Result<f64, ProcError> {
         .map_err(|_| ProcError::Field { path: p, field: "usage" })
 }
 
-/// CPU seconds used so far by this process and its reaped children.
+fn rusage_seconds(who: libc::c_int) -> f64 {
+    // SAFETY: getrusage fills the struct we pass; zeroed is a valid start.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(who, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// user+sys CPU seconds of this process (all threads), microsecond resolution.
 pub fn self_cpu_seconds() -> f64 {
-    stat_times(std::process::id())
-        .map(|(_, own, reaped)| (own + reaped) as f64 / clock_ticks())
-        .unwrap_or(0.0)
+    rusage_seconds(libc::RUSAGE_SELF)
+}
+
+/// user+sys CPU seconds of the children this process waited for (and theirs).
+pub fn children_cpu_seconds() -> f64 {
+    rusage_seconds(libc::RUSAGE_CHILDREN)
 }

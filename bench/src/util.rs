@@ -101,3 +101,34 @@ pub fn all_healthy(hosts: &[TestHost], ports: &[u16]) -> Result<()> {
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string()
 }
+
+/// nproc, memory, kernel, OS: for BENCHMARKS.md.
+pub fn machine() -> Vec<String> {
+    let cmd = |p: &str, a: &[&str]| {
+        std::process::Command::new(p)
+            .args(a)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")))
+        .unwrap_or_default();
+    let os = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string())))
+        .unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
+        .unwrap_or_default();
+    vec![
+        format!("nproc: {}", cmd("nproc", &[])),
+        format!("cpu: {cpu}"),
+        format!("memory: {mem}"),
+        format!("kernel: {}", cmd("uname", &["-sr"])),
+        format!("os: {os}"),
+        format!("openssh: {}", String::from_utf8_lossy(&std::process::Command::new("ssh").arg("-V").output().map(|o| o.stderr).unwrap_or_default()).trim()),
+    ]
+}

@@ -73,14 +73,26 @@ mod tests {
     #[test]
     fn a_command_line_keeps_each_argument_whole() {
         let line = command_line(&["printf", "%s|", "a b", "-n", "$(x)"]).unwrap();
-        let out = Command::new("/bin/sh").arg("-c").arg(&line).output().unwrap();
+        let out = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&line)
+            .output()
+            .unwrap();
         assert_eq!(out.stdout, b"a b|-n|$(x)|");
     }
 
     fn sh_printf(word: &str) -> Vec<u8> {
         let script = format!("printf %s {}", quote(word).unwrap());
-        let out = Command::new("/bin/sh").arg("-c").arg(script).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out.stdout
     }
 

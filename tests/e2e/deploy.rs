@@ -220,7 +220,6 @@ fn the_example_config_loads_and_agrees_with_the_unit() {
     // The cache lives where StateDirectory= puts it.
     assert_eq!(d["StateDirectory"].last().map(String::as_str), Some("tend"));
     assert!(cfg.listen_addr().is_ok());
-    assert!(!cfg.selector.is_empty(), "the example shows sharding");
     assert!(cfg.prune.enabled && !cfg.prune.force && cfg.prune.max_share <= 0.5);
     assert!(!cfg.notifications.is_empty());
 }
@@ -824,4 +823,157 @@ fn the_pull_request_workflow_validates_and_plans_with_documented_secrets() {
             );
         }
     }
+}
+
+// ------------------------------------------- the rules on a live controller
+
+/// A Prometheus child process, killed with the test.
+struct Prometheus(std::process::Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Poll a Prometheus API path until `done` returns Some; bounded, not asserted on.
+fn wait_api<T>(
+    addr: std::net::SocketAddr,
+    path: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut last = serde_json::Value::Null;
+    while std::time::Instant::now() < deadline {
+        if let Some(v) = super::status_page::get(addr, path)
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+        {
+            if let Some(t) = done(&v) {
+                return t;
+            }
+            last = v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    panic!("{path} never showed {what}; last:\n{last:#}");
+}
+
+fn alerts(v: &serde_json::Value, name: &str) -> Vec<serde_json::Value> {
+    v["data"]["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["labels"]["alertname"] == name)
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn the_shipped_scrape_config_and_rules_alert_on_a_live_controllers_drift() {
+    let test = "the_shipped_scrape_config_and_rules_alert_on_a_live_controllers_drift";
+    let Some(prometheus) = tool("prometheus", "prometheus", test) else {
+        return;
+    };
+    let fleet = super::status_page::DriftedFleet::start("prom");
+    let target = fleet.addr.to_string();
+
+    // deploy/prometheus/prometheus.yml, pointed at this controller, every second.
+    let mut cfg = read("deploy/prometheus/prometheus.yml");
+    let alerts_file = root().join(ALERTS);
+    for (from, to) in [
+        ("scrape_interval: 30s", "scrape_interval: 1s".to_string()),
+        (
+            "evaluation_interval: 30s",
+            "evaluation_interval: 1s".to_string(),
+        ),
+        (
+            "  - tend-alerts.yml",
+            format!("  - {}", alerts_file.display()),
+        ),
+        (
+            "          - tend-1.example.com:9617\n          - tend-2.example.com:9617\n",
+            format!("          - {target}\n"),
+        ),
+    ] {
+        assert!(cfg.contains(from), "prometheus.yml changed: no {from:?}");
+        cfg = cfg.replace(from, &to);
+    }
+    let dir = fleet.tmp.path().join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("prometheus.yml"), &cfg).unwrap();
+    let port = super::status_page::free_port();
+    let api: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    let _prom = Prometheus(
+        Command::new(&prometheus)
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={api}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    fleet.wait_drifted();
+
+    // Every rule evaluates cleanly against what tend really exports.
+    wait_api(
+        api,
+        "/api/v1/rules",
+        "every rule evaluated without error",
+        |v| {
+            let rules: Vec<&serde_json::Value> = v["data"]["groups"]
+                .as_array()?
+                .iter()
+                .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+                .collect();
+            for r in &rules {
+                assert_ne!(
+                    r["health"], "err",
+                    "rule {} fails: {}",
+                    r["name"], r["lastError"]
+                );
+            }
+            (rules.len() >= 8 && rules.iter().all(|r| r["health"] == "ok")).then_some(())
+        },
+    );
+    // The drifted service is pending (it fires after 10 minutes); the other is quiet.
+    let drift = wait_api(api, "/api/v1/alerts", "TendServiceDrift pending", |v| {
+        let a = alerts(v, "TendServiceDrift");
+        (!a.is_empty()).then_some(a)
+    });
+    assert_eq!(drift.len(), 1, "{drift:#?}");
+    let a = &drift[0];
+    assert_eq!(a["state"], "pending", "{a:#}");
+    assert_eq!(a["labels"]["service"], fleet.bad.as_str(), "{a:#}");
+    assert_eq!(a["labels"]["host"], fleet.host.as_str(), "{a:#}");
+    assert_eq!(a["labels"]["instance"], target.as_str(), "{a:#}");
+    assert_eq!(a["labels"]["severity"], "warning", "{a:#}");
+
+    // A refused revision fires at once, naming the revision still in force.
+    let st = fleet.refuse_manifests();
+    let in_force = st["source"]["revision"]
+        .as_str()
+        .expect("a revision in force")
+        .to_string();
+    let invalid = wait_api(api, "/api/v1/alerts", "TendManifestsInvalid firing", |v| {
+        alerts(v, "TendManifestsInvalid")
+            .into_iter()
+            .find(|a| a["state"] == "firing")
+    });
+    assert_eq!(
+        invalid["labels"]["instance"],
+        target.as_str(),
+        "{invalid:#}"
+    );
+    let description = invalid["annotations"]["description"].as_str().unwrap_or("");
+    assert!(description.contains(&in_force), "{description}");
 }

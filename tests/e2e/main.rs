@@ -1,5 +1,8 @@
 mod controller;
+mod controller_demo;
 mod apply;
+mod apply_cli;
+mod apply_podman;
 mod deploy;
 mod plan;
 mod status_page;

@@ -33,9 +33,16 @@ fn web(name: &str, host: &str, port: u16) -> Service {
         version: "1.0".into(),
         delivery: Delivery::None,
         install: Vec::new(),
-        command: ["python3", "-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"]
-            .map(String::from)
-            .to_vec(),
+        command: [
+            "python3",
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ]
+        .map(String::from)
+        .to_vec(),
         env: BTreeMap::new(),
         ports: vec![port],
         memory: Some(64 * MIB),
@@ -62,13 +69,18 @@ fn start(h: &TestHost, cg: Option<(&str, u64)>, cmd: &str, port: u16) -> u32 {
     let join = match cg {
         Some((name, limit)) => {
             let dir = format!("/sys/fs/cgroup/memory/tend/{name}");
-            h.exec_ok(&format!("mkdir -p {dir} && echo {limit} > {dir}/memory.limit_in_bytes")).unwrap();
+            h.exec_ok(&format!(
+                "mkdir -p {dir} && echo {limit} > {dir}/memory.limit_in_bytes"
+            ))
+            .unwrap();
             format!("echo $$ > {dir}/cgroup.procs && ")
         }
         None => String::new(),
     };
     let out = h
-        .exec_ok(&format!("sh -c '{join}exec {cmd}' </dev/null >/dev/null 2>&1 & echo $!"))
+        .exec_ok(&format!(
+            "sh -c '{join}exec {cmd}' </dev/null >/dev/null 2>&1 & echo $!"
+        ))
         .unwrap();
     let pid: u32 = out.trim().parse().unwrap();
     // Bounded wait for the listener (not a timing assertion).
@@ -87,7 +99,10 @@ fn start_time(h: &TestHost, pid: u32) -> u64 {
 }
 
 fn boot_id(h: &TestHost) -> String {
-    h.exec_ok("cat /proc/sys/kernel/random/boot_id").unwrap().trim().to_string()
+    h.exec_ok("cat /proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 fn write_record(h: &TestHost, r: &Record) {
@@ -140,7 +155,11 @@ async fn observe_and_plan(pool: &Pool, d: &Desired) -> (BTreeMap<String, Observa
 }
 
 fn reasons_of<'a>(p: &'a Plan, svc: &str) -> &'a [DriftReason] {
-    &p.services.iter().find(|s| s.service == svc).unwrap_or_else(|| panic!("no {svc} in {p:#?}")).reasons
+    &p.services
+        .iter()
+        .find(|s| s.service == svc)
+        .unwrap_or_else(|| panic!("no {svc} in {p:#?}"))
+        .reasons
 }
 
 fn only_action(p: &Plan) -> (ActionKind, &str) {
@@ -166,8 +185,12 @@ async fn empty_hosts_plan_missing_and_a_start_for_everything() {
     for s in &p.services {
         assert_eq!(s.reasons, vec![DriftReason::Missing], "{s:?}");
     }
-    let starts: Vec<&str> =
-        p.actions.iter().filter(|a| a.kind == ActionKind::Start).map(|a| a.service.as_str()).collect();
+    let starts: Vec<&str> = p
+        .actions
+        .iter()
+        .filter(|a| a.kind == ActionKind::Start)
+        .map(|a| a.service.as_str())
+        .collect();
     assert_eq!(starts, vec!["web0", "web1", "web2"]);
 }
 
@@ -182,12 +205,22 @@ async fn a_converged_fleet_plans_nothing_with_one_exec_per_host() {
     let (observed, p) = observe_and_plan(&pool, &d).await;
     assert!(p.in_sync(), "{p:#?}\n{observed:#?}");
     for (i, h) in fleet.hosts().iter().enumerate() {
-        let Observation::Reachable(st) = &observed[&h.name] else { panic!("{} unreachable", h.name) };
+        let Observation::Reachable(st) = &observed[&h.name] else {
+            panic!("{} unreachable", h.name)
+        };
         let svc = &st.services[&format!("web{i}")];
         assert!(svc.running);
         assert_eq!(svc.memory_limit, Some(64 * MIB));
-        assert_eq!(st.listeners[&(8100 + i as u16)].service.as_deref(), Some(svc.record.name.as_str()));
-        assert_eq!(pool.stats(&h.name).map(|s| s.execs()), Some(1), "one round trip on {}", h.name);
+        assert_eq!(
+            st.listeners[&(8100 + i as u16)].service.as_deref(),
+            Some(svc.record.name.as_str())
+        );
+        assert_eq!(
+            pool.stats(&h.name).map(|s| s.execs()),
+            Some(1),
+            "one round trip on {}",
+            h.name
+        );
     }
     assert_eq!(pool.total_stats().execs(), 3);
 }
@@ -235,7 +268,10 @@ async fn a_memory_limit_changed_by_hand_plans_memory_limit() {
     let (d, _) = converged_fleet(&fleet);
     fleet
         .host(0)
-        .exec_ok(&format!("echo {} > /sys/fs/cgroup/memory/tend/web0/memory.limit_in_bytes", 48 * MIB))
+        .exec_ok(&format!(
+            "echo {} > /sys/fs/cgroup/memory/tend/web0/memory.limit_in_bytes",
+            48 * MIB
+        ))
         .unwrap();
     let (_, p) = observe_and_plan(&pool(), &d).await;
     assert_eq!(reasons_of(&p, "web0"), [DriftReason::MemoryLimit]);
@@ -250,13 +286,28 @@ async fn a_stranger_on_a_declared_port_blocks_the_start_and_is_left_running() {
     let fleet = Fleet::start(3).unwrap();
     let d = one_per_host(&fleet);
     let h = fleet.host(2);
-    let stranger = start(h, None, "python3 -m http.server 8102 --bind 127.0.0.1", 8102);
+    let stranger = start(
+        h,
+        None,
+        "python3 -m http.server 8102 --bind 127.0.0.1",
+        8102,
+    );
     let (_, p) = observe_and_plan(&pool(), &d).await;
-    assert_eq!(reasons_of(&p, "web2"), [DriftReason::Missing, DriftReason::Port]);
+    assert_eq!(
+        reasons_of(&p, "web2"),
+        [DriftReason::Missing, DriftReason::Port]
+    );
     let sp = p.services.iter().find(|s| s.service == "web2").unwrap();
     let blocked = sp.blocked.as_deref().unwrap_or_default();
-    assert!(blocked.contains(&format!("port 8102 held by pid {stranger} (python")), "{blocked}");
-    assert!(!p.actions.iter().any(|a| a.host == h.name), "{:#?}", p.actions);
+    assert!(
+        blocked.contains(&format!("port 8102 held by pid {stranger} (python")),
+        "{blocked}"
+    );
+    assert!(
+        !p.actions.iter().any(|a| a.host == h.name),
+        "{:#?}",
+        p.actions
+    );
     // The other hosts still start theirs.
     assert_eq!(p.actions.len(), 2);
     h.exec_ok(&format!("kill -0 {stranger}")).unwrap();
@@ -272,7 +323,10 @@ async fn a_host_whose_link_is_down_is_unreachable_while_the_others_are_planned()
     fleet.host(1).link_down().unwrap();
     let (_, p) = observe_and_plan(&pool(), &d).await;
     fleet.host(1).link_up().unwrap();
-    assert_eq!(p.unreachable.keys().collect::<Vec<_>>(), vec![&fleet.host(1).name]);
+    assert_eq!(
+        p.unreachable.keys().collect::<Vec<_>>(),
+        vec![&fleet.host(1).name]
+    );
     let web1 = p.services.iter().find(|s| s.service == "web1").unwrap();
     assert_eq!(web1.status, Status::Unknown);
     for other in ["web0", "web2"] {
@@ -281,4 +335,88 @@ async fn a_host_whose_link_is_down_is_unreachable_while_the_others_are_planned()
     }
     assert!(p.actions.is_empty());
     assert!(!p.in_sync());
+}
+
+/// `tend plan` itself (through cargo, as a user would run it).
+fn tend_plan(args: &[&str]) -> (i32, String, String) {
+    let ws = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["run", "--quiet", "--manifest-path"])
+        .arg(ws.join("Cargo.toml"))
+        .args(["-p", "tend", "--bin", "tend", "--", "plan"])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn manifests_for(fleet: &Fleet, dir: &std::path::Path) {
+    let mut y = String::new();
+    for (i, h) in fleet.hosts().iter().enumerate() {
+        let tend::model::Address::Ssh(t) = h.tend_host().address else {
+            unreachable!()
+        };
+        let identity = t
+            .identity
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        y.push_str(&format!(
+            "apiVersion: tend/v1\nkind: Host\nmetadata: {{name: {name}, labels: {{idx: \"{i}\"}}}}\n\
+             spec:\n  address: {ip}\n  port: {port}\n  user: root\n  identity: {identity}\n  \
+             hostKeys: [\"{key}\"]\n---\n\
+             apiVersion: tend/v1\nkind: Service\nmetadata: {{name: web{i}}}\n\
+             spec:\n  host: {name}\n  runtime: process\n  version: \"1.0\"\n  \
+             command: [python3, -m, http.server, \"{p}\", --bind, 127.0.0.1]\n  \
+             ports: [{p}]\n  memory: 64MiB\n---\n",
+            name = h.name,
+            ip = h.ip,
+            port = h.port,
+            key = h.host_key_line,
+            p = 8100 + i,
+        ));
+    }
+    std::fs::write(dir.join("fleet.yaml"), y).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tend_plan_prints_the_diff_and_exits_by_whether_the_selected_hosts_are_in_sync() {
+    if !skip_unless_e2e(
+        "tend_plan_prints_the_diff_and_exits_by_whether_the_selected_hosts_are_in_sync",
+    ) {
+        return;
+    }
+    let fleet = Fleet::start(3).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    manifests_for(&fleet, tmp.path());
+    let loaded = tend::manifest::load_path(tmp.path(), tend::manifest::Secrets::Resolve).unwrap();
+    converge(fleet.host(0), &loaded.desired.services["web0"]);
+    let dir = tmp.path().to_str().unwrap();
+
+    let (code, out, err) = tend_plan(&[dir]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.contains("+ start web1 (missing)\n"), "{out}");
+    assert!(out.contains("+ start web2 (missing)\n"), "{out}");
+    assert!(!out.contains("web0 ("), "web0 is in sync: {out}");
+    assert!(out.contains("COMMITTED"), "memory table: {out}");
+    assert!(!out.contains('\x1b'), "plain when piped");
+
+    let (code, json, err) = tend_plan(&[dir, "--output", "json"]);
+    assert_eq!(code, 2, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["actions"].as_array().map(Vec::len), Some(2), "{json}");
+
+    let (code, out, err) = tend_plan(&[dir, "-l", "idx=0"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("in sync"), "{out}");
+
+    fleet.host(2).link_down().unwrap();
+    let (code, out, _) = tend_plan(&[dir, "-l", "idx=2"]);
+    fleet.host(2).link_up().unwrap();
+    assert_eq!(code, 1, "an unobservable host is an error: {out}");
+    assert!(out.contains("? unreachable"), "{out}");
 }

@@ -13,16 +13,15 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// GET over plain HTTP/1.0: the body, when the answer is 200.
-fn get(addr: SocketAddr, path: &str) -> Option<String> {
+pub(crate) fn get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut raw = String::new();
     s.read_to_string(&mut raw).ok()?;
     let (head, body) = raw.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.0 200")
-        .then(|| body.to_string())
-        .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
+    let code = head.split_whitespace().nth(1)?;
+    (code == "200").then(|| body.to_string())
 }
 
 /// Poll `/status` until `done` holds; waiting is bounded, not asserted on.
@@ -137,8 +136,8 @@ impl Drop for Leftovers {
                 .unwrap_or_default();
             let field = |k: &str| {
                 rec.lines()
-                    .filter_map(|l| l.strip_prefix(k))
-                    .last()
+                    .rev()
+                    .find_map(|l| l.strip_prefix(k))
                     .map(str::to_string)
             };
             if let (Some(pid), Some(start)) = (field("pid="), field("start_time=")) {
@@ -168,12 +167,138 @@ impl Drop for Leftovers {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A controller in this process over one local host with two services:
+/// `ok` runs, `bad` exits at once so its health check on its own port never
+/// passes — every reconcile tries to start it and it stays drifted.
+pub(crate) struct DriftedFleet {
+    rt: tokio::runtime::Runtime,
+    running: Option<tend::controller::Running>,
+    pub addr: SocketAddr,
+    pub host: String,
+    pub ok: String,
+    pub bad: String,
+    pub manifests: PathBuf,
+    _leftovers: Leftovers,
+    // Last: the records must still be there when the leftovers are stopped.
+    pub tmp: tempfile::TempDir,
+}
+
+impl DriftedFleet {
+    /// `prefix` keeps names apart from other tests in this process (cgroups
+    /// are named after services, machine-wide).
+    pub fn start(prefix: &str) -> DriftedFleet {
+        let tmp = tempfile::tempdir().unwrap();
+        let id = std::process::id();
+        let (host, ok, bad) = (
+            format!("{prefix}-{id}"),
+            format!("{prefix}-ok-{id}"),
+            format!("{prefix}-drift-{id}"),
+        );
+        let root = tmp.path().join("hostroot");
+        let manifests = tmp.path().join("repo/manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        let leftovers = Leftovers {
+            root: root.clone(),
+            services: vec![ok.clone(), bad.clone()],
+        };
+        let port = free_port();
+        let fleet = [
+            "apiVersion: tend/v1".to_string(),
+            "kind: Host".into(),
+            format!("metadata: {{name: {host}, labels: {{role: page}}}}"),
+            format!("spec: {{address: local, root: {}}}", root.display()),
+            "---".into(),
+            "apiVersion: tend/v1".into(),
+            "kind: Service".into(),
+            format!("metadata: {{name: {ok}}}"),
+            format!(
+                "spec: {{host: {host}, runtime: process, version: '1', command: [sleep, '600']}}"
+            ),
+            "---".into(),
+            "apiVersion: tend/v1".into(),
+            "kind: Service".into(),
+            format!("metadata: {{name: {bad}}}"),
+            "spec:".into(),
+            format!("  host: {host}"),
+            "  runtime: process".into(),
+            "  version: '1'".into(),
+            "  command: [sh, -c, exit 3]".into(),
+            format!("  ports: [{port}]"),
+            format!("  health: {{tcp: {{port: {port}}}, interval: 1s, timeout: 2s}}"),
+        ];
+        std::fs::write(manifests.join("fleet.yaml"), fleet.join("\n") + "\n").unwrap();
+        let cfg = tend::config::Config::parse(
+            &format!(
+                "repository: {}\npath: manifests\nschedule: '*/2 * * * * *'\nlisten: 127.0.0.1:0\n\
+cache_dir: {}\nident: tend@{prefix}-test\n",
+                tmp.path().join("repo").display(),
+                tmp.path().join("cache").display()
+            ),
+            "tend.yaml",
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let running = rt.block_on(tend::controller::spawn(cfg)).unwrap();
+        let addr = running.addr;
+        DriftedFleet {
+            rt,
+            running: Some(running),
+            addr,
+            host,
+            ok,
+            bad,
+            manifests,
+            _leftovers: leftovers,
+            tmp,
+        }
+    }
+
+    /// `/status` once `ok` is in sync and `bad` drifted after a failed start.
+    pub fn wait_drifted(&self) -> serde_json::Value {
+        wait_status(
+            self.addr,
+            "one service in sync and one drifted after a failed start",
+            |v| {
+                service(v, &self.ok).is_some_and(|s| s["status"] == "in_sync")
+                    && service(v, &self.bad).is_some_and(|s| {
+                        s["status"] == "drifted" && s["last_action"]["result"] == "failure"
+                    })
+            },
+        )
+    }
+
+    /// Add a manifest that does not validate; `/status` once it is refused.
+    pub fn refuse_manifests(&self) -> serde_json::Value {
+        std::fs::write(
+            self.manifests.join("broken.yaml"),
+            "apiVersion: tend/v1\nkind: Service\nmetadata: {name: x}\nspec: {nonsense: 1}\n",
+        )
+        .unwrap();
+        wait_status(self.addr, "the newest revision refused", |v| {
+            v["source"]["manifests_valid"] == false
+        })
+    }
+}
+
+impl Drop for DriftedFleet {
+    fn drop(&mut self) {
+        // Stop the controller first, or it would start what Leftovers stops.
+        if let Some(r) = self.running.take() {
+            self.rt.block_on(r.stop());
+        }
+    }
 }
 
 #[test]
@@ -182,67 +307,10 @@ fn the_status_page_renders_the_fleet_and_shows_a_drifted_service_as_drifted() {
     let Some(chromium) = tool("chromium", "chromium", test) else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let id = std::process::id();
-    let (host, ok, bad) = (
-        format!("page-{id}"),
-        format!("page-ok-{id}"),
-        format!("page-drift-{id}"),
-    );
-    let root = tmp.path().join("hostroot");
-    let manifests = tmp.path().join("repo/manifests");
-    std::fs::create_dir_all(&manifests).unwrap();
-    let _leftovers = Leftovers {
-        root: root.clone(),
-        services: vec![ok.clone(), bad.clone()],
-    };
-    // `bad` exits at once, so its health check on its own port never passes:
-    // every reconcile tries to start it and it stays drifted.
-    let port = free_port();
-    std::fs::write(
-        manifests.join("fleet.yaml"),
-        format!(
-            "apiVersion: tend/v1\nkind: Host\nmetadata: {{name: {host}, labels: {{role: page}}}}\n\
-spec: {{address: local, root: {root}}}\n---\n\
-apiVersion: tend/v1\nkind: Service\nmetadata: {{name: {ok}}}\n\
-spec: {{host: {host}, runtime: process, version: \"1\", command: [sleep, \"600\"]}}\n---\n\
-apiVersion: tend/v1\nkind: Service\nmetadata: {{name: {bad}}}\n\
-spec:\n  host: {host}\n  runtime: process\n  version: \"1\"\n  command: [sh, -c, exit 3]\n\
-  ports: [{port}]\n  health: {{tcp: {{port: {port}}}, interval: 1s, timeout: 2s}}\n",
-            root = root.display()
-        ),
-    )
-    .unwrap();
-    let cfg = tend::config::Config::parse(
-        &format!(
-            "repository: {}\npath: manifests\nschedule: '*/2 * * * * *'\nlisten: 127.0.0.1:0\n\
-cache_dir: {}\nident: tend@status-page-test\n",
-            tmp.path().join("repo").display(),
-            tmp.path().join("cache").display()
-        ),
-        "tend.yaml",
-    )
-    .unwrap();
-
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let running = rt.block_on(tend::controller::spawn(cfg)).unwrap();
-    let addr = running.addr;
-
-    let st = wait_status(
-        addr,
-        "one service in sync and one drifted after a failed start",
-        |v| {
-            service(v, &ok).is_some_and(|s| s["status"] == "in_sync")
-                && service(v, &bad).is_some_and(|s| {
-                    s["status"] == "drifted" && s["last_action"]["result"] == "failure"
-                })
-        },
-    );
-    let reasons: Vec<String> = service(&st, &bad).unwrap()["reasons"]
+    let fleet = DriftedFleet::start("page");
+    let (addr, host, ok, bad) = (fleet.addr, &fleet.host, &fleet.ok, &fleet.bad);
+    let st = fleet.wait_drifted();
+    let reasons: Vec<String> = service(&st, bad).unwrap()["reasons"]
         .as_array()
         .unwrap()
         .iter()
@@ -250,7 +318,7 @@ cache_dir: {}\nident: tend@status-page-test\n",
         .collect();
     assert!(!reasons.is_empty());
 
-    let profile = tmp.path().join("chromium");
+    let profile = fleet.tmp.path().join("chromium");
     let url = format!("http://{addr}/");
     let dom = dump_dom(&chromium, &profile, &url, None);
     // The fleet: the host, up, with both services.
@@ -278,14 +346,7 @@ cache_dir: {}\nident: tend@status-page-test\n",
     }
 
     // A refused revision: the page says so and the fleet stays as it was.
-    std::fs::write(
-        manifests.join("broken.yaml"),
-        "apiVersion: tend/v1\nkind: Service\nmetadata: {name: x}\nspec: {nonsense: 1}\n",
-    )
-    .unwrap();
-    wait_status(addr, "the newest revision refused", |v| {
-        v["source"]["manifests_valid"] == false
-    });
+    fleet.refuse_manifests();
     let dom = dump_dom(&chromium, &profile, &url, None);
     let manifests_cell = row(&dom, "manifests");
     assert!(manifests_cell.contains("class=\"bad\""), "{manifests_cell}");
@@ -294,6 +355,4 @@ cache_dir: {}\nident: tend@status-page-test\n",
         dom.contains(&format!("id=\"svc-{host}-{ok}\"")),
         "the fleet vanished: {dom}"
     );
-
-    rt.block_on(running.stop());
 }

@@ -20,12 +20,18 @@ fn three_hosts_have_their_own_hostname_files_and_cgroups() {
     }
     for (i, h) in fleet.hosts().iter().enumerate() {
         assert_eq!(h.exec_ok("cat /srv/mine").unwrap().trim(), i.to_string());
-        assert_eq!(std::fs::read_to_string(h.path("/srv/mine")).unwrap().trim(), i.to_string());
+        assert_eq!(
+            std::fs::read_to_string(h.path("/srv/mine")).unwrap().trim(),
+            i.to_string()
+        );
         // The host's cgroup namespace is rooted at its own subtree.
         let cg = h.exec_ok("grep :memory: /proc/self/cgroup").unwrap();
         assert!(cg.trim().ends_with(":memory:/"), "{cg}");
     }
-    assert!(!std::path::Path::new("/srv/mine").exists(), "host files leaked to the machine");
+    assert!(
+        !std::path::Path::new("/srv/mine").exists(),
+        "host files leaked to the machine"
+    );
 }
 
 #[test]
@@ -40,8 +46,18 @@ fn a_dropped_fleet_leaves_no_namespaces_links_or_files() {
     assert!(netns_list().contains(&ns));
     drop(fleet);
     assert!(!netns_list().contains(&ns), "netns {ns} left behind");
-    let links = String::from_utf8(std::process::Command::new("ip").args(["-o", "link"]).output().unwrap().stdout).unwrap();
-    assert!(!links.contains(&format!("tendbr{n}:")), "bridge left behind");
+    let links = String::from_utf8(
+        std::process::Command::new("ip")
+            .args(["-o", "link"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        !links.contains(&format!("tendbr{n}:")),
+        "bridge left behind"
+    );
     assert!(!links.contains(&format!("tdv{n}x")), "veth left behind");
     assert!(!dir.exists(), "fleet dir left behind");
 }
@@ -55,21 +71,42 @@ fn the_openssh_client_logs_in_with_both_fleet_keys() {
     let h = fleet.host(0);
     for key in [fleet.ed25519_key(), fleet.rsa_key()] {
         let out = std::process::Command::new("ssh")
-            .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+            ])
             .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", fleet.known_hosts().display()))
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                fleet.known_hosts().display()
+            ))
             .arg("-i")
             .arg(key)
             .arg(format!("root@{}", h.ip))
             .arg("hostname")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "host0");
     }
     assert_eq!(h.accepted_logins(), 2);
 }
 
 fn netns_list() -> String {
-    String::from_utf8(std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap()
+    String::from_utf8(
+        std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
 }

@@ -33,12 +33,18 @@ fn offered_fingerprint(h: &TestHost) -> String {
     hostkey::fingerprint(&hostkey::parse_key_line(&h.host_key_line).unwrap())
 }
 
-fn expect_host_key_error(r: Result<tend::transport::ExecOutput, TransportError>, h: &TestHost) -> String {
+fn expect_host_key_error(
+    r: Result<tend::transport::ExecOutput, TransportError>,
+    h: &TestHost,
+) -> String {
     match r {
         Err(e @ TransportError::HostKey { .. }) => {
             let msg = e.to_string();
             assert!(msg.contains(&h.name), "error does not name the host: {msg}");
-            assert!(msg.contains(&offered_fingerprint(h)), "error does not name the offered key: {msg}");
+            assert!(
+                msg.contains(&offered_fingerprint(h)),
+                "error does not name the offered key: {msg}"
+            );
             msg
         }
         other => panic!("expected a host key refusal, got {other:?}"),
@@ -54,12 +60,21 @@ async fn an_ed25519_key_runs_a_script_with_exact_output_and_status_on_every_host
     let pool = pool();
     for h in fleet.hosts() {
         let t = pool.get(&h.tend_host()).unwrap();
-        let out = t.exec("printf 'out %s' \"$(hostname)\"; printf 'err\\n' >&2; exit 7", b"").await.unwrap();
+        let out = t
+            .exec(
+                "printf 'out %s' \"$(hostname)\"; printf 'err\\n' >&2; exit 7",
+                b"",
+            )
+            .await
+            .unwrap();
         assert_eq!(out.stdout_lossy(), format!("out {}", h.name));
         assert_eq!(out.stderr, b"err\n");
         assert_eq!(out.status, Some(7));
         let killed = t.exec("kill -9 $$", b"").await.unwrap();
-        assert_eq!(killed.status, None, "a script killed by a signal has no exit status");
+        assert_eq!(
+            killed.status, None,
+            "a script killed by a signal has no exit status"
+        );
         assert!(t.exec("true", b"").await.unwrap().success());
     }
     assert_eq!(pool.total_stats().connections(), 3);
@@ -73,7 +88,9 @@ async fn an_rsa_key_logs_in_in_pem_and_in_openssh_format() {
     }
     let fleet = Fleet::start(3).unwrap();
     let pem = fleet.rsa_key().to_path_buf();
-    assert!(std::fs::read_to_string(&pem).unwrap().starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+    assert!(std::fs::read_to_string(&pem)
+        .unwrap()
+        .starts_with("-----BEGIN RSA PRIVATE KEY-----"));
     let dir = tempfile::tempdir().unwrap();
     let openssh = dir.path().join("id_rsa");
     std::fs::copy(&pem, &openssh).unwrap();
@@ -83,14 +100,26 @@ async fn an_rsa_key_logs_in_in_pem_and_in_openssh_format() {
         .status()
         .unwrap();
     assert!(st.success());
-    assert!(std::fs::read_to_string(&openssh).unwrap().starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
+    assert!(std::fs::read_to_string(&openssh)
+        .unwrap()
+        .starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
     let pool = pool();
     for (h, key) in fleet.hosts().iter().zip([&pem, &openssh, &pem]) {
-        let t = pool.get(&host_with(h, |t| t.identity = Some(key.clone()))).unwrap();
+        let t = pool
+            .get(&host_with(h, |t| t.identity = Some(key.clone())))
+            .unwrap();
         let out = t.exec("hostname", b"").await.unwrap();
         assert_eq!(out.stdout_lossy().trim(), h.name, "with {}", key.display());
-        assert!(h.sshd_log().contains("Accepted publickey for root"), "{}", h.sshd_log());
-        assert!(h.sshd_log().contains("RSA SHA256:"), "sshd did not log an RSA login: {}", h.sshd_log());
+        assert!(
+            h.sshd_log().contains("Accepted publickey for root"),
+            "{}",
+            h.sshd_log()
+        );
+        assert!(
+            h.sshd_log().contains("RSA SHA256:"),
+            "sshd did not log an RSA login: {}",
+            h.sshd_log()
+        );
     }
 }
 
@@ -109,7 +138,9 @@ async fn a_key_the_host_does_not_authorize_is_an_auth_error() {
         .unwrap();
     assert!(st.success());
     let h = fleet.host(0);
-    let t = pool().get(&host_with(h, |t| t.identity = Some(stranger.clone()))).unwrap();
+    let t = pool()
+        .get(&host_with(h, |t| t.identity = Some(stranger.clone())))
+        .unwrap();
     let e = t.exec("true", b"").await.unwrap_err();
     assert_eq!(e.metric_label(), "auth", "{e}");
     assert!(e.to_string().contains(&h.name), "{e}");
@@ -129,9 +160,15 @@ async fn stdin_bytes_arrive_exactly_and_large_output_comes_back_whole() {
         let out = t.exec("cat", &data).await.unwrap();
         assert_eq!(out.stdout.len(), data.len());
         assert!(out.stdout == data, "stdin came back altered");
-        let out = t.exec("cat > /tmp/in; wc -c < /tmp/in", b"\0\x01\xff'\"$(x)\n").await.unwrap();
+        let out = t
+            .exec("cat > /tmp/in; wc -c < /tmp/in", b"\0\x01\xff'\"$(x)\n")
+            .await
+            .unwrap();
         assert_eq!(out.stdout_lossy().trim(), "10");
-        assert_eq!(std::fs::read(h.path("/tmp/in")).unwrap(), b"\0\x01\xff'\"$(x)\n");
+        assert_eq!(
+            std::fs::read(h.path("/tmp/in")).unwrap(),
+            b"\0\x01\xff'\"$(x)\n"
+        );
     }
 }
 
@@ -150,7 +187,12 @@ async fn a_large_script_runs_whole() {
     script.push_str("echo \"$x3999\"; cat; exit 3\n");
     assert!(script.len() > 180_000);
     let out = t.exec(&script, b"stdin\n").await.unwrap();
-    assert_eq!(out.stdout_lossy(), format!("{}\nstdin\n", "v".repeat(40)), "{}", out.stderr_lossy());
+    assert_eq!(
+        out.stdout_lossy(),
+        format!("{}\nstdin\n", "v".repeat(40)),
+        "{}",
+        out.stderr_lossy()
+    );
     assert_eq!(out.status, Some(3));
 }
 
@@ -163,8 +205,15 @@ async fn an_unknown_host_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let kh = dir.path().join("known_hosts");
     // Knows the other hosts, not host0.
-    std::fs::write(&kh, format!("{}\n{}\n", fleet.host(1).known_hosts_line(), fleet.host(2).known_hosts_line()))
-        .unwrap();
+    std::fs::write(
+        &kh,
+        format!(
+            "{}\n{}\n",
+            fleet.host(1).known_hosts_line(),
+            fleet.host(2).known_hosts_line()
+        ),
+    )
+    .unwrap();
     let h = fleet.host(0);
     let pool = pool();
     let t = pool
@@ -174,9 +223,16 @@ async fn an_unknown_host_key_is_refused() {
         }))
         .unwrap();
     let msg = expect_host_key_error(t.exec("touch /tmp/ran", b"").await, h);
-    assert!(msg.contains(&kh.display().to_string()), "error does not say where it looked: {msg}");
+    assert!(
+        msg.contains(&kh.display().to_string()),
+        "error does not say where it looked: {msg}"
+    );
     assert!(!h.path("/tmp/ran").exists());
-    assert_eq!(h.accepted_logins(), 0, "tend authenticated to an unverified host");
+    assert_eq!(
+        h.accepted_logins(),
+        0,
+        "tend authenticated to an unverified host"
+    );
     // Same for an empty known_hosts, and for a missing one.
     std::fs::write(&kh, "").unwrap();
     let t = pool
@@ -199,7 +255,9 @@ async fn a_changed_host_key_is_refused() {
     // Pinned: host0 pinned with host1's key.
     let h = fleet.host(0);
     let other = fleet.host(1).host_key_line.clone();
-    let t = pool.get(&host_with(h, |t| t.host_keys = vec![other.clone()])).unwrap();
+    let t = pool
+        .get(&host_with(h, |t| t.host_keys = vec![other.clone()]))
+        .unwrap();
     let msg = expect_host_key_error(t.exec("true", b"").await, h);
     assert!(msg.contains("pinned"), "{msg}");
     // known_hosts: host2's address listed with host1's key.
@@ -230,17 +288,33 @@ async fn a_revoked_known_hosts_key_is_refused() {
     let mut text = std::fs::read_to_string(fleet.known_hosts()).unwrap();
     text.push_str(&format!("@revoked * {}\n", h.host_key_line));
     std::fs::write(&kh, text).unwrap();
-    let pool = Pool::new(PoolOptions { known_hosts: Some(kh.clone()), ..PoolOptions::default() });
+    let pool = Pool::new(PoolOptions {
+        known_hosts: Some(kh.clone()),
+        ..PoolOptions::default()
+    });
     let unpinned = |h: &TestHost| host_with(h, |t| t.host_keys.clear());
     let msg = expect_host_key_error(pool.get(&unpinned(h)).unwrap().exec("true", b"").await, h);
     assert!(msg.contains("revoked"), "{msg}");
     // The others, in the same file, are fine.
     for other in [fleet.host(0), fleet.host(2)] {
-        assert!(pool.get(&unpinned(other)).unwrap().exec("true", b"").await.unwrap().success());
+        assert!(pool
+            .get(&unpinned(other))
+            .unwrap()
+            .exec("true", b"")
+            .await
+            .unwrap()
+            .success());
     }
     // OpenSSH agrees.
     let out = std::process::Command::new("ssh")
-        .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+        ])
         .arg("-o")
         .arg(format!("UserKnownHostsFile={}", kh.display()))
         .arg("-i")
@@ -263,12 +337,26 @@ async fn hashed_and_bracketed_known_hosts_entries_are_accepted() {
     let alt = tend_e2e::testbed::ALT_PORT;
     let mut text = String::new();
     for h in fleet.hosts() {
-        text.push_str(&format!("{}\n[{}]:{alt} {}\n", h.known_hosts_line(), h.ip, h.host_key_line));
+        text.push_str(&format!(
+            "{}\n[{}]:{alt} {}\n",
+            h.known_hosts_line(),
+            h.ip,
+            h.host_key_line
+        ));
     }
     std::fs::write(&kh, text).unwrap();
     // OpenSSH's own hashing.
-    let st = std::process::Command::new("ssh-keygen").arg("-H").arg("-f").arg(&kh).output().unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let st = std::process::Command::new("ssh-keygen")
+        .arg("-H")
+        .arg("-f")
+        .arg(&kh)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let hashed = std::fs::read_to_string(&kh).unwrap();
     assert!(hashed.lines().all(|l| l.starts_with("|1|")), "{hashed}");
     assert!(!hashed.contains(&fleet.host(0).ip));
@@ -314,8 +402,14 @@ async fn a_host_with_its_link_down_times_out_while_the_others_answer() {
         results.push(r.unwrap());
     }
     results.sort_by_key(|r| r.0);
-    assert_eq!(results[0].1.as_ref().unwrap().stdout_lossy().trim(), "host0");
-    assert_eq!(results[2].1.as_ref().unwrap().stdout_lossy().trim(), "host2");
+    assert_eq!(
+        results[0].1.as_ref().unwrap().stdout_lossy().trim(),
+        "host0"
+    );
+    assert_eq!(
+        results[2].1.as_ref().unwrap().stdout_lossy().trim(),
+        "host2"
+    );
     match &results[1].1 {
         Err(TransportError::Timeout { host, secs }) => {
             assert_eq!(host, "host1");
@@ -324,7 +418,12 @@ async fn a_host_with_its_link_down_times_out_while_the_others_answer() {
         other => panic!("expected a timeout, got {other:?}"),
     }
     down.link_up().unwrap();
-    let out = pool.get(&down.tend_host()).unwrap().exec("hostname", b"").await.unwrap();
+    let out = pool
+        .get(&down.tend_host())
+        .unwrap()
+        .exec("hostname", b"")
+        .await
+        .unwrap();
     assert_eq!(out.stdout_lossy().trim(), "host1");
 }
 
@@ -359,15 +458,28 @@ async fn the_pool_reconnects_after_sshd_is_killed_and_restarted() {
     let pool = pool();
     let h = fleet.host(2);
     let t = pool.get(&h.tend_host()).unwrap();
-    assert!(t.exec("echo one > /srv/state", b"").await.unwrap().success());
+    assert!(t
+        .exec("echo one > /srv/state", b"")
+        .await
+        .unwrap()
+        .success());
     h.kill_sshd().unwrap();
     let e = t.exec("true", b"").await.unwrap_err();
-    assert!(matches!(e, TransportError::Connect { .. } | TransportError::Lost { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            TransportError::Connect { .. } | TransportError::Lost { .. }
+        ),
+        "{e}"
+    );
     h.start_sshd().unwrap();
     let out = t.exec("cat /srv/state", b"").await.unwrap();
     assert_eq!(out.stdout_lossy(), "one\n");
     assert_eq!(pool.stats("host2").unwrap().connections(), 2);
-    assert!(std::sync::Arc::ptr_eq(&t, &pool.get(&h.tend_host()).unwrap()));
+    assert!(std::sync::Arc::ptr_eq(
+        &t,
+        &pool.get(&h.tend_host()).unwrap()
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,8 +500,16 @@ async fn twenty_execs_in_a_row_open_exactly_one_connection() {
     let stats = pool.stats("host0").unwrap();
     assert_eq!(stats.connections(), 1);
     assert_eq!(stats.execs(), 20);
-    assert_eq!(h.accepted_logins() - before, 1, "sshd saw more than one login:\n{}", h.sshd_log());
-    let sessions = h.sshd_log()[log_before..].lines().filter(|l| l.contains("Connection from")).count();
+    assert_eq!(
+        h.accepted_logins() - before,
+        1,
+        "sshd saw more than one login:\n{}",
+        h.sshd_log()
+    );
+    let sessions = h.sshd_log()[log_before..]
+        .lines()
+        .filter(|l| l.contains("Connection from"))
+        .count();
     assert_eq!(sessions, 1, "{}", h.sshd_log());
 }
 
@@ -425,7 +545,8 @@ async fn connect_tcp_reaches_a_listener_on_the_hosts_own_loopback() {
     }
     let fleet = Fleet::start(3).unwrap();
     let h = fleet.host(2);
-    h.exec_ok("mkdir -p /srv/www && printf 'hello from host2' > /srv/www/hello.txt").unwrap();
+    h.exec_ok("mkdir -p /srv/www && printf 'hello from host2' > /srv/www/hello.txt")
+        .unwrap();
     let mut server = h
         .command("exec python3 -m http.server 8765 --bind 127.0.0.1 --directory /srv/www")
         .stdout(std::process::Stdio::null())
@@ -445,7 +566,9 @@ async fn connect_tcp_reaches_a_listener_on_the_hosts_own_loopback() {
     let pool = pool();
     let t = pool.get(&h.tend_host()).unwrap();
     let mut s = t.connect_tcp(8765).await.unwrap();
-    s.write_all(b"GET /hello.txt HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /hello.txt HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).await.unwrap();
     let resp = String::from_utf8_lossy(&resp);
@@ -496,4 +619,24 @@ fn any_quoted_string_arrives_on_the_host_as_exactly_its_bytes() {
         .unwrap();
     assert!(!fleet.host(0).path("/tmp/pwned").exists());
     assert_eq!(t.stats().connections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_dies_mid_script_is_lost_not_hung_and_the_next_exec_reconnects() {
+    if !skip_unless_e2e(
+        "a_connection_that_dies_mid_script_is_lost_not_hung_and_the_next_exec_reconnects",
+    ) {
+        return;
+    }
+    let fleet = Fleet::start(1).unwrap();
+    let pool = pool();
+    let t = pool.get(&fleet.host(0).tend_host()).unwrap();
+    // The script kills the sshd process serving its own connection while
+    // tend still has megabytes of stdin to send.
+    let stdin = vec![b'x'; 8 * 1024 * 1024];
+    let e = t.exec("kill -9 $PPID; sleep 5", &stdin).await.unwrap_err();
+    assert_eq!(e.metric_label(), "lost", "{e}");
+    let out = t.exec("echo again", b"").await.unwrap();
+    assert_eq!(out.stdout_lossy(), "again\n");
+    assert_eq!(t.stats().connections(), 2);
 }

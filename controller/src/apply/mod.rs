@@ -125,6 +125,7 @@ impl ApplyReport {
     pub fn converged(&self) -> bool {
         self.locked.is_empty()
             && self.plan.unreachable.is_empty()
+            && self.plan.services.iter().all(|s| s.blocked.is_none())
             && self.actions.iter().all(|a| {
                 a.outcome == ActionOutcome::Succeeded
                     || (!self.pruning

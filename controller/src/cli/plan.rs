@@ -29,7 +29,10 @@ pub fn select_hosts(desired: &Desired, selectors: &[String]) -> anyhow::Result<V
     Ok(desired
         .hosts
         .values()
-        .filter(|h| want.iter().all(|(k, v)| h.labels.get(*k).map(String::as_str) == Some(*v)))
+        .filter(|h| {
+            want.iter()
+                .all(|(k, v)| h.labels.get(*k).map(String::as_str) == Some(*v))
+        })
         .map(|h| h.name.clone())
         .collect())
 }
@@ -38,9 +41,6 @@ pub fn run(a: PlanArgs) -> anyhow::Result<ExitCode> {
     let loaded = match manifest::load_path(&a.fleet.path, Secrets::Resolve) {
         Ok(l) => l,
         Err(diags) => {
-            for d in &diags.0 {
-                eprintln!("{d}");
-            }
             eprintln!("error: {diags}");
             return Ok(ExitCode::from(1));
         }
@@ -58,14 +58,27 @@ pub fn run(a: PlanArgs) -> anyhow::Result<ExitCode> {
         known_hosts: a.fleet.known_hosts.clone(),
         ..PoolOptions::default()
     });
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let observed = rt.block_on(tend::observe::observe_all(&pool, &desired, &hosts));
     let plan = tend::plan::plan(&desired, &observed);
-    match a.fleet.output {
-        super::Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
-        super::Output::Text => print!("{}", render(&plan, &desired, super::stdout_is_tty())),
-    }
+    let text = match a.fleet.output {
+        super::Output::Json => format!("{}\n", serde_json::to_string_pretty(&plan)?),
+        super::Output::Text => render(&plan, &desired, super::stdout_is_tty()),
+    };
+    emit(&text)?;
     Ok(ExitCode::from(exit_code(&plan)))
+}
+
+/// Print to stdout; a reader that went away (`| head`) is not an error.
+fn emit(s: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(s.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
 }
 
 pub fn exit_code(plan: &Plan) -> u8 {
@@ -106,18 +119,22 @@ fn action_line(a: &Action, sp: Option<&ServicePlan>, p: &Paint) -> String {
             (None, None) => String::new(),
         }
     };
-    let after = if a.after.is_empty() { String::new() } else { format!(" after {}", a.after.join(", ")) };
+    let after = if a.after.is_empty() {
+        String::new()
+    } else {
+        format!(" after {}", a.after.join(", "))
+    };
     match a.kind {
-        ActionKind::Start => {
-            p.wrap("32", &format!("+ start {} ({why}){after}", a.service))
-        }
-        ActionKind::Upgrade => {
-            p.wrap("33", &format!("~ upgrade {}{} ({why}){after}", a.service, ver(sp)))
-        }
+        ActionKind::Start => p.wrap("32", &format!("+ start {} ({why}){after}", a.service)),
+        ActionKind::Upgrade => p.wrap(
+            "33",
+            &format!("~ upgrade {}{} ({why}){after}", a.service, ver(sp)),
+        ),
         ActionKind::Restart => p.wrap("33", &format!("~ restart {} ({why}){after}", a.service)),
-        ActionKind::Rollback => {
-            p.wrap("33", &format!("< rollback {}{} ({why})", a.service, ver(sp)))
-        }
+        ActionKind::Rollback => p.wrap(
+            "33",
+            &format!("< rollback {}{} ({why})", a.service, ver(sp)),
+        ),
         ActionKind::Stop => p.wrap("31", &format!("- stop {} ({why})", a.service)),
         ActionKind::Prune => p.wrap("31", &format!("- prune {}{} ({why})", a.service, ver(sp))),
     }
@@ -146,7 +163,11 @@ pub fn render(plan: &Plan, desired: &Desired, colour: bool) -> String {
         };
         let _ = writeln!(out, "{}", p.wrap("1", &format!("host {host}{addr}")));
         if let Some(why) = plan.unreachable.get(*host) {
-            let _ = writeln!(out, "  {}", p.wrap("31;1", &format!("? unreachable: {why}")));
+            let _ = writeln!(
+                out,
+                "  {}",
+                p.wrap("31;1", &format!("? unreachable: {why}"))
+            );
             continue;
         }
         let mine: Vec<&ServicePlan> = plan.services.iter().filter(|s| s.host == *host).collect();
@@ -158,12 +179,24 @@ pub fn render(plan: &Plan, desired: &Desired, colour: bool) -> String {
         }
         for s in &mine {
             if let Some(b) = &s.blocked {
-                let _ = writeln!(out, "  {}", p.wrap("31;1", &format!("! {} blocked: {b}", s.service)));
+                let _ = writeln!(
+                    out,
+                    "  {}",
+                    p.wrap("31;1", &format!("! {} blocked: {b}", s.service))
+                );
                 lines += 1;
             }
             if s.status == Status::Suspended {
-                let extra = if s.reasons.is_empty() { String::new() } else { format!(" ({})", reasons(&s.reasons)) };
-                let _ = writeln!(out, "  {}", p.wrap("2", &format!("· {} suspended{extra}", s.service)));
+                let extra = if s.reasons.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", reasons(&s.reasons))
+                };
+                let _ = writeln!(
+                    out,
+                    "  {}",
+                    p.wrap("2", &format!("· {} suspended{extra}", s.service))
+                );
                 lines += 1;
             }
         }
@@ -179,9 +212,17 @@ pub fn render(plan: &Plan, desired: &Desired, colour: bool) -> String {
     }
     let blocked = plan.services.iter().filter(|s| s.blocked.is_some()).count();
     let summary = if plan.in_sync() {
-        format!("in sync: {} services on {} hosts", plan.services.len(), plan.memory.len())
+        format!(
+            "in sync: {} services on {} hosts",
+            plan.services.len(),
+            plan.memory.len()
+        )
     } else {
-        let mut parts = vec![format!("{} action{}", plan.actions.len(), plural(plan.actions.len()))];
+        let mut parts = vec![format!(
+            "{} action{}",
+            plan.actions.len(),
+            plural(plan.actions.len())
+        )];
         if blocked > 0 {
             parts.push(format!("{blocked} blocked"));
         }
@@ -205,23 +246,35 @@ fn plural(n: usize) -> &'static str {
 
 fn memory_table(plan: &Plan) -> String {
     let dash = || "-".to_string();
-    let mut rows: Vec<[String; 5]> =
-        vec![["HOST", "COMMITTED", "BUDGET (capacity − reserved)", "TOTAL", "AVAILABLE"].map(String::from)];
+    let mut rows: Vec<[String; 5]> = vec![[
+        "HOST",
+        "COMMITTED",
+        "BUDGET (capacity − reserved)",
+        "TOTAL",
+        "AVAILABLE",
+    ]
+    .map(String::from)];
     for m in &plan.memory {
         rows.push([
             m.host.clone(),
             format_bytes(m.committed),
-            m.capacity.map(|c| format_bytes(c.saturating_sub(m.reserved))).unwrap_or_else(dash),
+            m.capacity
+                .map(|c| format_bytes(c.saturating_sub(m.reserved)))
+                .unwrap_or_else(dash),
             m.mem_total.map(format_bytes).unwrap_or_else(dash),
             m.mem_available.map(format_bytes).unwrap_or_else(dash),
         ]);
     }
-    let widths: Vec<usize> =
-        (0..5).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..5)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for r in &rows {
-        let cells: Vec<String> =
-            r.iter().zip(&widths).map(|(c, w)| format!("{c:<width$}", width = *w)).collect();
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<width$}", width = *w))
+            .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
@@ -246,7 +299,13 @@ mod tests {
     }
 
     fn action(kind: ActionKind, name: &str, r: DriftReason) -> Action {
-        Action { kind, service: name.into(), host: "h1".into(), after: vec![], reasons: vec![r] }
+        Action {
+            kind,
+            service: name.into(),
+            host: "h1".into(),
+            after: vec![],
+            reasons: vec![r],
+        }
     }
 
     #[test]
@@ -275,9 +334,18 @@ mod tests {
         };
         let text = render(&plan, &Desired::default(), false);
         assert!(text.contains("  + start api (missing)\n"), "{text}");
-        assert!(text.contains("  ~ upgrade auth 1.0 → 1.1 (version)\n"), "{text}");
-        assert!(text.contains("  ! web blocked: port 8100 held by pid 123 (nc)\n"), "{text}");
-        assert!(text.contains("host h2\n  ? unreachable: timed out\n"), "{text}");
+        assert!(
+            text.contains("  ~ upgrade auth 1.0 → 1.1 (version)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  ! web blocked: port 8100 held by pid 123 (nc)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("host h2\n  ? unreachable: timed out\n"),
+            "{text}"
+        );
         assert!(text.contains("HOST"), "{text}");
         assert!(!text.contains('\x1b'), "no colour when piped");
         assert!(render(&plan, &Desired::default(), true).contains('\x1b'));
@@ -288,7 +356,8 @@ mod tests {
     fn exit_codes_say_in_sync_drift_or_error() {
         let mut plan = Plan::default();
         assert_eq!(exit_code(&plan), 0);
-        plan.actions.push(action(ActionKind::Start, "api", DriftReason::Missing));
+        plan.actions
+            .push(action(ActionKind::Start, "api", DriftReason::Missing));
         assert_eq!(exit_code(&plan), 2);
         plan.unreachable.insert("h".into(), "down".into());
         assert_eq!(exit_code(&plan), 1);
@@ -310,7 +379,10 @@ mod tests {
                 },
             );
         }
-        assert_eq!(select_hosts(&d, &["role=apps".into()]).unwrap(), vec!["b", "c"]);
+        assert_eq!(
+            select_hosts(&d, &["role=apps".into()]).unwrap(),
+            vec!["b", "c"]
+        );
         assert_eq!(select_hosts(&d, &[]).unwrap().len(), 3);
         assert!(select_hosts(&d, &["nonsense".into()]).is_err());
     }

@@ -256,6 +256,14 @@ pub(crate) fn load(tree: &dyn Tree, dir: &str, secrets: Secrets) -> Result<Loade
     for (path, bytes) in &files {
         docs.extend(parse_file(path, bytes, &mut report));
     }
+    if docs.is_empty() && report.errors.is_empty() {
+        report.errors.push(Diagnostic::new(
+            shown,
+            At::default(),
+            "",
+            "no Host or Service documents here",
+        ));
+    }
     let desired = validate::build(docs, tree, secrets, &mut report);
     let mut errors = report.errors;
     errors.sort();
@@ -359,11 +367,11 @@ fn parse_file(file: &str, bytes: &[u8], r: &mut Report) -> Vec<ParsedDoc> {
                 match doc.value {
                     TypedDoc::Host(h) => out.push(ParsedDoc {
                         file: file.to_string(),
-                        doc: Parsed::Host(Box::new(h)),
+                        doc: Parsed::Host(h),
                     }),
                     TypedDoc::Service(s) => out.push(ParsedDoc {
                         file: file.to_string(),
-                        doc: Parsed::Service(Box::new(s)),
+                        doc: Parsed::Service(s),
                     }),
                     TypedDoc::Skipped => {}
                 }

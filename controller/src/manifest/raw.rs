@@ -105,8 +105,8 @@ pub struct ServiceDoc {
 #[schemars(title = "tend/v1 document")]
 #[allow(dead_code)] // only its schema is used
 pub enum Document {
-    Host(HostDoc),
-    Service(ServiceDoc),
+    Host(Box<HostDoc>),
+    Service(Box<ServiceDoc>),
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -588,8 +588,8 @@ pub enum DocKind {
 /// A document in its typed form.
 #[derive(Debug, Clone)]
 pub enum TypedDoc {
-    Host(HostDoc),
-    Service(ServiceDoc),
+    Host(Box<HostDoc>),
+    Service(Box<ServiceDoc>),
     Skipped,
 }
 
@@ -613,8 +613,8 @@ impl<'de> Deserialize<'de> for TypedDoc {
             .with(|k| k.borrow_mut().pop_front())
             .unwrap_or(DocKind::Skip);
         match kind {
-            DocKind::Host => HostDoc::deserialize(d).map(TypedDoc::Host),
-            DocKind::Service => ServiceDoc::deserialize(d).map(TypedDoc::Service),
+            DocKind::Host => HostDoc::deserialize(d).map(|h| TypedDoc::Host(Box::new(h))),
+            DocKind::Service => ServiceDoc::deserialize(d).map(|s| TypedDoc::Service(Box::new(s))),
             DocKind::Skip => IgnoredAny::deserialize(d).map(|_| TypedDoc::Skipped),
         }
     }

@@ -816,6 +816,25 @@ proptest! {
     }
 
     #[test]
+    fn a_mutated_valid_manifest_never_panics_the_loader(
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6)
+    ) {
+        let mut bytes = format!("{HOSTS}---\n{WEB}  env: {{A: b, C: {{fromEnv: D}}}}\n  suspend: false\n").into_bytes();
+        for (i, b) in edits {
+            let at = i.index(bytes.len());
+            bytes[at] = b;
+        }
+        let files = vec![
+            TreeFile { path: "m/all.yaml".into(), executable: false, contents: bytes },
+            tf("apps/web/app.py", "x"),
+        ];
+        match load(&files) {
+            Ok(_) => {}
+            Err(d) => prop_assert!(!d.0.is_empty()),
+        }
+    }
+
+    #[test]
     fn arbitrary_yaml_never_panics_the_loader(text in yamlish()) {
         let files = with(base(), "m/fuzz.yaml", &text);
         match load(&files) {

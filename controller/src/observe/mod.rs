@@ -15,7 +15,7 @@ mod tests;
 pub use parse::parse;
 pub use probe::{probe_script, probe_script_with, CommandCheck, ListenSource, ProbeOptions};
 
-use crate::model::{Desired, Host, HealthCheck, Observation};
+use crate::model::{Desired, HealthCheck, Host, Observation};
 use crate::transport::pool::Pool;
 use crate::transport::{Transport, TransportError};
 use std::collections::BTreeMap;
@@ -93,7 +93,9 @@ pub async fn observe_host(t: &dyn Transport, host: &Host) -> Observation {
 pub async fn observe_host_with(t: &dyn Transport, host: &Host, opts: &ProbeOptions) -> Observation {
     match try_observe(t, host, opts).await {
         Ok(st) => Observation::Reachable(st),
-        Err(e) => Observation::Unreachable { reason: e.to_string() },
+        Err(e) => Observation::Unreachable {
+            reason: e.to_string(),
+        },
     }
 }
 
@@ -106,7 +108,10 @@ pub async fn try_observe(
     let script = probe_script_with(&host.root, opts)?;
     let out = t.exec(&script, b"").await?;
     if !out.success() {
-        let status = out.status.map(|s| s.to_string()).unwrap_or_else(|| "a signal".into());
+        let status = out
+            .status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "a signal".into());
         let mut stderr = out.stderr_lossy();
         stderr.truncate(stderr.trim_end().len().min(500));
         return Err(ObserveError::Exit { status, stderr });
@@ -164,14 +169,21 @@ pub async fn observe_all_with(
         let Some(host) = desired.hosts.get(name) else {
             out.insert(
                 name.clone(),
-                Observation::Unreachable { reason: format!("host {name} is not in the manifests") },
+                Observation::Unreachable {
+                    reason: format!("host {name} is not in the manifests"),
+                },
             );
             continue;
         };
         let t = match transports.transport(host) {
             Ok(t) => t,
             Err(e) => {
-                out.insert(name.clone(), Observation::Unreachable { reason: e.to_string() });
+                out.insert(
+                    name.clone(),
+                    Observation::Unreachable {
+                        reason: e.to_string(),
+                    },
+                );
                 continue;
             }
         };
@@ -180,10 +192,15 @@ pub async fn observe_all_with(
         let limit = limit.clone();
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            let obs = match tokio::time::timeout(timeout, observe_host_with(t.as_ref(), &host, &opts)).await {
-                Ok(o) => o,
-                Err(_) => Observation::Unreachable { reason: ObserveError::Timeout(timeout).to_string() },
-            };
+            let obs =
+                match tokio::time::timeout(timeout, observe_host_with(t.as_ref(), &host, &opts))
+                    .await
+                {
+                    Ok(o) => o,
+                    Err(_) => Observation::Unreachable {
+                        reason: ObserveError::Timeout(timeout).to_string(),
+                    },
+                };
             (host.name, obs)
         });
     }
@@ -198,7 +215,9 @@ pub async fn observe_all_with(
     // A task that panicked leaves its host out: say so rather than plan it away.
     for name in hosts {
         out.entry(name.clone())
-            .or_insert_with(|| Observation::Unreachable { reason: "observe task failed".into() });
+            .or_insert_with(|| Observation::Unreachable {
+                reason: "observe task failed".into(),
+            });
     }
     out
 }

@@ -79,7 +79,13 @@ pub fn parse(stdout: &[u8]) -> Result<HostState, ObserveError> {
             w.and_then(|w| w.parse::<u64>().ok())
                 .ok_or_else(|| bad(format!("{tag}: bad {what} in {line:?}")))
         };
-        let once = |slot: bool| if slot { Err(bad(format!("{tag} given twice"))) } else { Ok(()) };
+        let once = |slot: bool| {
+            if slot {
+                Err(bad(format!("{tag} given twice")))
+            } else {
+                Ok(())
+            }
+        };
         match tag {
             "hostname" => {
                 once(hostname.is_some())?;
@@ -120,7 +126,10 @@ pub fn parse(stdout: &[u8]) -> Result<HostState, ObserveError> {
                 if rest.is_empty() {
                     return Err(bad("record without a name".into()));
                 }
-                records.push(RawRecord { file: rest.to_string(), ..RawRecord::default() });
+                records.push(RawRecord {
+                    file: rest.to_string(),
+                    ..RawRecord::default()
+                });
             }
             "proc" | "memory" | "procs" => {
                 let Some(r) = records.last_mut() else {
@@ -133,7 +142,8 @@ pub fn parse(stdout: &[u8]) -> Result<HostState, ObserveError> {
                         }
                         let pid = u32::try_from(num(words.first(), "pid")?)
                             .map_err(|_| bad("pid out of range".into()))?;
-                        r.proc_ = Some((pid, words[1].to_string(), num(words.get(2), "start time")?));
+                        r.proc_ =
+                            Some((pid, words[1].to_string(), num(words.get(2), "start time")?));
                     }
                     "memory" => {
                         if r.memory.is_some() || words.len() != 3 {
@@ -168,7 +178,11 @@ pub fn parse(stdout: &[u8]) -> Result<HostState, ObserveError> {
                 };
                 let result = match rc {
                     "-" => None,
-                    rc => Some(rc.parse::<i64>().map_err(|_| bad(format!("exit code {rc:?}")))? == 0),
+                    rc => Some(
+                        rc.parse::<i64>()
+                            .map_err(|_| bad(format!("exit code {rc:?}")))?
+                            == 0,
+                    ),
                 };
                 checks.insert(name.to_string(), result);
             }
@@ -178,7 +192,10 @@ pub fn parse(stdout: &[u8]) -> Result<HostState, ObserveError> {
     if records.last().is_some_and(|r| !r.closed) {
         return Err(ObserveError::Truncated);
     }
-    let missing = |what: &str| ObserveError::Line { line: lines.len(), why: format!("no {what} line") };
+    let missing = |what: &str| ObserveError::Line {
+        line: lines.len(),
+        why: format!("no {what} line"),
+    };
     let (mem_total, mem_available) = meminfo.ok_or_else(|| missing("meminfo"))?;
     let facts = HostFacts {
         hostname: hostname.ok_or_else(|| missing("hostname"))?,
@@ -191,8 +208,10 @@ pub fn parse(stdout: &[u8]) -> Result<HostState, ObserveError> {
     let mut services = BTreeMap::new();
     let mut owner: HashMap<u32, String> = HashMap::new();
     for raw in records {
-        let record = Record::parse(&raw.text)
-            .map_err(|e| ObserveError::Record { file: raw.file.clone(), why: e.to_string() })?;
+        let record = Record::parse(&raw.text).map_err(|e| ObserveError::Record {
+            file: raw.file.clone(),
+            why: e.to_string(),
+        })?;
         if record.name != raw.file {
             return Err(ObserveError::Record {
                 file: raw.file.clone(),
@@ -219,24 +238,42 @@ pub fn parse(stdout: &[u8]) -> Result<HostState, ObserveError> {
             ),
             None => (None, None, false),
         };
-        let healthy = if running { checks.get(&record.name).copied().flatten() } else { None };
+        let healthy = if running {
+            checks.get(&record.name).copied().flatten()
+        } else {
+            None
+        };
         services.insert(
             record.name.clone(),
-            ObservedService { record, running, memory_usage, memory_limit, oom_killed, healthy },
+            ObservedService {
+                record,
+                running,
+                memory_usage,
+                memory_limit,
+                oom_killed,
+                healthy,
+            },
         );
     }
 
     let mut listeners: BTreeMap<u16, Listener> = BTreeMap::new();
     for (port, ino) in listens {
         let holders: Vec<&(u32, u64, String)> = socks.iter().filter(|s| s.1 == ino).collect();
-        let pick = holders.iter().find(|s| owner.contains_key(&s.0)).or(holders.first());
+        let pick = holders
+            .iter()
+            .find(|s| owner.contains_key(&s.0))
+            .or(holders.first());
         let l = match pick {
             Some((pid, _, comm)) => Listener {
                 pid: Some(*pid),
                 service: owner.get(pid).cloned(),
                 comm: Some(comm.clone()).filter(|c| !c.is_empty()),
             },
-            None => Listener { pid: None, service: None, comm: None },
+            None => Listener {
+                pid: None,
+                service: None,
+                comm: None,
+            },
         };
         let rank = |l: &Listener| match (l.pid, &l.service) {
             (Some(_), None) => 2,
@@ -250,7 +287,11 @@ pub fn parse(stdout: &[u8]) -> Result<HostState, ObserveError> {
             }
         }
     }
-    Ok(HostState { facts, services, listeners })
+    Ok(HostState {
+        facts,
+        services,
+        listeners,
+    })
 }
 
 /// Liveness as docs/HOST-LAYOUT.md defines it.
@@ -261,7 +302,10 @@ fn judge_running(record: &Record, raw: &RawRecord, boot_id: &str) -> bool {
     let same_boot = !boot_id.is_empty() && record.boot_id.as_deref() == Some(boot_id);
     match (&raw.proc_, record.pid, record.start_time) {
         (Some((pid, state, start)), Some(rpid), Some(rstart)) => {
-            same_boot && *pid == rpid && *start == rstart && !matches!(state.as_str(), "Z" | "X" | "x")
+            same_boot
+                && *pid == rpid
+                && *start == rstart
+                && !matches!(state.as_str(), "Z" | "X" | "x")
         }
         _ => false,
     }

@@ -41,9 +41,9 @@ lst() { # port inode
   case $1$2 in ''|*[!0-9]*) return ;; esac
   o "listen $1 $2"; L="$L $1:$2"; LI="$LI $2 "
 }
-# sock_diag asks the kernel for listeners only; /proc/net/tcp walks every
-# connection bucket. Fall back to it where ss is missing.
-if [ "$LISTEN_SRC" != proc ] && v=$(ss -Hltne 2>/dev/null); then
+# sock_diag asks the kernel for listeners only (one exec); /proc/net/tcp
+# needs no tool but walks the connection hash. Chosen by the controller.
+if [ "$LISTEN_SRC" = auto ] && v=$(ss -Hltne 2>/dev/null); then
   while read -r st rq sq la rest; do
     i=${rest#*ino:}; lst "${la##*:}" "${i%% *}"
   done <<SS_EOF

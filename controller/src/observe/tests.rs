@@ -95,13 +95,23 @@ fn a_full_report_gives_services_memory_listeners_and_health() {
     assert_eq!(st.listeners[&8100].service.as_deref(), Some("api"));
     assert_eq!(st.listeners[&8100].pid, Some(101));
     assert_eq!(st.listeners[&5432].comm.as_deref(), Some("postgres"));
-    assert_eq!(st.listeners[&22], Listener { pid: None, service: None, comm: None });
+    assert_eq!(
+        st.listeners[&22],
+        Listener {
+            pid: None,
+            service: None,
+            comm: None
+        }
+    );
 }
 
 #[test]
 fn a_reused_pid_is_not_running() {
     let r = record("api", 100, 5000);
-    let st = ok(&report(&[&facts(), &format!("{}\nproc 100 S 5001", framed(&r))]));
+    let st = ok(&report(&[
+        &facts(),
+        &format!("{}\nproc 100 S 5001", framed(&r)),
+    ]));
     assert!(!st.services["api"].running);
 }
 
@@ -109,14 +119,20 @@ fn a_reused_pid_is_not_running() {
 fn a_process_from_another_boot_is_not_running() {
     let mut r = record("api", 100, 5000);
     r.boot_id = Some("old-boot".into());
-    let st = ok(&report(&[&facts(), &format!("{}\nproc 100 S 5000", framed(&r))]));
+    let st = ok(&report(&[
+        &facts(),
+        &format!("{}\nproc 100 S 5000", framed(&r)),
+    ]));
     assert!(!st.services["api"].running);
 }
 
 #[test]
 fn a_zombie_is_not_running() {
     let r = record("api", 100, 5000);
-    let st = ok(&report(&[&facts(), &format!("{}\nproc 100 Z 5000", framed(&r))]));
+    let st = ok(&report(&[
+        &facts(),
+        &format!("{}\nproc 100 Z 5000", framed(&r)),
+    ]));
     assert!(!st.services["api"].running);
 }
 
@@ -133,7 +149,10 @@ fn a_systemd_unit_runs_when_its_cgroup_has_a_process() {
     let mut r = record("unit", 1, 1);
     r.runtime = Some(RuntimeKind::Systemd);
     r.pid = None;
-    let live = ok(&report(&[&facts(), &format!("{}\nprocs 4242 ", framed(&r))]));
+    let live = ok(&report(&[
+        &facts(),
+        &format!("{}\nprocs 4242 ", framed(&r)),
+    ]));
     assert!(live.services["unit"].running);
     let dead = ok(&report(&[&facts(), &format!("{}\nprocs ", framed(&r))]));
     assert!(!dead.services["unit"].running);
@@ -158,7 +177,10 @@ fn a_stranger_beats_the_service_on_the_same_port() {
         "sock 100 1 api\nsock 999 2 nc",
     ]);
     let l = &ok(&text).listeners[&8100];
-    assert_eq!((l.pid, l.service.as_deref(), l.comm.as_deref()), (Some(999), None, Some("nc")));
+    assert_eq!(
+        (l.pid, l.service.as_deref(), l.comm.as_deref()),
+        (Some(999), None, Some("nc"))
+    );
 }
 
 #[test]
@@ -173,13 +195,19 @@ fn a_record_whose_name_is_not_its_file_is_refused() {
 fn a_garbled_record_is_an_error_not_a_missing_service() {
     let text = "record api\n| name=api\n| version=1\nendrecord";
     let e = parse(report(&[&facts(), text]).as_bytes());
-    assert!(matches!(e, Err(ObserveError::Record { ref file, .. }) if file == "api"), "{e:?}");
+    assert!(
+        matches!(e, Err(ObserveError::Record { ref file, .. }) if file == "api"),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn an_unknown_line_is_an_error() {
     let e = parse(report(&[&facts(), "surprise 1"]).as_bytes());
-    assert!(matches!(e, Err(ObserveError::Line { line: 6, .. })), "{e:?}");
+    assert!(
+        matches!(e, Err(ObserveError::Line { line: 6, .. })),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -191,7 +219,10 @@ fn a_report_missing_a_fact_is_an_error() {
 #[test]
 fn a_wrong_end_count_is_truncation() {
     let text = sample().replace("\nend ", "\nend 1");
-    assert!(matches!(parse(text.as_bytes()), Err(ObserveError::Truncated)));
+    assert!(matches!(
+        parse(text.as_bytes()),
+        Err(ObserveError::Truncated)
+    ));
 }
 
 #[test]
@@ -204,7 +235,10 @@ fn a_login_banner_before_the_header_is_refused() {
 fn every_strict_prefix_of_a_report_is_an_error() {
     let text = sample();
     for cut in 0..text.len() {
-        assert!(parse(&text.as_bytes()[..cut]).is_err(), "prefix of {cut} bytes parsed");
+        assert!(
+            parse(&text.as_bytes()[..cut]).is_err(),
+            "prefix of {cut} bytes parsed"
+        );
     }
 }
 
@@ -239,8 +273,11 @@ proptest! {
 
 #[test]
 fn the_probe_quotes_the_root_and_the_check_argv() {
-    let s = probe_script("/srv/it's here", &[("api".into(), vec!["curl".into(), "$(reboot)".into()])])
-        .unwrap_or_default();
+    let s = probe_script(
+        "/srv/it's here",
+        &[("api".into(), vec!["curl".into(), "$(reboot)".into()])],
+    )
+    .unwrap_or_default();
     assert!(s.starts_with("ROOT='/srv/it'\\''s here'\n"), "{s}");
     assert!(s.contains("'curl' '$(reboot)'"), "{s}");
     assert!(s.ends_with("printf 'end %s\\n' \"$n\"\n"));
@@ -253,8 +290,17 @@ fn the_probe_is_valid_posix_sh() {
         if Command::new(shell).arg("-c").arg("true").output().is_err() {
             continue;
         }
-        let out = Command::new(shell).arg("-n").arg("-c").arg(&s).output().unwrap();
-        assert!(out.status.success(), "{shell}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(shell)
+            .arg("-n")
+            .arg("-c")
+            .arg(&s)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -271,7 +317,11 @@ impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("records")).unwrap();
-        Fixture { dir, children: Vec::new(), cgroups: Vec::new() }
+        Fixture {
+            dir,
+            children: Vec::new(),
+            cgroups: Vec::new(),
+        }
     }
 
     fn root(&self) -> String {
@@ -305,7 +355,14 @@ impl Fixture {
     /// A python http server on a free loopback port, once it listens.
     fn http_server(&mut self) -> (u32, u16) {
         let port = free_port();
-        let pid = self.spawn(&["python3", "-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"]);
+        let pid = self.spawn(&[
+            "python3",
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ]);
         wait_listening(port);
         (pid, port)
     }
@@ -318,7 +375,14 @@ impl Fixture {
     }
 
     fn write(&self, r: &Record) {
-        std::fs::write(self.dir.path().join("records").join(format!("{}.rec", r.name)), r.render()).unwrap();
+        std::fs::write(
+            self.dir
+                .path()
+                .join("records")
+                .join(format!("{}.rec", r.name)),
+            r.render(),
+        )
+        .unwrap();
     }
 
     /// A cgroup v1 memory cgroup with `limit`, or None when this machine
@@ -390,7 +454,10 @@ fn start_time(pid: u32) -> u64 {
 }
 
 fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap().trim().to_string()
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 fn live_record(name: &str, pid: u32, ports: Vec<u16>, cgroup: Option<String>) -> Record {
@@ -435,7 +502,10 @@ async fn a_recorded_live_process_runs_and_a_killed_one_does_not() {
     assert!(st.services["alive"].running);
     assert!(!st.services["killed"].running);
     assert!(!st.services["reused"].running, "same pid, other start time");
-    assert_eq!(st.services["alive"].record, live_record("alive", a, vec![], None));
+    assert_eq!(
+        st.services["alive"].record,
+        live_record("alive", a, vec![], None)
+    );
 }
 
 #[tokio::test]
@@ -456,7 +526,12 @@ async fn listener_is_attributed(src: ListenSource) {
     let mut f = Fixture::new();
     let (pid, port) = f.http_server();
     f.write(&live_record("web", pid, vec![port], None));
-    let st = f.observe(&ProbeOptions { listen_source: src, ..ProbeOptions::default() }).await;
+    let st = f
+        .observe(&ProbeOptions {
+            listen_source: src,
+            ..ProbeOptions::default()
+        })
+        .await;
     let l = &st.listeners[&port];
     assert_eq!(l.service.as_deref(), Some("web"), "{l:?}");
     assert_eq!(l.pid, Some(pid));
@@ -476,11 +551,17 @@ async fn a_services_listener_is_attributed_to_it_via_proc_net_tcp() {
 async fn a_stranger_on_a_declared_port_is_named_with_its_pid_and_comm() {
     let mut f = Fixture::new();
     let (pid, port) = f.http_server();
-    let opts = ProbeOptions { ports: vec![port], ..ProbeOptions::default() };
+    let opts = ProbeOptions {
+        ports: vec![port],
+        ..ProbeOptions::default()
+    };
     let st = f.observe(&opts).await;
     let l = &st.listeners[&port];
     assert_eq!((l.pid, l.service.as_deref()), (Some(pid), None));
-    assert!(l.comm.as_deref().is_some_and(|c| c.starts_with("python")), "{l:?}");
+    assert!(
+        l.comm.as_deref().is_some_and(|c| c.starts_with("python")),
+        "{l:?}"
+    );
 }
 
 #[tokio::test]
@@ -488,7 +569,14 @@ async fn an_undeclared_listener_is_listed_without_searching_for_its_holder() {
     let mut f = Fixture::new();
     let (_pid, port) = f.http_server();
     let st = f.observe(&ProbeOptions::default()).await;
-    assert_eq!(st.listeners[&port], Listener { pid: None, service: None, comm: None });
+    assert_eq!(
+        st.listeners[&port],
+        Listener {
+            pid: None,
+            service: None,
+            comm: None
+        }
+    );
 }
 
 #[tokio::test]
@@ -499,7 +587,10 @@ async fn a_v1_memory_cgroup_gives_usage_limit_and_ownership() {
         return;
     };
     let port = free_port();
-    let pid = f.spawn_in(&cg, &format!("python3 -m http.server {port} --bind 127.0.0.1"));
+    let pid = f.spawn_in(
+        &cg,
+        &format!("python3 -m http.server {port} --bind 127.0.0.1"),
+    );
     wait_listening(port);
     f.write(&live_record("web", pid, vec![port], Some(cg.clone())));
     let st = f.observe(&ProbeOptions::default()).await;
@@ -512,7 +603,11 @@ async fn a_v1_memory_cgroup_gives_usage_limit_and_ownership() {
     assert_eq!(st.listeners[&port].service.as_deref(), Some("web"));
 
     // Raise the limit by hand: the probe reports what is in force.
-    std::fs::write(format!("/sys/fs/cgroup/memory{cg}/memory.limit_in_bytes"), "-1").unwrap();
+    std::fs::write(
+        format!("/sys/fs/cgroup/memory{cg}/memory.limit_in_bytes"),
+        "-1",
+    )
+    .unwrap();
     let st = f.observe(&ProbeOptions::default()).await;
     assert_eq!(st.services["web"].memory_limit, None);
 }
@@ -547,14 +642,21 @@ async fn command_checks_run_in_the_release_directory_with_the_services_env() {
             std::fs::write(rel.join("ready"), "").unwrap();
         }
         std::fs::create_dir_all(f.dir.path().join("env")).unwrap();
-        std::fs::write(f.dir.path().join("env").join(format!("{name}.env")), "WANT='ready'\n").unwrap();
+        std::fs::write(
+            f.dir.path().join("env").join(format!("{name}.env")),
+            "WANT='ready'\n",
+        )
+        .unwrap();
     }
     let check = |service: &str| CommandCheck {
         service: service.into(),
         argv: vec!["sh".into(), "-c".into(), "test -f \"$WANT\"".into()],
         timeout: Duration::from_secs(5),
     };
-    let opts = ProbeOptions { checks: vec![check("good"), check("bad"), check("absent")], ..Default::default() };
+    let opts = ProbeOptions {
+        checks: vec![check("good"), check("bad"), check("absent")],
+        ..Default::default()
+    };
     let st = f.observe(&opts).await;
     assert_eq!(st.services["good"].healthy, Some(true));
     assert_eq!(st.services["bad"].healthy, Some(false));
@@ -576,7 +678,9 @@ async fn a_root_with_quotes_and_spaces_is_read_literally() {
         capacity: None,
         reserved: 0,
     };
-    let st = try_observe(&LocalTransport::new(), &host, &ProbeOptions::default()).await.unwrap();
+    let st = try_observe(&LocalTransport::new(), &host, &ProbeOptions::default())
+        .await
+        .unwrap();
     assert_eq!(st.services["api"].record, r);
 }
 
@@ -586,10 +690,16 @@ async fn every_strict_prefix_of_a_real_report_is_an_error() {
     let (pid, port) = f.http_server();
     f.write(&live_record("web", pid, vec![port], None));
     let t = LocalTransport::new();
-    let out = t.exec(&probe_script(&f.root(), &[]).unwrap(), b"").await.unwrap();
+    let out = t
+        .exec(&probe_script(&f.root(), &[]).unwrap(), b"")
+        .await
+        .unwrap();
     assert!(parse(&out.stdout).is_ok(), "{}", out.stdout_lossy());
     for cut in 0..out.stdout.len() {
-        assert!(parse(&out.stdout[..cut]).is_err(), "prefix of {cut} bytes parsed");
+        assert!(
+            parse(&out.stdout[..cut]).is_err(),
+            "prefix of {cut} bytes parsed"
+        );
     }
 }
 
@@ -612,4 +722,88 @@ async fn the_probe_is_one_exec() {
     let t = LocalTransport::new();
     let _ = observe_host(&t, &f.host()).await;
     assert_eq!(t.stats().execs(), 1);
+}
+
+/// Run the probe in a private mount namespace whose /sys/fs/cgroup is a
+/// tmpfs laid out by `setup` (files as a v2 host has them). Root only.
+fn probe_with_cgroup_tree(root: &str, setup: &[(&str, String)]) -> Option<HostState> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let mut prep = String::from("mount -t tmpfs tend-test /sys/fs/cgroup || exit 99\n");
+    for (path, content) in setup {
+        let full = format!("/sys/fs/cgroup/{path}");
+        let dir = &full[..full.rfind('/').unwrap_or(0)];
+        prep.push_str(&format!(
+            "mkdir -p {} && printf '%s' {} > {}\n",
+            crate::shell::quote(dir).unwrap(),
+            crate::shell::quote(content).unwrap(),
+            crate::shell::quote(&full).unwrap()
+        ));
+    }
+    prep.push_str("exec sh -c \"$0\"\n");
+    let probe = probe_script(root, &[]).unwrap();
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &prep, &probe])
+        .output()
+        .ok()?;
+    if out.status.code() == Some(99) || !out.status.success() {
+        println!("skipped: cannot make a private cgroup tree: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    Some(parse(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{}", String::from_utf8_lossy(&out.stdout))))
+}
+
+#[test]
+fn a_v2_host_reports_memory_current_max_and_oom_kills() {
+    let mut f = Fixture::new();
+    let pid = f.spawn(&["sleep", "1000"]);
+    f.write(&live_record("web", pid, vec![], Some("/tend/web".into())));
+    let mut unit = live_record("unit", pid, vec![], Some("/system.slice/tend-unit.service".into()));
+    unit.runtime = Some(RuntimeKind::Systemd);
+    unit.pid = None;
+    f.write(&unit);
+    let mut gone = unit.clone();
+    gone.name = "gone".into();
+    gone.cgroup = Some("/system.slice/tend-gone.service".into());
+    f.write(&gone);
+    let tree = [
+        ("cgroup.controllers", "cpuset cpu io memory pids\n".to_string()),
+        ("cgroup.procs", "1\n".to_string()),
+        ("tend/web/memory.current", "1234567\n".to_string()),
+        ("tend/web/memory.max", "67108864\n".to_string()),
+        ("tend/web/memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n".to_string()),
+        ("tend/web/cgroup.procs", format!("{pid}\n")),
+        ("system.slice/tend-unit.service/memory.current", "100\n".to_string()),
+        ("system.slice/tend-unit.service/memory.max", "max\n".to_string()),
+        ("system.slice/tend-unit.service/memory.events", "oom_kill 0\n".to_string()),
+        ("system.slice/tend-unit.service/cgroup.procs", format!("{pid}\n")),
+        ("system.slice/tend-gone.service/memory.current", "0\n".to_string()),
+        ("system.slice/tend-gone.service/memory.max", "max\n".to_string()),
+        ("system.slice/tend-gone.service/cgroup.procs", String::new()),
+    ];
+    let Some(st) = probe_with_cgroup_tree(&f.root(), &tree) else {
+        println!("skipped: needs root and unshare");
+        return;
+    };
+    assert_eq!(st.facts.cgroup, CgroupMode::V2);
+    let web = &st.services["web"];
+    assert!(web.running);
+    assert_eq!((web.memory_usage, web.memory_limit, web.oom_killed), (Some(1234567), Some(64 << 20), true));
+    let unit = &st.services["unit"];
+    assert!(unit.running, "a unit runs when its cgroup has a process");
+    assert_eq!((unit.memory_usage, unit.memory_limit, unit.oom_killed), (Some(100), None, false));
+    assert!(!st.services["gone"].running, "an empty unit cgroup is not running");
+}
+
+#[test]
+fn a_host_without_a_memory_controller_reports_none() {
+    let f = Fixture::new();
+    let tree = [("cgroup.controllers", "cpuset cpu io pids\n".to_string())];
+    let Some(st) = probe_with_cgroup_tree(&f.root(), &tree) else {
+        println!("skipped: needs root and unshare");
+        return;
+    };
+    assert_eq!(st.facts.cgroup, CgroupMode::None);
 }

@@ -1,7 +1,9 @@
 //! Drift rules: desired service × what its host showed → reasons and one action.
 
 use super::{Action, ActionKind, DriftReason, MemoryBudget, ServicePlan, Status};
-use crate::model::{CgroupMode, Desired, HostState, Listener, Observation, ObservedService, Service};
+use crate::model::{
+    CgroupMode, Desired, HostState, Listener, Observation, ObservedService, Service,
+};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The kernel rounds a memory limit down to whole pages; 64 KiB covers every
@@ -61,7 +63,11 @@ pub(super) fn diff(
                     here.push(ServicePlan {
                         service: name.clone(),
                         host: host.clone(),
-                        status: if suspended { Status::Suspended } else { Status::Drifted },
+                        status: if suspended {
+                            Status::Suspended
+                        } else {
+                            Status::Drifted
+                        },
                         reasons: vec![DriftReason::Unmanaged],
                         desired_version: None,
                         observed_version: Some(o.record.version.clone()),
@@ -154,14 +160,23 @@ fn plan_service(s: &Service, host: &str, st: &HostState) -> (ServicePlan, Option
     } else if has(DriftReason::Stopped) {
         // After a rollback, restart the release in place rather than start
         // something that could install the failed version again.
-        Some(if version_blocked { ActionKind::Restart } else { ActionKind::Start })
+        Some(if version_blocked {
+            ActionKind::Restart
+        } else {
+            ActionKind::Start
+        })
     } else if has(DriftReason::MemoryLimit) || has(DriftReason::Unhealthy) {
         Some(ActionKind::Restart)
     } else {
         None
     };
 
-    let mut after: Vec<String> = s.depends_on.iter().filter(|d| **d != s.name).cloned().collect();
+    let mut after: Vec<String> = s
+        .depends_on
+        .iter()
+        .filter(|d| **d != s.name)
+        .cloned()
+        .collect();
     after.sort();
     after.dedup();
     let action = kind.map(|kind| Action {
@@ -193,7 +208,11 @@ fn plan_service(s: &Service, host: &str, st: &HostState) -> (ServicePlan, Option
         reasons: reasons.into_iter().collect(),
         desired_version: Some(s.version.clone()),
         observed_version: obs.map(|o| o.record.version.clone()),
-        blocked: if blocked.is_empty() { None } else { Some(blocked.join("; ")) },
+        blocked: if blocked.is_empty() {
+            None
+        } else {
+            Some(blocked.join("; "))
+        },
     };
     (sp, action)
 }

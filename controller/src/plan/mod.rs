@@ -149,7 +149,10 @@ impl Plan {
     pub fn in_sync(&self) -> bool {
         self.actions.is_empty()
             && self.unreachable.is_empty()
-            && self.services.iter().all(|s| matches!(s.status, Status::InSync | Status::Suspended))
+            && self
+                .services
+                .iter()
+                .all(|s| matches!(s.status, Status::InSync | Status::Suspended))
     }
 }
 
@@ -173,5 +176,10 @@ pub fn plan(desired: &Desired, observed: &BTreeMap<String, Observation>) -> Plan
             Observation::Reachable(_) => None,
         })
         .collect();
-    Plan { services, actions: order::order(actions), unreachable, memory }
+    Plan {
+        services,
+        actions: order::order(actions),
+        unreachable,
+        memory,
+    }
 }

@@ -5,25 +5,35 @@ use super::{Action, ActionKind};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub(super) fn order(actions: Vec<Action>) -> Vec<Action> {
-    let (mut prunes, rest): (Vec<Action>, Vec<Action>) =
-        actions.into_iter().partition(|a| a.kind == ActionKind::Prune);
+    let (mut prunes, rest): (Vec<Action>, Vec<Action>) = actions
+        .into_iter()
+        .partition(|a| a.kind == ActionKind::Prune);
 
     // Outside prunes a service is in Git once, so it has at most one action.
-    let by_name: BTreeMap<&str, usize> =
-        rest.iter().enumerate().map(|(i, a)| (a.service.as_str(), i)).collect();
+    let by_name: BTreeMap<&str, usize> = rest
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.service.as_str(), i))
+        .collect();
     let mut pending: Vec<usize> = vec![0; rest.len()];
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); rest.len()];
     for (i, a) in rest.iter().enumerate() {
-        let deps: BTreeSet<usize> =
-            a.after.iter().filter_map(|d| by_name.get(d.as_str()).copied()).filter(|&j| j != i).collect();
+        let deps: BTreeSet<usize> = a
+            .after
+            .iter()
+            .filter_map(|d| by_name.get(d.as_str()).copied())
+            .filter(|&j| j != i)
+            .collect();
         pending[i] = deps.len();
         for j in deps {
             dependents[j].push(i);
         }
     }
     let key = |i: usize| (rest[i].host.clone(), rest[i].service.clone(), i);
-    let mut ready: BTreeSet<(String, String, usize)> =
-        (0..rest.len()).filter(|&i| pending[i] == 0).map(key).collect();
+    let mut ready: BTreeSet<(String, String, usize)> = (0..rest.len())
+        .filter(|&i| pending[i] == 0)
+        .map(key)
+        .collect();
     let mut out: Vec<usize> = Vec::with_capacity(rest.len());
     let mut done = vec![false; rest.len()];
     while let Some(first) = ready.pop_first() {

@@ -95,7 +95,11 @@ fn converged(d: &Desired) -> BTreeMap<String, Observation> {
             for p in &s.ports {
                 st.listeners.insert(
                     *p,
-                    Listener { pid: Some(pid), service: Some(s.name.clone()), comm: Some("app".into()) },
+                    Listener {
+                        pid: Some(pid),
+                        service: Some(s.name.clone()),
+                        comm: Some("app".into()),
+                    },
                 );
             }
         }
@@ -112,11 +116,17 @@ fn state<'a>(o: &'a mut BTreeMap<String, Observation>, h: &str) -> &'a mut HostS
 }
 
 fn sp<'a>(p: &'a Plan, name: &str) -> &'a ServicePlan {
-    p.services.iter().find(|s| s.service == name).unwrap_or_else(|| panic!("no plan for {name}"))
+    p.services
+        .iter()
+        .find(|s| s.service == name)
+        .unwrap_or_else(|| panic!("no plan for {name}"))
 }
 
 fn kinds(p: &Plan) -> Vec<(ActionKind, &str)> {
-    p.actions.iter().map(|a| (a.kind, a.service.as_str())).collect()
+    p.actions
+        .iter()
+        .map(|a| (a.kind, a.service.as_str()))
+        .collect()
 }
 
 fn empty_hosts(d: &Desired) -> BTreeMap<String, Observation> {
@@ -124,7 +134,11 @@ fn empty_hosts(d: &Desired) -> BTreeMap<String, Observation> {
         .keys()
         .map(|h| {
             let st = HostState {
-                facts: HostFacts { cgroup: CgroupMode::V1, boot_id: "boot".into(), ..HostFacts::default() },
+                facts: HostFacts {
+                    cgroup: CgroupMode::V1,
+                    boot_id: "boot".into(),
+                    ..HostFacts::default()
+                },
                 ..HostState::default()
             };
             (h.clone(), Observation::Reachable(st))
@@ -136,7 +150,10 @@ fn empty_hosts(d: &Desired) -> BTreeMap<String, Observation> {
 fn empty_hosts_plan_missing_and_a_start_for_every_service() {
     let d = fleet(&["a", "b"], vec![svc("x", "a"), svc("y", "b")]);
     let p = plan(&d, &empty_hosts(&d));
-    assert_eq!(kinds(&p), vec![(ActionKind::Start, "x"), (ActionKind::Start, "y")]);
+    assert_eq!(
+        kinds(&p),
+        vec![(ActionKind::Start, "x"), (ActionKind::Start, "y")]
+    );
     for s in &p.services {
         assert_eq!(s.reasons, vec![DriftReason::Missing]);
         assert_eq!(s.status, Status::Drifted);
@@ -207,7 +224,10 @@ fn a_stopped_service_with_a_new_version_is_upgraded_not_started() {
     }
     let p = plan(&d, &o);
     assert_eq!(kinds(&p), vec![(ActionKind::Upgrade, "x")]);
-    assert_eq!(p.actions[0].reasons, vec![DriftReason::Stopped, DriftReason::Version]);
+    assert_eq!(
+        p.actions[0].reasons,
+        vec![DriftReason::Stopped, DriftReason::Version]
+    );
 }
 
 #[test]
@@ -241,7 +261,10 @@ fn an_unlimited_cgroup_plans_memory_limit_when_git_wants_one() {
     if let Some(s) = state(&mut o, "a").services.get_mut("x") {
         s.memory_limit = None;
     }
-    assert_eq!(sp(&plan(&d, &o), "x").reasons, vec![DriftReason::MemoryLimit]);
+    assert_eq!(
+        sp(&plan(&d, &o), "x").reasons,
+        vec![DriftReason::MemoryLimit]
+    );
 }
 
 #[test]
@@ -275,9 +298,14 @@ fn a_stranger_on_a_declared_port_blocks_the_start_and_is_left_alone() {
     x.ports = vec![8100];
     let d = fleet(&["a"], vec![x]);
     let mut o = empty_hosts(&d);
-    state(&mut o, "a")
-        .listeners
-        .insert(8100, Listener { pid: Some(123), service: None, comm: Some("nc".into()) });
+    state(&mut o, "a").listeners.insert(
+        8100,
+        Listener {
+            pid: Some(123),
+            service: None,
+            comm: Some("nc".into()),
+        },
+    );
     let p = plan(&d, &o);
     let x = sp(&p, "x");
     assert_eq!(x.reasons, vec![DriftReason::Missing, DriftReason::Port]);
@@ -291,12 +319,20 @@ fn a_stranger_on_a_running_services_port_plans_port_without_an_action() {
     x.ports = vec![8100, 8101];
     let d = fleet(&["a"], vec![x]);
     let mut o = converged(&d);
-    state(&mut o, "a")
-        .listeners
-        .insert(8101, Listener { pid: Some(9), service: None, comm: None });
+    state(&mut o, "a").listeners.insert(
+        8101,
+        Listener {
+            pid: Some(9),
+            service: None,
+            comm: None,
+        },
+    );
     let p = plan(&d, &o);
     assert_eq!(sp(&p, "x").reasons, vec![DriftReason::Port]);
-    assert_eq!(sp(&p, "x").blocked.as_deref(), Some("port 8101 held by pid 9"));
+    assert_eq!(
+        sp(&p, "x").blocked.as_deref(),
+        Some("port 8101 held by pid 9")
+    );
     assert!(p.actions.is_empty());
 }
 
@@ -306,7 +342,14 @@ fn a_port_held_by_an_unknown_holder_is_not_drift_while_the_service_runs() {
     x.ports = vec![8100];
     let d = fleet(&["a"], vec![x]);
     let mut o = converged(&d);
-    state(&mut o, "a").listeners.insert(8100, Listener { pid: None, service: None, comm: None });
+    state(&mut o, "a").listeners.insert(
+        8100,
+        Listener {
+            pid: None,
+            service: None,
+            comm: None,
+        },
+    );
     assert!(plan(&d, &o).in_sync());
 }
 
@@ -332,7 +375,10 @@ fn a_record_not_in_git_plans_unmanaged_and_a_prune_after_the_starts() {
     assert_eq!(gone.reasons, vec![DriftReason::Unmanaged]);
     assert_eq!(gone.desired_version, None);
     assert_eq!(gone.observed_version.as_deref(), Some("1.0"));
-    assert_eq!(kinds(&p), vec![(ActionKind::Start, "new"), (ActionKind::Prune, "gone")]);
+    assert_eq!(
+        kinds(&p),
+        vec![(ActionKind::Start, "new"), (ActionKind::Prune, "gone")]
+    );
 }
 
 #[test]
@@ -341,9 +387,15 @@ fn a_service_moved_to_another_host_starts_there_and_its_old_copy_is_pruned() {
     let o = converged(&before);
     let after = fleet(&["a", "b"], vec![svc("x", "b")]);
     let p = plan(&after, &o);
-    let got: Vec<(ActionKind, &str, &str)> =
-        p.actions.iter().map(|a| (a.kind, a.service.as_str(), a.host.as_str())).collect();
-    assert_eq!(got, vec![(ActionKind::Start, "x", "b"), (ActionKind::Prune, "x", "a")]);
+    let got: Vec<(ActionKind, &str, &str)> = p
+        .actions
+        .iter()
+        .map(|a| (a.kind, a.service.as_str(), a.host.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(ActionKind::Start, "x", "b"), (ActionKind::Prune, "x", "a")]
+    );
 }
 
 #[test]
@@ -362,11 +414,19 @@ fn a_suspended_service_is_reported_but_never_acted_on() {
 fn an_unreachable_host_leaves_its_services_unknown_and_the_others_planned() {
     let d = fleet(&["a", "b"], vec![svc("x", "a"), svc("y", "b")]);
     let mut o = empty_hosts(&d);
-    o.insert("a".into(), Observation::Unreachable { reason: "connection refused".into() });
+    o.insert(
+        "a".into(),
+        Observation::Unreachable {
+            reason: "connection refused".into(),
+        },
+    );
     let p = plan(&d, &o);
     assert_eq!(sp(&p, "x").status, Status::Unknown);
     assert!(sp(&p, "x").reasons.is_empty());
-    assert_eq!(p.unreachable.get("a").map(String::as_str), Some("connection refused"));
+    assert_eq!(
+        p.unreachable.get("a").map(String::as_str),
+        Some("connection refused")
+    );
     assert_eq!(kinds(&p), vec![(ActionKind::Start, "y")]);
     assert!(!p.in_sync());
 }
@@ -387,7 +447,9 @@ fn a_rolled_back_version_is_blocked_instead_of_retried() {
     assert_eq!(x.reasons, vec![DriftReason::Version, DriftReason::Config]);
     assert_eq!(
         x.blocked.as_deref(),
-        Some("version 2.0 failed its health check and was rolled back; change the manifest to retry")
+        Some(
+            "version 2.0 failed its health check and was rolled back; change the manifest to retry"
+        )
     );
     assert!(p.actions.is_empty());
 }
@@ -430,9 +492,16 @@ fn dependencies_come_first_even_across_hosts() {
     let p = plan(&d, &empty_hosts(&d));
     assert_eq!(
         kinds(&p),
-        vec![(ActionKind::Start, "db"), (ActionKind::Start, "auth"), (ActionKind::Start, "api")]
+        vec![
+            (ActionKind::Start, "db"),
+            (ActionKind::Start, "auth"),
+            (ActionKind::Start, "api")
+        ]
     );
-    assert_eq!(p.actions[2].after, vec!["auth".to_string(), "db".to_string()]);
+    assert_eq!(
+        p.actions[2].after,
+        vec!["auth".to_string(), "db".to_string()]
+    );
 }
 
 #[test]
@@ -457,7 +526,10 @@ fn a_dependency_cycle_still_yields_each_action_once() {
     b.depends_on = vec!["a1".into()];
     let d = fleet(&["a"], vec![a, b]);
     let p = plan(&d, &empty_hosts(&d));
-    assert_eq!(kinds(&p), vec![(ActionKind::Start, "a1"), (ActionKind::Start, "a2")]);
+    assert_eq!(
+        kinds(&p),
+        vec![(ActionKind::Start, "a1"), (ActionKind::Start, "a2")]
+    );
 }
 
 #[test]
@@ -468,7 +540,12 @@ fn the_memory_budget_sums_declared_limits_and_reports_what_the_host_has() {
     none.memory = None;
     let d = fleet(&["a", "b"], vec![big, none, svc("small", "a")]);
     let mut o = converged(&d);
-    o.insert("b".into(), Observation::Unreachable { reason: "down".into() });
+    o.insert(
+        "b".into(),
+        Observation::Unreachable {
+            reason: "down".into(),
+        },
+    );
     let p = plan(&d, &o);
     assert_eq!(
         p.memory,
@@ -499,7 +576,13 @@ fn hosts_that_were_not_observed_are_not_planned() {
     let mut o = empty_hosts(&d);
     o.remove("b");
     let p = plan(&d, &o);
-    assert_eq!(p.services.iter().map(|s| s.service.as_str()).collect::<Vec<_>>(), vec!["x"]);
+    assert_eq!(
+        p.services
+            .iter()
+            .map(|s| s.service.as_str())
+            .collect::<Vec<_>>(),
+        vec!["x"]
+    );
     assert_eq!(p.memory.len(), 1);
 }
 
@@ -561,7 +644,12 @@ fn arb_fleet() -> impl Strategy<Value = Gen> {
                     services.push(s);
                 }
                 let hr: Vec<&str> = hosts.iter().map(String::as_str).collect();
-                Gen { desired: fleet(&hr, services), faults, unreachable, unmanaged }
+                Gen {
+                    desired: fleet(&hr, services),
+                    faults,
+                    unreachable,
+                    unmanaged,
+                }
             })
     })
 }
@@ -572,7 +660,9 @@ fn perturb(g: &Gen) -> (Desired, BTreeMap<String, Observation>) {
     let names: Vec<String> = d.services.keys().cloned().collect();
     for (i, f) in g.faults.iter().enumerate() {
         let Some(name) = names.get(i) else { continue };
-        let Some(h) = d.services.get(name).map(|s| s.host.clone()) else { continue };
+        let Some(h) = d.services.get(name).map(|s| s.host.clone()) else {
+            continue;
+        };
         let st = state(&mut o, &h);
         match f {
             1 => {
@@ -601,7 +691,14 @@ fn perturb(g: &Gen) -> (Desired, BTreeMap<String, Observation>) {
             6 => {
                 st.services.remove(name);
                 let port = 8000 + i as u16;
-                st.listeners.insert(port, Listener { pid: Some(1), service: None, comm: None });
+                st.listeners.insert(
+                    port,
+                    Listener {
+                        pid: Some(1),
+                        service: None,
+                        comm: None,
+                    },
+                );
             }
             7 => {
                 if let Some(s) = st.services.get_mut(name) {
@@ -638,7 +735,12 @@ fn perturb(g: &Gen) -> (Desired, BTreeMap<String, Observation>) {
     }
     for (i, down) in g.unreachable.iter().enumerate() {
         if *down {
-            o.insert(hosts[i].clone(), Observation::Unreachable { reason: "down".into() });
+            o.insert(
+                hosts[i].clone(),
+                Observation::Unreachable {
+                    reason: "down".into(),
+                },
+            );
         }
     }
     (d, o)

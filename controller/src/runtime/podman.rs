@@ -90,9 +90,11 @@ impl Runtime for Podman {
         if let Some(m) = s.memory {
             args.extend(["--memory".into(), m.to_string(), "--memory-swap".into(), m.to_string()]);
         }
-        for p in &s.ports {
-            args.extend(["-p".into(), format!("{p}:{p}")]);
-        }
+        // Ports are always P:P, so the host's network gives the same
+        // addresses without a forwarder: the listener is then the recorded
+        // process itself (with `-p`, conmon holds the host port and the
+        // probe could not tell it from a stranger), and no netavark rules.
+        args.extend(["--network".into(), "host".into()]);
         for k in s.env.keys() {
             if !super::valid_env_key(k) {
                 return Err(RuntimeError::EnvKey { service: s.name.clone(), key: k.clone() });

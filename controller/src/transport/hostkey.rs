@@ -49,7 +49,10 @@ pub fn verify(trust: &Trust, host: &str, port: u16, key: &PublicKey) -> Result<(
         }
         Trust::KnownHosts(path) => {
             let kh = KnownHosts::load(path).map_err(|e| {
-                format!("{host}:{port} offered {offered}; cannot read known_hosts {}: {e}", path.display())
+                format!(
+                    "{host}:{port} offered {offered}; cannot read known_hosts {}: {e}",
+                    path.display()
+                )
             })?;
             match kh.check(host, port, key) {
                 Verdict::Trusted { .. } => Ok(()),
@@ -74,10 +77,16 @@ pub fn verify(trust: &Trust, host: &str, port: u16, key: &PublicKey) -> Result<(
 /// Outcome of a known_hosts lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    Trusted { line: usize },
-    Revoked { line: usize },
+    Trusted {
+        line: usize,
+    },
+    Revoked {
+        line: usize,
+    },
     /// Entries for the host exist, none with this key.
-    Changed { lines: Vec<usize> },
+    Changed {
+        lines: Vec<usize>,
+    },
     Unknown,
 }
 
@@ -139,14 +148,23 @@ impl KnownHosts {
             let Ok(key) = russh::keys::parse_public_key_base64(b64) else {
                 continue;
             };
-            entries.push(Entry { line: i + 1, marker, hosts: first.to_string(), key });
+            entries.push(Entry {
+                line: i + 1,
+                marker,
+                hosts: first.to_string(),
+                key,
+            });
         }
         KnownHosts { entries }
     }
 
     pub fn check(&self, host: &str, port: u16, key: &PublicKey) -> Verdict {
         // Revocation first, whatever host it names.
-        if let Some(e) = self.entries.iter().find(|e| e.marker == Marker::Revoked && e.key.key_data() == key.key_data()) {
+        if let Some(e) = self
+            .entries
+            .iter()
+            .find(|e| e.marker == Marker::Revoked && e.key.key_data() == key.key_data())
+        {
             return Verdict::Revoked { line: e.line };
         }
         let name = host_port(host, port);
@@ -250,8 +268,10 @@ mod tests {
     use super::*;
 
     // Two real ed25519 public keys (generated with ssh-keygen for these tests).
-    const A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGnst4mKePMqZT/3w8l/8WAIgdmrLutHhTtjJNp63fL6";
-    const B: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILzTgg3jmKaP81c9WHaf40L65QjD15URDS8jM9psPWSN";
+    const A: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGnst4mKePMqZT/3w8l/8WAIgdmrLutHhTtjJNp63fL6";
+    const B: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILzTgg3jmKaP81c9WHaf40L65QjD15URDS8jM9psPWSN";
 
     fn key(line: &str) -> PublicKey {
         parse_key_line(line).unwrap()
@@ -267,7 +287,10 @@ mod tests {
     #[test]
     fn a_plain_entry_trusts_its_key_for_its_host() {
         let kh = KnownHosts::parse(&format!("# c\n10.0.0.1,web {A}\n"));
-        assert_eq!(kh.check("10.0.0.1", 22, &key(A)), Verdict::Trusted { line: 2 });
+        assert_eq!(
+            kh.check("10.0.0.1", 22, &key(A)),
+            Verdict::Trusted { line: 2 }
+        );
         assert_eq!(kh.check("web", 22, &key(A)), Verdict::Trusted { line: 2 });
         assert_eq!(kh.check("10.0.0.2", 22, &key(A)), Verdict::Unknown);
     }
@@ -275,13 +298,19 @@ mod tests {
     #[test]
     fn a_different_key_for_a_known_host_is_changed() {
         let kh = KnownHosts::parse(&format!("10.0.0.1 {A}\n"));
-        assert_eq!(kh.check("10.0.0.1", 22, &key(B)), Verdict::Changed { lines: vec![1] });
+        assert_eq!(
+            kh.check("10.0.0.1", 22, &key(B)),
+            Verdict::Changed { lines: vec![1] }
+        );
     }
 
     #[test]
     fn a_non_standard_port_needs_a_bracketed_entry() {
         let kh = KnownHosts::parse(&format!("[10.0.0.1]:2222 {A}\n"));
-        assert_eq!(kh.check("10.0.0.1", 2222, &key(A)), Verdict::Trusted { line: 1 });
+        assert_eq!(
+            kh.check("10.0.0.1", 2222, &key(A)),
+            Verdict::Trusted { line: 1 }
+        );
         assert_eq!(kh.check("10.0.0.1", 22, &key(A)), Verdict::Unknown);
     }
 
@@ -292,15 +321,24 @@ mod tests {
             hashed("10.0.0.1", b"saltsaltsaltsaltsalt"),
             hashed("[10.0.0.9]:2222", b"01234567890123456789")
         ));
-        assert_eq!(kh.check("10.0.0.1", 22, &key(A)), Verdict::Trusted { line: 1 });
+        assert_eq!(
+            kh.check("10.0.0.1", 22, &key(A)),
+            Verdict::Trusted { line: 1 }
+        );
         assert_eq!(kh.check("10.0.0.2", 22, &key(A)), Verdict::Unknown);
-        assert_eq!(kh.check("10.0.0.9", 2222, &key(B)), Verdict::Trusted { line: 2 });
+        assert_eq!(
+            kh.check("10.0.0.9", 2222, &key(B)),
+            Verdict::Trusted { line: 2 }
+        );
     }
 
     #[test]
     fn a_revoked_key_is_refused_even_when_also_listed_as_trusted() {
         let kh = KnownHosts::parse(&format!("10.0.0.1 {A}\n@revoked * {A}\n"));
-        assert_eq!(kh.check("10.0.0.1", 22, &key(A)), Verdict::Revoked { line: 2 });
+        assert_eq!(
+            kh.check("10.0.0.1", 22, &key(A)),
+            Verdict::Revoked { line: 2 }
+        );
     }
 
     #[test]
@@ -312,7 +350,10 @@ mod tests {
     #[test]
     fn wildcards_and_negations_follow_openssh() {
         let kh = KnownHosts::parse(&format!("10.0.0.*,!10.0.0.7 {A}\n"));
-        assert_eq!(kh.check("10.0.0.3", 22, &key(A)), Verdict::Trusted { line: 1 });
+        assert_eq!(
+            kh.check("10.0.0.3", 22, &key(A)),
+            Verdict::Trusted { line: 1 }
+        );
         assert_eq!(kh.check("10.0.0.7", 22, &key(A)), Verdict::Unknown);
         assert!(wildcard("h?st*", "host-12"));
         assert!(!wildcard("h?st", "hoost"));
@@ -320,8 +361,13 @@ mod tests {
 
     #[test]
     fn garbage_lines_are_skipped() {
-        let kh = KnownHosts::parse(&format!("nonsense\n10.0.0.1 ssh-ed25519 !!!\n10.0.0.1 {A}\n"));
-        assert_eq!(kh.check("10.0.0.1", 22, &key(A)), Verdict::Trusted { line: 3 });
+        let kh = KnownHosts::parse(&format!(
+            "nonsense\n10.0.0.1 ssh-ed25519 !!!\n10.0.0.1 {A}\n"
+        ));
+        assert_eq!(
+            kh.check("10.0.0.1", 22, &key(A)),
+            Verdict::Trusted { line: 3 }
+        );
     }
 
     #[test]
@@ -330,8 +376,23 @@ mod tests {
         assert!(why.contains("web:22"), "{why}");
         assert!(why.contains(&fingerprint(&key(B))), "{why}");
         assert!(why.contains("pinned"), "{why}");
-        assert!(verify(&Trust::Pinned(vec![format!("{A} comment")]), "web", 22, &key(A)).is_ok());
-        let why = verify(&Trust::KnownHosts("/nonexistent/kh".into()), "web", 22, &key(A)).unwrap_err();
-        assert!(why.contains("/nonexistent/kh") && why.contains("SHA256:"), "{why}");
+        assert!(verify(
+            &Trust::Pinned(vec![format!("{A} comment")]),
+            "web",
+            22,
+            &key(A)
+        )
+        .is_ok());
+        let why = verify(
+            &Trust::KnownHosts("/nonexistent/kh".into()),
+            "web",
+            22,
+            &key(A),
+        )
+        .unwrap_err();
+        assert!(
+            why.contains("/nonexistent/kh") && why.contains("SHA256:"),
+            "{why}"
+        );
     }
 }

@@ -22,11 +22,17 @@ impl LocalTransport {
 
     /// Scripts running longer than `timeout` are killed and give `Timeout`.
     pub fn with_exec_timeout(timeout: Option<Duration>) -> Self {
-        LocalTransport { stats: TransportStats::default(), exec_timeout: timeout }
+        LocalTransport {
+            stats: TransportStats::default(),
+            exec_timeout: timeout,
+        }
     }
 
     async fn run(&self, script: &str, stdin: &[u8]) -> Result<ExecOutput, TransportError> {
-        let io = |e: std::io::Error| TransportError::Io { host: HOST.into(), why: e.to_string() };
+        let io = |e: std::io::Error| TransportError::Io {
+            host: HOST.into(),
+            why: e.to_string(),
+        };
         let mut child = tokio::process::Command::new("sh")
             .arg("-c")
             .arg(script)
@@ -49,7 +55,11 @@ impl LocalTransport {
         if let Some(w) = writer {
             let _ = w.await;
         }
-        Ok(ExecOutput { stdout: out.stdout, stderr: out.stderr, status: out.status.code().map(|c| c as u32) })
+        Ok(ExecOutput {
+            stdout: out.stdout,
+            stderr: out.stderr,
+            status: out.status.code().map(|c| c as u32),
+        })
     }
 }
 
@@ -61,14 +71,20 @@ impl Transport for LocalTransport {
             None => self.run(script, stdin).await,
             Some(t) => tokio::time::timeout(t, self.run(script, stdin))
                 .await
-                .map_err(|_| TransportError::Timeout { host: HOST.into(), secs: t.as_secs() })?,
+                .map_err(|_| TransportError::Timeout {
+                    host: HOST.into(),
+                    secs: t.as_secs(),
+                })?,
         }
     }
 
     async fn connect_tcp(&self, port: u16) -> Result<Box<dyn Stream>, TransportError> {
         let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
-            .map_err(|e| TransportError::Connect { host: format!("{HOST} (127.0.0.1:{port})"), why: e.to_string() })?;
+            .map_err(|e| TransportError::Connect {
+                host: format!("{HOST} (127.0.0.1:{port})"),
+                why: e.to_string(),
+            })?;
         self.stats.tunnels.fetch_add(1, Ordering::Relaxed);
         Ok(Box::new(s))
     }

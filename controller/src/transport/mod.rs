@@ -34,7 +34,7 @@ impl ExecOutput {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TransportError {
     #[error("cannot connect to {host}: {why}")]
     Connect { host: String, why: String },

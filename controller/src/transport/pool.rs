@@ -52,7 +52,11 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(opts: PoolOptions) -> Self {
-        Pool { opts, entries: Mutex::new(HashMap::new()), retired: TransportStats::default() }
+        Pool {
+            opts,
+            entries: Mutex::new(HashMap::new()),
+            retired: TransportStats::default(),
+        }
     }
 
     pub fn options(&self) -> &PoolOptions {
@@ -70,11 +74,18 @@ impl Pool {
         }
         let transport: Arc<dyn Transport> = match &host.address {
             Address::Local => Arc::new(LocalTransport::with_exec_timeout(self.opts.exec_timeout)),
-            Address::Ssh(target) => Arc::new(SshTransport::new(&host.name, target.clone(), self.ssh_options())?),
+            Address::Ssh(target) => Arc::new(SshTransport::new(
+                &host.name,
+                target.clone(),
+                self.ssh_options(),
+            )?),
         };
         if let Some(old) = entries.insert(
             host.name.clone(),
-            Entry { address: host.address.clone(), transport: transport.clone() },
+            Entry {
+                address: host.address.clone(),
+                transport: transport.clone(),
+            },
         ) {
             self.retire(old.transport.stats());
         }
@@ -107,9 +118,13 @@ impl Pool {
     }
 
     fn retire(&self, s: &TransportStats) {
-        self.retired.connections.fetch_add(s.connections(), Ordering::Relaxed);
+        self.retired
+            .connections
+            .fetch_add(s.connections(), Ordering::Relaxed);
         self.retired.execs.fetch_add(s.execs(), Ordering::Relaxed);
-        self.retired.tunnels.fetch_add(s.tunnels(), Ordering::Relaxed);
+        self.retired
+            .tunnels
+            .fetch_add(s.tunnels(), Ordering::Relaxed);
     }
 
     fn ssh_options(&self) -> SshOptions {
@@ -127,7 +142,8 @@ impl Pool {
 fn snapshot(all: &[&TransportStats]) -> TransportStats {
     let out = TransportStats::default();
     for s in all {
-        out.connections.fetch_add(s.connections(), Ordering::Relaxed);
+        out.connections
+            .fetch_add(s.connections(), Ordering::Relaxed);
         out.execs.fetch_add(s.execs(), Ordering::Relaxed);
         out.tunnels.fetch_add(s.tunnels(), Ordering::Relaxed);
     }
@@ -168,7 +184,11 @@ mod tests {
         let b = pool.get(&host("a", Address::Local)).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         a.exec("true", b"").await.unwrap();
-        pool.get(&host("b", Address::Local)).unwrap().exec("true", b"").await.unwrap();
+        pool.get(&host("b", Address::Local))
+            .unwrap()
+            .exec("true", b"")
+            .await
+            .unwrap();
         assert_eq!(pool.total_stats().execs(), 2);
         assert_eq!(pool.stats("a").unwrap().execs(), 1);
     }
@@ -178,7 +198,9 @@ mod tests {
         let pool = Pool::new(PoolOptions::default());
         let a = pool.get(&host("a", Address::Local)).unwrap();
         a.exec("true", b"").await.unwrap();
-        let pin = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGnst4mKePMqZT/3w8l/8WAIgdmrLutHhTtjJNp63fL6".to_string();
+        let pin =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGnst4mKePMqZT/3w8l/8WAIgdmrLutHhTtjJNp63fL6"
+                .to_string();
         let b = pool.get(&host("a", ssh("127.0.0.1", vec![pin]))).unwrap();
         assert!(!Arc::ptr_eq(&a, &b));
         assert_eq!(pool.total_stats().execs(), 1);
@@ -188,7 +210,10 @@ mod tests {
     #[test]
     fn an_ssh_host_without_pins_or_known_hosts_is_refused_up_front() {
         let pool = Pool::new(PoolOptions::default());
-        let e = pool.get(&host("a", ssh("10.77.0.2", vec![]))).err().unwrap();
+        let e = pool
+            .get(&host("a", ssh("10.77.0.2", vec![])))
+            .err()
+            .unwrap();
         assert_eq!(e.metric_label(), "host_key");
         assert!(e.to_string().contains("never trusts on first use"), "{e}");
     }

@@ -17,7 +17,7 @@ use russh::{Channel, ChannelMsg};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex as StdMutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
 /// How one SSH transport behaves; filled in by the pool.
@@ -51,6 +51,8 @@ impl Default for SshOptions {
 
 /// Longest quoted script sent as the exec command itself.
 const MAX_INLINE_SCRIPT: usize = 96 * 1024;
+/// How often a refused channel open is retried on a live connection.
+const MAX_REFUSALS: u32 = 50;
 
 struct Conn {
     handle: Handle<Client>,
@@ -66,6 +68,7 @@ pub struct SshTransport {
     opts: SshOptions,
     config: Arc<client::Config>,
     conn: Mutex<Option<Arc<Conn>>>,
+    last_failure: StdMutex<Option<(Instant, TransportError)>>,
     stats: TransportStats,
 }
 
@@ -81,7 +84,11 @@ impl std::fmt::Debug for SshTransport {
 
 /// Which host keys to trust for `target`: its pins, else its known_hosts,
 /// else the default one. Nothing at all is an error: never trust on first use.
-pub fn trust_for(name: &str, target: &SshTarget, default_known_hosts: Option<&PathBuf>) -> Result<Trust, TransportError> {
+pub fn trust_for(
+    name: &str,
+    target: &SshTarget,
+    default_known_hosts: Option<&PathBuf>,
+) -> Result<Trust, TransportError> {
     if !target.host_keys.is_empty() {
         return Ok(Trust::Pinned(target.host_keys.clone()));
     }
@@ -101,7 +108,10 @@ impl SshTransport {
     /// Not connected yet: the first exec connects.
     pub fn new(name: &str, target: SshTarget, opts: SshOptions) -> Result<Self, TransportError> {
         let trust = trust_for(name, &target, opts.known_hosts.as_ref())?;
-        let identity = target.identity.clone().or_else(|| opts.default_identity.clone());
+        let identity = target
+            .identity
+            .clone()
+            .or_else(|| opts.default_identity.clone());
         let config = client::Config {
             keepalive_interval: opts.keepalive,
             keepalive_max: 3,
@@ -116,6 +126,7 @@ impl SshTransport {
             opts,
             config: Arc::new(config),
             conn: Mutex::new(None),
+            last_failure: StdMutex::new(None),
             stats: TransportStats::default(),
         })
     }
@@ -126,25 +137,55 @@ impl SshTransport {
 
     /// True while a connection is open (for tests and status).
     pub async fn is_connected(&self) -> bool {
-        self.conn.lock().await.as_ref().is_some_and(|c| !c.handle.is_closed())
+        self.conn
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|c| !c.handle.is_closed())
     }
 
     fn timeout_err(&self, d: Duration) -> TransportError {
-        TransportError::Timeout { host: self.name.clone(), secs: d.as_secs().max(1) }
+        TransportError::Timeout {
+            host: self.name.clone(),
+            secs: d.as_secs().max(1),
+        }
     }
 
     /// The open connection, or a new one (one at a time: callers wait on the lock).
+    /// Callers queued behind a connect that failed get its error at once
+    /// instead of each waiting out their own timeout.
     async fn connection(&self) -> Result<Arc<Conn>, TransportError> {
+        let asked = Instant::now();
         let mut guard = self.conn.lock().await;
         if let Some(c) = guard.as_ref() {
             if !c.handle.is_closed() {
                 return Ok(c.clone());
             }
         }
-        if guard.is_some() { eprintln!("DEBUG replacing closed connection of {}", self.name); }
         *guard = None;
+        if let Some((at, e)) = self
+            .last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            if *at >= asked {
+                return Err(e.clone());
+            }
+        }
         let t = self.opts.connect_timeout;
-        let conn = tokio::time::timeout(t, self.connect()).await.map_err(|_| self.timeout_err(t))??;
+        let res = match tokio::time::timeout(t, self.connect()).await {
+            Ok(r) => r,
+            Err(_) => Err(self.timeout_err(t)),
+        };
+        let conn = match res {
+            Ok(c) => c,
+            Err(e) => {
+                *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((Instant::now(), e.clone()));
+                return Err(e);
+            }
+        };
         let conn = Arc::new(conn);
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         *guard = Some(conn.clone());
@@ -174,7 +215,10 @@ impl SshTransport {
             Err(e) => {
                 let refused = refusal.lock().unwrap_or_else(|p| p.into_inner()).take();
                 return Err(match refused {
-                    Some(why) => TransportError::HostKey { host: host.clone(), why },
+                    Some(why) => TransportError::HostKey {
+                        host: host.clone(),
+                        why,
+                    },
                     None => TransportError::Connect {
                         host: host.clone(),
                         why: format!("{}:{}: {e}", self.target.address, self.target.port),
@@ -182,9 +226,14 @@ impl SshTransport {
                 });
             }
         };
-        let auth_err = |why: String| TransportError::Auth { host: host.clone(), why };
+        let auth_err = |why: String| TransportError::Auth {
+            host: host.clone(),
+            why,
+        };
         let Some(path) = self.identity.as_ref() else {
-            return Err(auth_err("no identity (private key) configured for the host or as default".into()));
+            return Err(auth_err(
+                "no identity (private key) configured for the host or as default".into(),
+            ));
         };
         let key = russh::keys::load_secret_key(path, None)
             .map_err(|e| auth_err(format!("cannot load private key {}: {e}", path.display())))?;
@@ -211,28 +260,56 @@ impl SshTransport {
                 self.target.user
             )));
         }
-        Ok(Conn { handle, channels: Arc::new(Semaphore::new(self.opts.max_channels.max(1))) })
+        Ok(Conn {
+            handle,
+            channels: Arc::new(Semaphore::new(self.opts.max_channels.max(1))),
+        })
     }
 
     /// A session channel and its permit; reconnects once when the kept
     /// connection turns out dead (nothing has run yet, so that is safe).
-    async fn open_session(&self) -> Result<(Arc<Conn>, OwnedSemaphorePermit, Channel<Msg>), TransportError> {
-        let mut last = None;
-        for _attempt in 0..2 {
+    async fn open_session(
+        &self,
+    ) -> Result<(Arc<Conn>, OwnedSemaphorePermit, Channel<Msg>), TransportError> {
+        let mut reconnected = false;
+        let mut refusals: u32 = 0;
+        loop {
             let conn = self.connection().await?;
-            let permit = conn
-                .channels
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|e| TransportError::Lost { host: self.name.clone(), why: e.to_string() })?;
+            let permit =
+                conn.channels
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| TransportError::Lost {
+                        host: self.name.clone(),
+                        why: e.to_string(),
+                    })?;
             let t = self.opts.connect_timeout;
             match tokio::time::timeout(t, conn.handle.channel_open_session()).await {
                 Ok(Ok(ch)) => return Ok((conn, permit, ch)),
+                Ok(Err(russh::Error::ChannelOpenFailure(f))) if !conn.handle.is_closed() => {
+                    // sshd said no (MaxSessions: a session we just closed may not be
+                    // released yet). The connection is fine: back off, ask again.
+                    refusals += 1;
+                    if refusals > MAX_REFUSALS {
+                        return Err(TransportError::Io {
+                            host: self.name.clone(),
+                            why: format!("the server keeps refusing session channels: {f:?}"),
+                        });
+                    }
+                    drop(permit);
+                    tokio::time::sleep(Duration::from_millis(10 * u64::from(refusals.min(10))))
+                        .await;
+                }
                 Ok(Err(e)) => {
-                    eprintln!("DEBUG open failed: {e:?} closed={}", conn.handle.is_closed());
                     self.invalidate(&conn).await;
-                    last = Some(TransportError::Lost { host: self.name.clone(), why: format!("opening a channel: {e}") });
+                    if reconnected {
+                        return Err(TransportError::Lost {
+                            host: self.name.clone(),
+                            why: format!("opening a channel: {e}"),
+                        });
+                    }
+                    reconnected = true;
                 }
                 Err(_) => {
                     // A silent peer (link down): do not wait a second time.
@@ -241,7 +318,6 @@ impl SshTransport {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| TransportError::Lost { host: self.name.clone(), why: "no channel".into() }))
     }
 
     async fn run(&self, script: &str, stdin: &[u8]) -> Result<ExecOutput, TransportError> {
@@ -251,11 +327,23 @@ impl SshTransport {
         let (command, prefix) = if quoted.len() <= MAX_INLINE_SCRIPT {
             (format!("sh -c {quoted}"), &b""[..])
         } else {
-            let reader = format!("s=$(head -c {} && echo x) && s=${{s%x}} && eval \"$s\"", script.len());
-            (format!("sh -c {}", crate::shell::quote(&reader).map_err(|e| self.io(e.to_string()))?), script.as_bytes())
+            let reader = format!(
+                "s=$(head -c {} && echo x) && s=${{s%x}} && eval \"$s\"",
+                script.len()
+            );
+            (
+                format!(
+                    "sh -c {}",
+                    crate::shell::quote(&reader).map_err(|e| self.io(e.to_string()))?
+                ),
+                script.as_bytes(),
+            )
         };
         let (conn, _permit, channel) = self.open_session().await?;
-        let lost = |why: String| TransportError::Lost { host: self.name.clone(), why };
+        let lost = |why: String| TransportError::Lost {
+            host: self.name.clone(),
+            why,
+        };
         if let Err(e) = channel.exec(true, command.into_bytes()).await {
             self.invalidate(&conn).await;
             return Err(lost(format!("sending the script: {e}")));
@@ -279,7 +367,9 @@ impl SshTransport {
             while let Some(msg) = rx.wait().await {
                 match msg {
                     ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
-                    ChannelMsg::ExtendedData { data, ext: 1 } => out.stderr.extend_from_slice(&data),
+                    ChannelMsg::ExtendedData { data, ext: 1 } => {
+                        out.stderr.extend_from_slice(&data)
+                    }
                     ChannelMsg::ExitStatus { exit_status } => {
                         out.status = Some(exit_status);
                         ended = true;
@@ -291,21 +381,38 @@ impl SshTransport {
             }
             (out, ended, refused)
         };
-        let ((), (out, ended, refused)) = tokio::join!(write, read);
+        // The reader decides when we are done: a writer still waiting for
+        // window on a dead connection would otherwise hang forever.
+        tokio::pin!(write, read);
+        let mut written = false;
+        let (out, ended, refused) = loop {
+            tokio::select! {
+                () = &mut write, if !written => written = true,
+                r = &mut read => break r,
+            }
+        };
         if refused {
-            return Err(TransportError::Io { host: self.name.clone(), why: "the server refused to run the command".into() });
+            return Err(TransportError::Io {
+                host: self.name.clone(),
+                why: "the server refused to run the command".into(),
+            });
         }
         if !ended {
             if conn.handle.is_closed() {
                 self.invalidate(&conn).await;
             }
-            return Err(lost("the channel ended without an exit status (the script may have run)".into()));
+            return Err(lost(
+                "the channel ended without an exit status (the script may have run)".into(),
+            ));
         }
         Ok(out)
     }
 
     fn io(&self, why: String) -> TransportError {
-        TransportError::Io { host: self.name.clone(), why }
+        TransportError::Io {
+            host: self.name.clone(),
+            why,
+        }
     }
 }
 
@@ -315,7 +422,9 @@ impl Transport for SshTransport {
         self.stats.execs.fetch_add(1, Ordering::Relaxed);
         match self.opts.exec_timeout {
             None => self.run(script, stdin).await,
-            Some(t) => tokio::time::timeout(t, self.run(script, stdin)).await.map_err(|_| self.timeout_err(t))?,
+            Some(t) => tokio::time::timeout(t, self.run(script, stdin))
+                .await
+                .map_err(|_| self.timeout_err(t))?,
         }
     }
 
@@ -324,7 +433,9 @@ impl Transport for SshTransport {
         for _attempt in 0..2 {
             let conn = self.connection().await?;
             let t = self.opts.connect_timeout;
-            let open = conn.handle.channel_open_direct_tcpip("127.0.0.1", u32::from(port), "127.0.0.1", 0);
+            let open =
+                conn.handle
+                    .channel_open_direct_tcpip("127.0.0.1", u32::from(port), "127.0.0.1", 0);
             match tokio::time::timeout(t, open).await {
                 Ok(Ok(ch)) => {
                     self.stats.tunnels.fetch_add(1, Ordering::Relaxed);
@@ -338,7 +449,10 @@ impl Transport for SshTransport {
                 }
                 Ok(Err(e)) => {
                     self.invalidate(&conn).await;
-                    last = Some(TransportError::Lost { host: self.name.clone(), why: format!("opening a tunnel: {e}") });
+                    last = Some(TransportError::Lost {
+                        host: self.name.clone(),
+                        why: format!("opening a tunnel: {e}"),
+                    });
                 }
                 Err(_) => {
                     self.invalidate(&conn).await;
@@ -346,7 +460,10 @@ impl Transport for SshTransport {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| TransportError::Lost { host: self.name.clone(), why: "no tunnel".into() }))
+        Err(last.unwrap_or_else(|| TransportError::Lost {
+            host: self.name.clone(),
+            why: "no tunnel".into(),
+        }))
     }
 
     fn stats(&self) -> &TransportStats {
@@ -366,12 +483,18 @@ struct Client {
 impl client::Handler for Client {
     type Error = russh::Error;
 
-    async fn check_server_key(&mut self, offered: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+    async fn check_server_key(
+        &mut self,
+        offered: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
         let verdict = match offered {
-            PublicKeyOrCertificate::PublicKey { key, .. } => hostkey::verify(&self.trust, &self.address, self.port, key),
-            PublicKeyOrCertificate::Certificate(_) => {
-                Err(format!("{}:{} offered a host certificate; tend accepts only plain host keys", self.address, self.port))
+            PublicKeyOrCertificate::PublicKey { key, .. } => {
+                hostkey::verify(&self.trust, &self.address, self.port, key)
             }
+            PublicKeyOrCertificate::Certificate(_) => Err(format!(
+                "{}:{} offered a host certificate; tend accepts only plain host keys",
+                self.address, self.port
+            )),
         };
         match verdict {
             Ok(()) => Ok(true),

@@ -3,7 +3,6 @@
 use super::net::{self, FleetLock, Hierarchy};
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
@@ -147,18 +146,46 @@ impl Fleet {
         {
             let _g = net::netns_guard()?;
             net::run("ip", &["netns", "add", &ns])?;
-            net::run("ip", &["link", "add", &veth, "type", "veth", "peer", "name", &peer])?;
+            net::run(
+                "ip",
+                &["link", "add", &veth, "type", "veth", "peer", "name", &peer],
+            )?;
             net::run("ip", &["link", "set", &peer, "netns", &ns])?;
-            net::run("ip", &["link", "set", &veth, "master", &net::bridge_name(self.number)])?;
+            net::run(
+                "ip",
+                &[
+                    "link",
+                    "set",
+                    &veth,
+                    "master",
+                    &net::bridge_name(self.number),
+                ],
+            )?;
             net::run("ip", &["link", "set", &veth, "up"])?;
             net::run("ip", &["-n", &ns, "link", "set", &peer, "name", "eth0"])?;
-            net::run("ip", &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+            net::run(
+                "ip",
+                &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+            )?;
             net::run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
             net::run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
-            net::run("ip", &["-n", &ns, "route", "add", "default", "via", &self.bridge_ip()])?;
+            net::run(
+                "ip",
+                &[
+                    "-n",
+                    &ns,
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &self.bridge_ip(),
+                ],
+            )?;
         }
 
-        let rel = PathBuf::from(net::CGROUP_SUBDIR).join(format!("f{}", self.number)).join(&name);
+        let rel = PathBuf::from(net::CGROUP_SUBDIR)
+            .join(format!("f{}", self.number))
+            .join(&name);
         let mut cgroup_procs = Vec::new();
         let mut mount_cgroups = String::new();
         for h in hierarchies {
@@ -207,7 +234,9 @@ impl Fleet {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&anchor_log)?);
-        let mut child = cmd.spawn().context("cannot start the host's anchor process")?;
+        let mut child = cmd
+            .spawn()
+            .context("cannot start the host's anchor process")?;
         let anchor_pid = child.id();
         let mut line = String::new();
         if let Some(out) = child.stdout.take() {
@@ -345,15 +374,27 @@ impl TestHost {
     pub fn command(&self, cmd: &str) -> Command {
         let mut c = in_cgroups(&self.cgroup_procs);
         c.args(self.nsenter_args()).args(["sh", "-c", cmd]);
-        c.env_clear().env("PATH", CLEAN_PATH).env("HOME", "/root").env("LANG", "C.UTF-8");
+        c.env_clear()
+            .env("PATH", CLEAN_PATH)
+            .env("HOME", "/root")
+            .env("LANG", "C.UTF-8");
         c
     }
 
     fn nsenter_args(&self) -> Vec<String> {
-        ["nsenter", "-t", &self.anchor_pid.to_string(), "-n", "-m", "-u", "-C", "--"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "nsenter",
+            "-t",
+            &self.anchor_pid.to_string(),
+            "-n",
+            "-m",
+            "-u",
+            "-C",
+            "--",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     }
 
     /// The root-side directory of a host path under one of [`HOST_DIRS`]
@@ -382,8 +423,15 @@ impl TestHost {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // Session processes are separate from the listener: kill them too.
-        self.exec("pkill -KILL -x sshd; true")?;
+        // Session processes are separate from the listener: kill them too,
+        // but only this host's (there is no pid namespace: pkill would hit
+        // every fleet's sshd).
+        for pid in net::pids_in_netns(&self.netns) {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "sshd" {
+                net::kill_all(&[pid]);
+            }
+        }
         Ok(())
     }
 
@@ -407,16 +455,32 @@ impl TestHost {
             "-E",
             &self.sshd_log_path().to_string_lossy(),
         ]);
-        c.env_clear().env("PATH", CLEAN_PATH).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        *guard = Some(c.spawn().with_context(|| format!("start sshd on {}", self.name))?);
+        c.env_clear()
+            .env("PATH", CLEAN_PATH)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        *guard = Some(
+            c.spawn()
+                .with_context(|| format!("start sshd on {}", self.name))?,
+        );
         Ok(())
     }
 
+    /// Waits until sshd listens, by reading the host's socket table (a probe
+    /// connection would show up in sshd's log, which tests count).
     fn wait_sshd(&self, limit: Duration) -> Result<()> {
-        let addr: SocketAddr = format!("{}:{}", self.ip, self.port).parse()?;
         let start = Instant::now();
+        let table = format!("/proc/{}/net/tcp", self.anchor_pid);
+        let port = format!(":{:04X}", self.port);
         loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            let tcp = std::fs::read_to_string(&table).unwrap_or_default();
+            // Columns: sl local_address rem_address st ...; st 0A = LISTEN.
+            let listening = tcp.lines().skip(1).any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 3 && f[1].ends_with(&port) && f[3] == "0A"
+            });
+            if listening {
                 return Ok(());
             }
             {
@@ -424,12 +488,20 @@ impl TestHost {
                 if let Some(c) = guard.as_mut() {
                     if let Ok(Some(status)) = c.try_wait() {
                         guard.take();
-                        bail!("sshd on {} exited ({status}): {}", self.name, self.sshd_log().trim());
+                        bail!(
+                            "sshd on {} exited ({status}): {}",
+                            self.name,
+                            self.sshd_log().trim()
+                        );
                     }
                 }
             }
             if start.elapsed() > limit {
-                return Err(anyhow!("sshd on {} not listening after {limit:?}: {}", self.name, self.sshd_log()));
+                return Err(anyhow!(
+                    "sshd on {} not listening after {limit:?}: {}",
+                    self.name,
+                    self.sshd_log()
+                ));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -446,7 +518,10 @@ impl TestHost {
 
     /// Logins sshd accepted so far (lines "Accepted publickey for ...").
     pub fn accepted_logins(&self) -> usize {
-        self.sshd_log().lines().filter(|l| l.contains("Accepted publickey for")).count()
+        self.sshd_log()
+            .lines()
+            .filter(|l| l.contains("Accepted publickey for"))
+            .count()
     }
 
     fn stop_children(&self) {

@@ -39,7 +39,10 @@ fn e2e_unavailable() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root".into());
     }
-    match std::process::Command::new("ip").args(["netns", "list"]).output() {
+    match std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+    {
         Ok(o) if o.status.success() => {}
         Ok(o) => {
             return Some(format!(
@@ -50,7 +53,10 @@ fn e2e_unavailable() -> Option<String> {
         Err(e) => return Some(format!("cannot run `ip`: {e}")),
     }
     if !std::path::Path::new(fleet::SSHD).exists() {
-        return Some(format!("{} is missing (apt-get install openssh-server)", fleet::SSHD));
+        return Some(format!(
+            "{} is missing (apt-get install openssh-server)",
+            fleet::SSHD
+        ));
     }
     None
 }

@@ -82,7 +82,10 @@ pub(crate) struct FleetLock {
 fn try_lock_fleet(n: u8) -> Result<Option<FleetLock>> {
     let file = open_lock(&Path::new(LOCK_DIR).join(format!("fleet-{n}.lock")))?;
     if flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
-        Ok(Some(FleetLock { number: n, _file: file }))
+        Ok(Some(FleetLock {
+            number: n,
+            _file: file,
+        }))
     } else {
         Ok(None)
     }
@@ -115,7 +118,10 @@ pub(crate) fn netns_guard() -> Result<NetnsGuard> {
     if !flock(&file, libc::LOCK_EX) {
         bail!("cannot lock {LOCK_DIR}/netns.lock");
     }
-    Ok(NetnsGuard { _file: file, _guard: guard })
+    Ok(NetnsGuard {
+        _file: file,
+        _guard: guard,
+    })
 }
 
 /// Fleet numbers that have something left on the machine.
@@ -128,7 +134,11 @@ fn leftover_numbers() -> Vec<u8> {
     };
     if let Ok(list) = run("ip", &["netns", "list"]) {
         for line in list.lines() {
-            if let Some(n) = line.split_whitespace().next().and_then(|s| parse(s, "tend-f")) {
+            if let Some(n) = line
+                .split_whitespace()
+                .next()
+                .and_then(|s| parse(s, "tend-f"))
+            {
                 found.insert(n);
             }
         }
@@ -171,13 +181,17 @@ fn sweep_stale() {
     }
 }
 
-fn pids_in_netns(ns: &str) -> Vec<i32> {
+pub(crate) fn pids_in_netns(ns: &str) -> Vec<i32> {
     run("ip", &["netns", "pids", ns])
-        .map(|s| s.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
-fn kill_all(pids: &[i32]) {
+pub(crate) fn kill_all(pids: &[i32]) {
     for &p in pids {
         if p > 1 {
             // SAFETY: plain syscall; a stale pid gives ESRCH, which is fine.
@@ -217,7 +231,9 @@ pub(crate) fn cleanup_fleet(n: u8) {
         for line in links.lines() {
             if let Some(name) = line.split(": ").nth(1) {
                 let name = name.split('@').next().unwrap_or("");
-                let ours = name.strip_prefix(&veth).is_some_and(|r| r.chars().all(|c| c.is_ascii_digit()));
+                let ours = name
+                    .strip_prefix(&veth)
+                    .is_some_and(|r| r.chars().all(|c| c.is_ascii_digit()));
                 if ours {
                     run_quiet("ip", &["link", "del", name]);
                 }
@@ -284,7 +300,9 @@ pub(crate) fn cgroup_hierarchies() -> Vec<Hierarchy> {
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
         return Vec::new();
     };
-    let generic = ["rw", "ro", "relatime", "noatime", "nosuid", "nodev", "noexec", "seclabel"];
+    let generic = [
+        "rw", "ro", "relatime", "noatime", "nosuid", "nodev", "noexec", "seclabel",
+    ];
     let mut out = Vec::new();
     for line in mounts.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -301,7 +319,11 @@ pub(crate) fn cgroup_hierarchies() -> Vec<Hierarchy> {
         if opts.is_empty() {
             continue;
         }
-        out.push(Hierarchy { dir: dir.to_string(), opts: opts.join(","), root_path: PathBuf::from(f[1]) });
+        out.push(Hierarchy {
+            dir: dir.to_string(),
+            opts: opts.join(","),
+            root_path: PathBuf::from(f[1]),
+        });
     }
     out
 }
@@ -318,11 +340,53 @@ pub(crate) fn make_cgroup(root: &Path, rel: &Path) -> Result<PathBuf> {
         }
         for f in ["cpuset.cpus", "cpuset.mems"] {
             let mine = cur.join(f);
-            if mine.exists() && std::fs::read_to_string(&mine).map(|s| s.trim().is_empty()).unwrap_or(false) {
+            if mine.exists()
+                && std::fs::read_to_string(&mine)
+                    .map(|s| s.trim().is_empty())
+                    .unwrap_or(false)
+            {
                 let theirs = std::fs::read_to_string(parent.join(f)).unwrap_or_default();
-                std::fs::write(&mine, theirs.trim()).with_context(|| format!("write {}", mine.display()))?;
+                std::fs::write(&mine, theirs.trim())
+                    .with_context(|| format!("write {}", mine.display()))?;
             }
         }
     }
     Ok(cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftovers_of_a_crashed_run_are_swept_when_their_number_is_free() {
+        if !crate::testbed::skip_unless_e2e(
+            "leftovers_of_a_crashed_run_are_swept_when_their_number_is_free",
+        ) {
+            return;
+        }
+        // What a run killed mid-test leaves: a namespace with a live process,
+        // a bridge, a fleet dir; and nobody holds fleet 249's lock.
+        let n = 249;
+        let ns = netns_name(n, 0);
+        let mut child = {
+            let _g = netns_guard().unwrap();
+            run("ip", &["netns", "add", &ns]).unwrap();
+            run("ip", &["link", "add", &bridge_name(n), "type", "bridge"]).unwrap();
+            Command::new("ip")
+                .args(["netns", "exec", &ns, "sleep", "600"])
+                .spawn()
+                .unwrap()
+        };
+        std::fs::create_dir_all(fleet_dir(n)).unwrap();
+        assert!(leftover_numbers().contains(&n));
+        sweep_stale();
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "the stray process was not killed");
+        assert!(!run("ip", &["netns", "list"]).unwrap().contains(&ns));
+        assert!(!run("ip", &["-o", "link", "show"])
+            .unwrap()
+            .contains(&format!("{}:", bridge_name(n))));
+        assert!(!fleet_dir(n).exists());
+    }
 }

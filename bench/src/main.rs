@@ -70,7 +70,7 @@ fn main() -> anyhow::Result<()> {
         None
     } else {
         match &args.tend_bin {
-            Some(p) => Some(p.clone()),
+            Some(p) => Some(std::fs::canonicalize(p).with_context(|| format!("--tend-bin {}", p.display()))?),
             None => match tendside::build_tend_binary() {
                 Ok(p) => Some(p),
                 Err(e) => {
@@ -114,7 +114,7 @@ fn main() -> anyhow::Result<()> {
     env.push(format!("loadavg at end: {}", util::loadavg()));
     env.push(format!("finished: {}", now_utc()));
     write_json(&out.join("results.json"), &rows, &env)?;
-    let md = stats::markdown(&rows);
+    let md = format!("{}\n{}", stats::markdown(&rows), ratios(&rows, &args.hosts));
     std::fs::write(out.join("results.md"), &md).context("write results.md")?;
     println!("{md}");
     for e in &env {
@@ -478,6 +478,62 @@ pub fn finish(
         None => Measurement::new(scenario, tool, n, "s", samples, note),
         Some(e) => Measurement::failed(scenario, tool, n, "s", samples, e),
     }
+}
+
+fn median_of(rows: &[Measurement], scenario: &str, tool: &str, n: usize) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.scenario == scenario && r.tool == tool && r.hosts == n && r.error.is_none())
+        .and_then(|r| r.summary)
+        .map(|s| s.median)
+}
+
+/// The targets of the issue, as measured (either way).
+fn ratios(rows: &[Measurement], sizes: &[usize]) -> String {
+    let mut s = String::from("## Ratios (medians)\n\n");
+    let tend = "tend observe+plan (in-process pool)";
+    for &n in sizes {
+        let t = median_of(rows, "noop", tend, n);
+        let a = median_of(rows, "noop", "ansible-playbook --check", n);
+        let f = median_of(rows, "noop", "floor", n);
+        let r = |x: Option<f64>, y: Option<f64>| match (x, y) {
+            (Some(x), Some(y)) if y > 0.0 => format!("{:.2}×", x / y),
+            _ => "not measured".into(),
+        };
+        s.push_str(&format!("- {n} hosts, no-op: ansible-playbook --check / tend = {} (target ≥ 30× at 50 hosts)\n", r(a, t)));
+        s.push_str(&format!("- {n} hosts, no-op: tend / ControlMaster floor = {} (target ≤ 1.5×)\n", r(t, f)));
+        let ctl = median_of(rows, "noop", "tend run (POST /reconcile?wait=true)", n);
+        s.push_str(&format!("- {n} hosts, no-op via the controller: tend run / floor = {}\n", r(ctl, f)));
+        let rep = median_of(rows, "repair", "tend run (POST /reconcile)", n);
+        let arep = median_of(rows, "repair", "ansible-playbook", n);
+        s.push_str(&format!(
+            "- {n} hosts, repair: tend {} s, ansible {} s (target ≤ 1 s + the health check); ansible / tend = {}\n",
+            rep.map(|x| format!("{x:.3}")).unwrap_or("not measured".into()),
+            arep.map(|x| format!("{x:.1}")).unwrap_or("not measured".into()),
+            r(arep, rep)
+        ));
+        let conv = median_of(rows, "converge", "tend apply", n);
+        let aconv = median_of(rows, "converge", "ansible-playbook", n);
+        s.push_str(&format!("- {n} hosts, converge from empty: ansible / tend apply = {}\n", r(aconv, conv)));
+        let idle = rows
+            .iter()
+            .find(|x| x.scenario == "idle RSS" && x.hosts == n)
+            .and_then(|x| x.summary);
+        let peak = rows.iter().find(|x| x.scenario == "peak RSS" && x.hosts == n).and_then(|x| x.summary);
+        s.push_str(&format!(
+            "- {n} hosts, memory of `tend run`: idle {} MiB, peak {} MiB (target idle ≤ 20 MiB at 50 hosts)\n",
+            idle.map(|x| format!("{:.1}", x.median)).unwrap_or("not measured".into()),
+            peak.map(|x| format!("{:.1}", x.max)).unwrap_or("not measured".into()),
+        ));
+        let life = rows
+            .iter()
+            .find(|x| x.scenario == "ssh connections per host, process lifetime" && x.hosts == n)
+            .and_then(|x| x.summary);
+        s.push_str(&format!(
+            "- {n} hosts, ssh connections per host over `tend run`'s startup + 10 reconciles: {} (target exactly 1)\n",
+            life.map(|x| format!("min {} max {}", x.min, x.max)).unwrap_or("not measured".into())
+        ));
+    }
+    s
 }
 
 fn parse_hhmm(s: &str) -> Option<u64> {

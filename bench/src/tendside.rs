@@ -62,7 +62,7 @@ fn short_err(o: &std::process::Output) -> String {
     lines[lines.len().saturating_sub(6)..].join(" / ")
 }
 
-/// 2. `tend apply --yes` on empty hosts.
+/// Scenario 2: `tend apply --yes` on empty hosts.
 fn converge_cli(ctx: &Ctx, bin: &Path) -> Measurement {
     let ports = ctx.ports();
     let mut samples = Vec::new();
@@ -109,7 +109,7 @@ fn converge_cli(ctx: &Ctx, bin: &Path) -> Measurement {
     )
 }
 
-/// 1. (reference) `tend plan` as a CLI: new process, new connections.
+/// Scenario 1 (reference): `tend plan` as a CLI: new process, new connections.
 fn plan_cli(ctx: &Ctx, bin: &Path) -> Measurement {
     let mut samples = Vec::new();
     let mut err = None;
@@ -149,8 +149,8 @@ fn unreachable(obs: &BTreeMap<String, Observation>) -> Option<String> {
     })
 }
 
-/// 1. observe_all + plan over one kept-open pool, in this process; plus a
-/// breakdown for the profile (transport floor, probe, parse+plan).
+/// Scenario 1: observe_all + plan over one kept-open pool, in this process;
+/// plus a breakdown for the profile (transport floor, probe, parse+plan).
 fn noop_in_process(ctx: &Ctx) -> Vec<Measurement> {
     let n = ctx.n;
     let tool = "tend observe+plan (in-process pool)";
@@ -479,7 +479,7 @@ impl Drop for Controller {
     }
 }
 
-/// 3, 4, 5: `tend run` converges empty hosts at startup, then 10 no-op
+/// Scenarios 3, 4, 5: `tend run` converges empty hosts at startup, then 10 no-op
 /// reconciles (connections, CPU), idle RSS, repairs; peak RSS over all of it.
 fn controller(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
     let n = ctx.n;

@@ -1,4 +1,4 @@
-//! The README's first command, `cargo run -- run`, on a fresh copy of the
+//! The README's first command, `cargo run -p tend -- run`, on a fresh copy of the
 //! repository: the embedded demo starts, converges, follows an edit of a demo
 //! manifest, and stops on SIGTERM. No root, no servers.
 
@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 /// Exactly what the README tells a new user to type (the test only adds
 /// `--manifest-path`, so it builds in the workspace it runs from).
-const FIRST_COMMAND: &[&str] = &["run", "--", "run"];
+const FIRST_COMMAND: &[&str] = &["run", "-p", "tend", "--", "run"];
 
 const DEMO_SERVICES: &[&str] = &["demo-api", "demo-store", "demo-web"];
 
@@ -101,7 +101,20 @@ async fn the_readme_demo_starts_converges_follows_an_edit_and_stops() {
         .expect("cargo run");
     let mut guard = Cleanup { root: repo.clone(), child: Some(child) };
 
-    let st = eventually(900, "the demo converged", || in_sync(addr)).await;
+    let st = {
+        let child = guard.child.as_mut().unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(900);
+        loop {
+            if let Some(st) = in_sync(addr).await {
+                break st;
+            }
+            if let Ok(Some(exit)) = child.try_wait() {
+                panic!("`cargo {}` exited with {exit} before the demo converged", FIRST_COMMAND.join(" "));
+            }
+            assert!(tokio::time::Instant::now() < deadline, "gave up waiting for the demo to converge");
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+    };
     assert_eq!(st["source"]["kind"], "dir");
     assert_eq!(st["source"]["manifests_valid"], true);
     let (code, page) = http(addr, "GET", "/", &[], b"").await;

@@ -224,6 +224,36 @@ fn the_example_config_loads_and_agrees_with_the_unit() {
     assert!(!cfg.notifications.is_empty());
 }
 
+#[test]
+fn the_example_config_shows_every_key_the_controller_accepts() {
+    let text = read("deploy/systemd/tend.yaml");
+    // Keys written as `key:` at the start of a line, commented out or not.
+    let shown: BTreeSet<String> = text
+        .lines()
+        .map(|l| l.trim_start().trim_start_matches('#').trim_start())
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, _)| k.trim_start_matches("- ").to_string())
+        })
+        .collect();
+    let all = serde_json::to_value(tend::config::Config::default()).unwrap();
+    let mut missing = Vec::new();
+    for (k, v) in all.as_object().unwrap() {
+        if !shown.contains(k) {
+            missing.push(k.clone());
+        }
+        for (sub, _) in v.as_object().into_iter().flatten() {
+            if !shown.contains(sub) {
+                missing.push(format!("{k}.{sub}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "deploy/systemd/tend.yaml does not show {missing:?}"
+    );
+}
+
 // ------------------------------------------------------- metrics contract
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -795,7 +825,9 @@ fn the_pull_request_workflow_validates_and_plans_with_documented_secrets() {
     assert!(wf.contains("tend validate \"$MANIFESTS\""));
     assert!(wf.contains("tend plan \"$MANIFESTS\""));
     // The plan step is skipped when there is no SSH key.
-    assert!(wf.contains("if: env.HAVE_SSH_KEY == 'true'"));
+    assert!(wf.contains("if: env.CAN_PLAN == 'true'"));
+    // Keys and secrets placed for the plan are removed whatever happened.
+    assert!(wf.contains("if: always() && env.CAN_PLAN == 'true'"));
     let code: String = wf
         .lines()
         .filter(|l| !l.trim_start().starts_with('#'))
@@ -826,6 +858,18 @@ fn the_pull_request_workflow_validates_and_plans_with_documented_secrets() {
 }
 
 // ------------------------------------------- the rules on a live controller
+
+/// For a URL query string: everything but unreserved characters escaped.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
 
 /// A Prometheus child process, killed with the test.
 struct Prometheus(std::process::Child);
@@ -958,6 +1002,32 @@ fn the_shipped_scrape_config_and_rules_alert_on_a_live_controllers_drift() {
     assert_eq!(a["labels"]["instance"], target.as_str(), "{a:#}");
     assert_eq!(a["labels"]["severity"], "warning", "{a:#}");
 
+    // Every dashboard query runs on the live data; the fleet's panels have some.
+    let d = dashboard();
+    for (where_, expr) in dashboard_exprs(&d) {
+        if where_.starts_with("variable") {
+            continue;
+        }
+        let q = format!(
+            "/api/v1/query?query={}",
+            percent_encode(&expand_grafana(&expr))
+        );
+        let body = super::status_page::get(api, &q)
+            .unwrap_or_else(|| panic!("{where_}: query refused: {expr}"));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "success", "{where_}: {expr}: {v}");
+    }
+    for m in [
+        "tend_service_in_sync",
+        "tend_host_up",
+        "tend_host_memory_committed_bytes",
+    ] {
+        let body = super::status_page::get(api, &format!("/api/v1/query?query={m}")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let n = v["data"]["result"].as_array().map_or(0, Vec::len);
+        assert!(n > 0, "{m}: no series scraped: {v}");
+    }
+
     // A refused revision fires at once, naming the revision still in force.
     let st = fleet.refuse_manifests();
     let in_force = st["source"]["revision"]
@@ -976,4 +1046,29 @@ fn the_shipped_scrape_config_and_rules_alert_on_a_live_controllers_drift() {
     );
     let description = invalid["annotations"]["description"].as_str().unwrap_or("");
     assert!(description.contains(&in_force), "{description}");
+}
+
+// ---------------------------------------------------------------- the demo
+
+#[test]
+fn the_demo_points_the_shipped_prometheus_config_at_its_controller() {
+    let test = "the_demo_points_the_shipped_prometheus_config_at_its_controller";
+    let script = root().join("deploy/demo.sh");
+    let out = run(Command::new("sh").arg("-n").arg(&script));
+    assert!(out.status.success(), "{}", show(&out));
+    let out = run(Command::new("sh").arg(&script).arg("--prometheus-config"));
+    assert!(out.status.success(), "{}", show(&out));
+    let cfg = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(cfg.contains("- 127.0.0.1:9617"), "{cfg}");
+    assert!(!cfg.contains("example.com"), "{cfg}");
+    let rules = root().join(ALERTS);
+    assert!(cfg.contains(&format!("- {}", rules.display())), "{cfg}");
+    let Some(promtool) = tool("promtool", "prometheus", test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("prometheus.yml");
+    std::fs::write(&f, &cfg).unwrap();
+    let out = run(Command::new(&promtool).args(["check", "config"]).arg(&f));
+    assert!(out.status.success(), "{cfg}\n{}", show(&out));
 }

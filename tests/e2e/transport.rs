@@ -387,7 +387,7 @@ async fn a_host_with_its_link_down_times_out_while_the_others_answer() {
     let fleet = Fleet::start(3).unwrap();
     let pool = Arc::new(Pool::new(PoolOptions {
         connect_timeout: Duration::from_secs(2),
-        exec_timeout: Some(Duration::from_secs(30)),
+        exec_timeout: Some(Duration::from_secs(5)),
         ..PoolOptions::default()
     }));
     let down = fleet.host(1);
@@ -397,25 +397,34 @@ async fn a_host_with_its_link_down_times_out_while_the_others_answer() {
         let t = pool.get(&h.tend_host()).unwrap();
         tasks.spawn(async move { (i, t.exec("hostname", b"").await) });
     }
+    // Callers queued behind the failing connect share its error rather than
+    // each waiting out a connect timeout in turn (which would hit the exec timeout).
+    for _ in 0..4 {
+        let t = pool.get(&down.tend_host()).unwrap();
+        tasks.spawn(async move { (1, t.exec("hostname", b"").await) });
+    }
     let mut results = Vec::new();
     while let Some(r) = tasks.join_next().await {
         results.push(r.unwrap());
     }
     results.sort_by_key(|r| r.0);
+    assert_eq!(results.len(), 7);
     assert_eq!(
         results[0].1.as_ref().unwrap().stdout_lossy().trim(),
         "host0"
     );
     assert_eq!(
-        results[2].1.as_ref().unwrap().stdout_lossy().trim(),
+        results[6].1.as_ref().unwrap().stdout_lossy().trim(),
         "host2"
     );
-    match &results[1].1 {
-        Err(TransportError::Timeout { host, secs }) => {
-            assert_eq!(host, "host1");
-            assert_eq!(*secs, 2, "the connect timeout, not the exec timeout, fired");
+    for r in &results[1..6] {
+        match &r.1 {
+            Err(TransportError::Timeout { host, secs }) => {
+                assert_eq!(host, "host1");
+                assert_eq!(*secs, 2, "the connect timeout, not the exec timeout, fired");
+            }
+            other => panic!("expected a timeout, got {other:?}"),
         }
-        other => panic!("expected a timeout, got {other:?}"),
     }
     down.link_up().unwrap();
     let out = pool
@@ -639,4 +648,38 @@ async fn a_connection_that_dies_mid_script_is_lost_not_hung_and_the_next_exec_re
     let out = t.exec("echo again", b"").await.unwrap();
     assert_eq!(out.stdout_lossy(), "again\n");
     assert_eq!(t.stats().connections(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_trusted_only_by_its_rsa_host_key_is_accepted() {
+    if !skip_unless_e2e("a_host_trusted_only_by_its_rsa_host_key_is_accepted") {
+        return;
+    }
+    let fleet = Fleet::start(2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool();
+    // Pinned: sshd offers ed25519 first unless told what we can check.
+    let h = fleet.host(0);
+    let pin = h.rsa_host_key_line.clone();
+    let t = pool
+        .get(&host_with(h, |t| t.host_keys = vec![pin]))
+        .unwrap();
+    assert_eq!(
+        t.exec("hostname", b"").await.unwrap().stdout_lossy().trim(),
+        "host0"
+    );
+    // known_hosts with only the RSA key.
+    let h = fleet.host(1);
+    let kh = dir.path().join("known_hosts");
+    std::fs::write(&kh, format!("{} {}\n", h.ip, h.rsa_host_key_line)).unwrap();
+    let t = pool
+        .get(&host_with(h, |t| {
+            t.host_keys.clear();
+            t.known_hosts = Some(kh.clone());
+        }))
+        .unwrap();
+    assert_eq!(
+        t.exec("hostname", b"").await.unwrap().stdout_lossy().trim(),
+        "host1"
+    );
 }

@@ -44,7 +44,7 @@ struct Run<'a> {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum StepError {
+pub(crate) enum StepError {
     #[error("{0}")]
     Render(#[from] RuntimeError),
     #[error("{0}")]
@@ -211,13 +211,28 @@ async fn deploy(run: &mut Run<'_>, s: &Service) -> ActionOutcome {
     }
 }
 
-async fn deploy_inner(run: &mut Run<'_>, s: &Service) -> Result<ActionOutcome, StepError> {
-    let root = run.lock.root.clone();
+/// What a deploy runs on the host, given what the host recorded.
+pub(crate) struct DeployPlan {
+    pub release: String,
+    pub previous: Option<PreviousRelease>,
+    /// The release differs from the recorded one (a rollback has somewhere to go).
+    pub switching: bool,
+    pub body: String,
+    pub stdin: Vec<u8>,
+}
+
+/// Install (if needed), stop what runs, switch, collect old releases, stage
+/// the record, start. Pure: renders only.
+pub(crate) fn deploy_plan(
+    root: &str,
+    s: &Service,
+    recorded: Option<&Record>,
+    revision: Option<&str>,
+) -> Result<DeployPlan, StepError> {
     let rt = runtime::for_kind(s.runtime);
-    let rel = Release::new(&root, s, run.ctx.opts.revision.as_deref());
-    let recorded = run.ctx.observed(&run.action.host, &s.name).map(|o| o.record.clone());
+    let rel = Release::new(root, s, revision);
     // The release to fall back to: the one running now, unless it is this one.
-    let prev: Option<PreviousRelease> = match &recorded {
+    let prev: Option<PreviousRelease> = match recorded {
         Some(r) if r.release != rel.name && !r.release.is_empty() => Some(PreviousRelease {
             version: r.version.clone(),
             config_hash: r.config_hash.clone(),
@@ -226,26 +241,35 @@ async fn deploy_inner(run: &mut Run<'_>, s: &Service) -> Result<ActionOutcome, S
         Some(r) => r.previous.clone(),
         None => None,
     };
-    let switching = recorded.as_ref().is_some_and(|r| r.release != rel.name);
+    let switching = recorded.is_some_and(|r| r.release != rel.name);
 
     let mut body = runtime::install_release(rt, &rel)?;
-    body.push_str(&rt.stop(&root, &s.name)?);
-    if let Some(old) = recorded.as_ref().and_then(|r| r.runtime).filter(|k| *k != s.runtime) {
-        body.push_str(&runtime::for_kind(old).stop(&root, &s.name)?);
+    body.push_str(&rt.stop(root, &s.name)?);
+    if let Some(old) = recorded.and_then(|r| r.runtime).filter(|k| *k != s.runtime) {
+        body.push_str(&runtime::for_kind(old).stop(root, &s.name)?);
     }
-    body.push_str(&runtime::switch(&root, &s.name, &rel.name)?);
+    body.push_str(&runtime::switch(root, &s.name, &rel.name)?);
     let mut keep = vec![rel.name.as_str()];
     if let Some(p) = &prev {
         keep.push(p.release.as_str());
     }
-    body.push_str(&runtime::gc_releases(&root, &s.name, &keep)?);
-    body.push_str(&stage(&root, &s.name, &rel.name, &extra_lines(prev.as_ref(), None))?);
-    body.push_str(&runtime::run_start(&root, &s.name, &rel.name)?);
+    body.push_str(&runtime::gc_releases(root, &s.name, &keep)?);
+    body.push_str(&stage(root, &s.name, &rel.name, &extra_lines(prev.as_ref(), None))?);
+    body.push_str(&runtime::run_start(root, &s.name, &rel.name)?);
     let stdin = match &s.delivery {
         Delivery::Source(tree) => source_tar(tree).map_err(|e| StepError::Pack(e.to_string()))?,
         _ => Vec::new(),
     };
-    run.release = Some(rel.name.clone());
+    Ok(DeployPlan { release: rel.name, previous: prev, switching, body, stdin })
+}
+
+async fn deploy_inner(run: &mut Run<'_>, s: &Service) -> Result<ActionOutcome, StepError> {
+    let root = run.lock.root.clone();
+    let rt = runtime::for_kind(s.runtime);
+    let recorded = run.ctx.observed(&run.action.host, &s.name).map(|o| o.record.clone());
+    let DeployPlan { release, previous: prev, switching, body, stdin } =
+        deploy_plan(&root, s, recorded.as_ref(), run.ctx.opts.revision.as_deref())?;
+    run.release = Some(release);
     run.script(&body, &stdin).await?;
     run.step("running");
 

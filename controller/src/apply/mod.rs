@@ -514,3 +514,6 @@ async fn wait_for_deps(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,24 @@
 //! Parse the probe's output into a [`HostState`]. Strict: an unknown line,
 //! a missing fact or a missing/short `end` line is an error.
+//!
+//! The output, one fact per line:
+//! ```text
+//! tend-probe 1
+//! hostname NAME
+//! boot_id ID
+//! meminfo TOTAL_KB AVAILABLE_KB      ("-" when unknown)
+//! cgroup v1|v2|none
+//! listen PORT INODE                  (every TCP listener, v4 and v6)
+//! record FILE                        (one block per <root>/records/FILE.rec)
+//! | LINE                             (the record's text, verbatim)
+//! endrecord
+//! proc PID STATE STARTTIME           (the recorded pid, if it exists)
+//! memory USAGE LIMIT OOM_KILLS       (the record's cgroup: "-"/"max" when none)
+//! procs PID...                       (the cgroup's processes)
+//! sock PID INODE COMM                (a holder of a listener's socket)
+//! check SERVICE EXIT                 ("-": not run)
+//! end N                              (N = lines before this one)
+//! ```
 
 use super::ObserveError;
 use crate::model::{CgroupMode, HostFacts, HostState, Listener, ObservedService, RuntimeKind};

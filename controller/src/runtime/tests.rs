@@ -1,0 +1,170 @@
+use super::*;
+use crate::model::{Health, HealthCheck, SourceFile, SourceTree};
+use std::process::Command;
+use std::sync::Arc;
+
+fn svc(runtime: RuntimeKind) -> Service {
+    let mut env = BTreeMap::new();
+    env.insert("A".to_string(), EnvValue::literal("it's \"x\" $HOME `id` \\ \n2"));
+    env.insert("SECRET".to_string(), EnvValue::secret("s3cr3t"));
+    Service {
+        name: "web".into(),
+        labels: BTreeMap::new(),
+        host: "h".into(),
+        runtime,
+        version: "1.0 'beta' $(x)".into(),
+        delivery: match runtime {
+            RuntimeKind::Podman => Delivery::Image { image: "rootfs:/srv/root fs".into() },
+            _ => Delivery::Source(SourceTree {
+                path: "s".into(),
+                digest: "d".into(),
+                files: Arc::new(vec![SourceFile {
+                    path: "app".into(),
+                    executable: true,
+                    contents: b"x".to_vec(),
+                }]),
+            }),
+        },
+        install: vec!["echo 'step' $(date)".into()],
+        command: vec!["/bin/sh".into(), "-c".into(), "exec sleep 1; # it's %h $X".into()],
+        env,
+        ports: vec![8100],
+        memory: Some(64 << 20),
+        health: Some(Health {
+            check: HealthCheck::Tcp { port: 8100 },
+            interval: std::time::Duration::from_secs(1),
+            timeout: std::time::Duration::from_secs(1),
+            retries: 1,
+        }),
+        depends_on: vec![],
+        suspend: false,
+    }
+}
+
+fn sh_n(script: &str) {
+    let out = Command::new("sh").arg("-n").arg("-c").arg(script).output().expect("sh runs");
+    assert!(out.status.success(), "sh -n: {}\n{script}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn every_rendered_script_is_valid_sh() {
+    for kind in [RuntimeKind::Process, RuntimeKind::Systemd, RuntimeKind::Podman] {
+        let s = svc(kind);
+        let r = Release::new("/var/lib/te nd'", &s, Some("abc"));
+        let rt = for_kind(kind);
+        sh_n(&install_release(rt, &r).unwrap());
+        sh_n(&rt.start(&r).unwrap());
+        sh_n(&rt.stop(r.root, "web").unwrap());
+        sh_n(&rt.remove(r.root, "web").unwrap());
+        sh_n(&rt.status(r.root, "web").unwrap());
+        sh_n(&switch(r.root, "web", &r.name).unwrap());
+        sh_n(&gc_releases(r.root, "web", &[&r.name, "old"]).unwrap());
+    }
+}
+
+#[test]
+fn a_release_name_is_one_safe_path_component() {
+    let mut s = svc(RuntimeKind::Process);
+    s.version = "../1.0/x y".into();
+    let n = release_name(&s);
+    assert!(!n.contains('/') && !n.contains(' '), "{n}");
+    assert!(n.ends_with(&s.config_hash()[..8]));
+}
+
+#[test]
+fn a_nul_byte_in_any_value_is_refused() {
+    let mut s = svc(RuntimeKind::Process);
+    s.env.insert("B".into(), EnvValue::literal("a\0b"));
+    let r = Release::new("/r", &s, None);
+    assert!(install_release(&process::Process, &r).is_err());
+    let mut s = svc(RuntimeKind::Process);
+    s.command.push("x\0".into());
+    let r = Release::new("/r", &s, None);
+    assert!(process::Process.start(&r).is_err());
+}
+
+#[test]
+fn an_env_key_that_is_not_a_name_is_refused() {
+    let mut s = svc(RuntimeKind::Process);
+    s.env.insert("A-B".into(), EnvValue::literal("x"));
+    assert!(matches!(render_env_file("web", &s.env), Err(RuntimeError::EnvKey { .. })));
+}
+
+#[test]
+fn the_env_file_reads_back_exactly_through_sh() {
+    let s = svc(RuntimeKind::Process);
+    let file = render_env_file("web", &s.env).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("env");
+    std::fs::write(&p, &file).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("set -a; . \"$1\"; printf '%s' \"$A\"")
+        .arg("sh")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), s.env["A"].value);
+}
+
+#[test]
+fn a_systemd_unit_holds_the_limit_the_release_dir_and_escaped_argv() {
+    let s = svc(RuntimeKind::Systemd);
+    let r = Release::new("/var/lib/tend", &s, None);
+    let u = systemd::render_unit(&r).unwrap();
+    assert!(u.contains("MemoryMax=67108864"), "{u}");
+    // `%` (from the escaped version) is doubled: systemd would expand it.
+    let dir = format!("WorkingDirectory=/var/lib/tend/releases/web/{}", r.name.replace('%', "%%"));
+    assert!(u.contains(&dir), "{u}");
+    assert!(u.contains("EnvironmentFile=/var/lib/tend/env/web.env"));
+    assert!(u.contains("Restart=on-failure") && u.contains("Type=simple"));
+    assert!(u.contains("\"exec sleep 1; # it's %%h $$X\""), "{u}");
+    // A relative program is made absolute in the release dir.
+    let mut s2 = s.clone();
+    s2.command = vec![".venv/bin/python".into(), "app.py".into()];
+    let u2 = systemd::render_unit(&Release::new("/r", &s2, None)).unwrap();
+    assert!(u2.contains("ExecStart=\"/r/releases/web/"), "{u2}");
+}
+
+/// `systemd-analyze verify` on rendered units (systemd is installed here but
+/// does not run as PID 1, so units are verified, not started).
+#[test]
+fn systemd_analyze_verifies_rendered_units() {
+    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+        if std::env::var("TEND_E2E").as_deref() == Ok("required") {
+            panic!("systemd-analyze is required (TEND_E2E=required)");
+        }
+        println!("skipped: systemd-analyze is not installed");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let rootp = root.path().to_str().unwrap();
+    let mut s = svc(RuntimeKind::Systemd);
+    s.command = vec!["/bin/sh".into(), "-c".into(), "exec sleep 100 # %i $HOME 'q' \"d\"".into()];
+    let r = Release::new(rootp, &s, None);
+    std::fs::create_dir_all(r.dir()).unwrap();
+    std::fs::create_dir_all(root.path().join("env")).unwrap();
+    std::fs::write(root.path().join("env/web.env"), render_env_file("web", &s.env).unwrap()).unwrap();
+    let unit = root.path().join(systemd::unit_name("web"));
+    std::fs::write(&unit, systemd::render_unit(&r).unwrap()).unwrap();
+    let out = Command::new("systemd-analyze").arg("verify").arg(&unit).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "verify failed: {err}");
+    assert!(!err.contains("web.service:"), "verify complained: {err}");
+
+    // And a broken one fails: a relative program that does not exist.
+    let mut bad = s.clone();
+    bad.command = vec!["/nonexistent/prog".into()];
+    std::fs::write(&unit, systemd::render_unit(&Release::new(rootp, &bad, None)).unwrap())
+        .unwrap();
+    let out = Command::new("systemd-analyze").arg("verify").arg(&unit).output().unwrap();
+    assert!(!out.status.success(), "a missing program passed verify");
+}
+
+#[test]
+fn exec_words_escape_what_systemd_would_expand() {
+    assert_eq!(systemd::exec_word("a b"), "\"a b\"");
+    assert_eq!(systemd::exec_word("%h$X"), "\"%%h$$X\"");
+    assert_eq!(systemd::exec_word("q\"\\\n"), "\"q\\\"\\\\\\n\"");
+    assert_eq!(systemd::exec_word(";"), "\\;");
+}

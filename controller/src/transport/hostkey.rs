@@ -7,7 +7,7 @@
 //! not accept host certificates). Never trust on first use.
 
 use base64::Engine as _;
-use russh::keys::{HashAlg, PublicKey};
+use russh::keys::{Algorithm, HashAlg, PublicKey};
 use std::path::{Path, PathBuf};
 
 /// Where trust in a host key comes from.
@@ -72,6 +72,38 @@ pub fn verify(trust: &Trust, host: &str, port: u16, key: &PublicKey) -> Result<(
             }
         }
     }
+}
+
+/// Algorithms of the keys trusted for `host:port`, best first (RSA as
+/// rsa-sha2-512, rsa-sha2-256, then ssh-rsa), for host key negotiation.
+pub fn trusted_algorithms(trust: &Trust, host: &str, port: u16) -> Vec<Algorithm> {
+    let keys: Vec<PublicKey> = match trust {
+        Trust::Pinned(pins) => pins.iter().filter_map(|p| parse_key_line(p)).collect(),
+        Trust::KnownHosts(path) => KnownHosts::load(path)
+            .map(|kh| kh.trusted_keys(host, port))
+            .unwrap_or_default(),
+    };
+    let mut out = Vec::new();
+    for k in keys {
+        let algs = match k.algorithm() {
+            Algorithm::Rsa { .. } => vec![
+                Algorithm::Rsa {
+                    hash: Some(HashAlg::Sha512),
+                },
+                Algorithm::Rsa {
+                    hash: Some(HashAlg::Sha256),
+                },
+                Algorithm::Rsa { hash: None },
+            ],
+            a => vec![a],
+        };
+        for a in algs {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    out
 }
 
 /// Outcome of a known_hosts lookup.
@@ -156,6 +188,23 @@ impl KnownHosts {
             });
         }
         KnownHosts { entries }
+    }
+
+    /// Keys listed (and not revoked) for `host:port`.
+    pub fn trusted_keys(&self, host: &str, port: u16) -> Vec<PublicKey> {
+        let name = host_port(host, port);
+        let revoked = |k: &PublicKey| {
+            self.entries
+                .iter()
+                .any(|e| e.marker == Marker::Revoked && e.key.key_data() == k.key_data())
+        };
+        self.entries
+            .iter()
+            .filter(|e| {
+                e.marker == Marker::Plain && hosts_match(&e.hosts, &name) && !revoked(&e.key)
+            })
+            .map(|e| e.key.clone())
+            .collect()
     }
 
     pub fn check(&self, host: &str, port: u16, key: &PublicKey) -> Verdict {
@@ -357,6 +406,15 @@ mod tests {
         assert_eq!(kh.check("10.0.0.7", 22, &key(A)), Verdict::Unknown);
         assert!(wildcard("h?st*", "host-12"));
         assert!(!wildcard("h?st", "hoost"));
+    }
+
+    #[test]
+    fn trusted_algorithms_list_what_the_host_is_trusted_by_and_skip_revoked_keys() {
+        let kh = KnownHosts::parse(&format!("10.0.0.1 {A}\n10.0.0.1 {B}\n@revoked * {B}\n"));
+        assert_eq!(kh.trusted_keys("10.0.0.1", 22).len(), 1);
+        assert_eq!(kh.trusted_keys("10.0.0.2", 22).len(), 0);
+        let algs = trusted_algorithms(&Trust::Pinned(vec![A.into()]), "h", 22);
+        assert_eq!(algs, vec![Algorithm::Ed25519]);
     }
 
     #[test]

@@ -66,7 +66,6 @@ pub struct SshTransport {
     trust: Trust,
     identity: Option<PathBuf>,
     opts: SshOptions,
-    config: Arc<client::Config>,
     conn: Mutex<Option<Arc<Conn>>>,
     last_failure: StdMutex<Option<(Instant, TransportError)>>,
     stats: TransportStats,
@@ -112,19 +111,12 @@ impl SshTransport {
             .identity
             .clone()
             .or_else(|| opts.default_identity.clone());
-        let config = client::Config {
-            keepalive_interval: opts.keepalive,
-            keepalive_max: 3,
-            nodelay: true,
-            ..Default::default()
-        };
         Ok(SshTransport {
             name: name.to_string(),
             target,
             trust,
             identity,
             opts,
-            config: Arc::new(config),
             conn: Mutex::new(None),
             last_failure: StdMutex::new(None),
             stats: TransportStats::default(),
@@ -187,7 +179,8 @@ impl SshTransport {
             }
         };
         let conn = Arc::new(conn);
-        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        let n = self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(host = %self.name, address = %self.target.address, reconnect = n > 0, "ssh connected");
         *guard = Some(conn.clone());
         Ok(conn)
     }
@@ -197,6 +190,30 @@ impl SshTransport {
         let mut guard = self.conn.lock().await;
         if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
             *guard = None;
+        }
+    }
+
+    /// Host key algorithms we hold trusted keys of go first, so a host with
+    /// several keys shows the one we can check (as OpenSSH does).
+    fn client_config(&self) -> client::Config {
+        let mut preferred = russh::Preferred::default();
+        let trusted =
+            hostkey::trusted_algorithms(&self.trust, &self.target.address, self.target.port);
+        if !trusted.is_empty() {
+            let mut order: Vec<russh::keys::Algorithm> = Vec::new();
+            for a in trusted.iter().chain(preferred.key.iter()) {
+                if !order.contains(a) {
+                    order.push(a.clone());
+                }
+            }
+            preferred.key = order.into();
+        }
+        client::Config {
+            keepalive_interval: self.opts.keepalive,
+            keepalive_max: 3,
+            nodelay: true,
+            preferred,
+            ..Default::default()
         }
     }
 
@@ -210,7 +227,8 @@ impl SshTransport {
             refusal: refusal.clone(),
         };
         let addr = (self.target.address.as_str(), self.target.port);
-        let mut handle = match client::connect(self.config.clone(), addr, handler).await {
+        let mut handle = match client::connect(Arc::new(self.client_config()), addr, handler).await
+        {
             Ok(h) => h,
             Err(e) => {
                 let refused = refusal.lock().unwrap_or_else(|p| p.into_inner()).take();

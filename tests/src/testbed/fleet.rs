@@ -46,6 +46,9 @@ pub struct TestHost {
     pub port: u16,
     /// The host's public key, `ssh-ed25519 AAAA...` (no comment).
     pub host_key_line: String,
+    /// Its second host key, `ssh-rsa AAAA...`. Shared by the fleet's hosts
+    /// (RSA key generation is slow); the ed25519 one is each host's own.
+    pub rsa_host_key_line: String,
     /// The `ip netns` name.
     pub netns: String,
     veth: String,
@@ -84,6 +87,10 @@ impl Fleet {
     fn build(&mut self, n: usize) -> Result<()> {
         keygen(&self.ed25519_key, &["-t", "ed25519"])?;
         keygen(&self.rsa_key, &["-t", "rsa", "-b", "2048", "-m", "PEM"])?;
+        keygen(
+            &self.dir.join("ssh_host_rsa_key"),
+            &["-t", "rsa", "-b", "2048"],
+        )?;
         let mut authorized = String::new();
         for k in [&self.ed25519_key, &self.rsa_key] {
             authorized.push_str(&read_pub(k)?);
@@ -141,6 +148,7 @@ impl Fleet {
         let key = dir.join("ssh_host_ed25519_key");
         keygen(&key, &["-t", "ed25519"])?;
         let host_key_line = read_pub(&key)?;
+        let rsa_host_key_line = read_pub(&self.dir.join("ssh_host_rsa_key"))?;
         write(&dir.join("sshd_config"), &sshd_config(&dir, &self.dir))?;
 
         {
@@ -247,6 +255,7 @@ impl Fleet {
             ip,
             port: 22,
             host_key_line,
+            rsa_host_key_line,
             netns: ns,
             veth,
             dir,
@@ -582,6 +591,7 @@ fn sshd_config(host_dir: &Path, fleet_dir: &Path) -> String {
          Port {ALT_PORT}\n\
          ListenAddress 0.0.0.0\n\
          HostKey {hk}\n\
+         HostKey {rk}\n\
          PidFile /run/sshd.pid\n\
          AuthorizedKeysFile {ak}\n\
          UsePAM no\n\
@@ -598,6 +608,7 @@ fn sshd_config(host_dir: &Path, fleet_dir: &Path) -> String {
          PrintMotd no\n\
          Subsystem sftp internal-sftp\n",
         hk = host_dir.join("ssh_host_ed25519_key").display(),
+        rk = fleet_dir.join("ssh_host_rsa_key").display(),
         ak = fleet_dir.join("authorized_keys").display(),
     )
 }

@@ -19,7 +19,11 @@ pub fn ensure_venv(venv: &Path) -> Result<PathBuf> {
         return Ok(bin);
     }
     // Debian's python3, not a pyenv shim: the hosts (sharing /usr) run it too.
-    let py = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    let py = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
     run_checked(Command::new(py).arg("-m").arg("venv").arg(venv))?;
     run_checked(
         Command::new(venv.join("bin/pip"))
@@ -27,7 +31,10 @@ pub fn ensure_venv(venv: &Path) -> Result<PathBuf> {
             .arg(source_dir().join("requirements.txt")),
     )?;
     if !bin.exists() {
-        bail!("pip installed ansible-core but {} is missing", bin.display());
+        bail!(
+            "pip installed ansible-core but {} is missing",
+            bin.display()
+        );
     }
     Ok(bin)
 }
@@ -35,7 +42,11 @@ pub fn ensure_venv(venv: &Path) -> Result<PathBuf> {
 fn run_checked(c: &mut Command) -> Result<()> {
     let out = c.output().with_context(|| format!("cannot run {c:?}"))?;
     if !out.status.success() {
-        bail!("{c:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{c:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -65,7 +76,12 @@ pub struct RunResult {
 
 impl Ansible {
     /// Write the inventory and ansible.cfg for `hosts` into `work`.
-    pub fn prepare(playbook_bin: PathBuf, work: &Path, hosts: &[BenchHost], wl: &Workload) -> Result<Self> {
+    pub fn prepare(
+        playbook_bin: PathBuf,
+        work: &Path,
+        hosts: &[BenchHost],
+        wl: &Workload,
+    ) -> Result<Self> {
         std::fs::create_dir_all(work.join("home")).context("mkdir ansible work dir")?;
         let src = source_dir();
         let first = hosts.first().context("no hosts")?;
@@ -83,7 +99,8 @@ impl Ansible {
                 s.name, s.port, s.greeting
             ));
         }
-        let inv = std::fs::read_to_string(src.join("inventory.yml.tmpl")).context("read inventory template")?
+        let inv = std::fs::read_to_string(src.join("inventory.yml.tmpl"))
+            .context("read inventory template")?
             .replace("@HOSTS@\n", &host_lines)
             .replace("@SERVICES@\n", &svc_lines)
             .replace("@KEY@", &first.key.display().to_string())
@@ -94,19 +111,28 @@ impl Ansible {
         // Short: ControlPath socket names must fit in ~104 bytes.
         let cp_dir = PathBuf::from(format!("/tmp/tb-ans-{}", std::process::id()));
         std::fs::create_dir_all(&cp_dir).context("mkdir control path dir")?;
-        let cfg = std::fs::read_to_string(src.join("ansible.cfg.tmpl")).context("read ansible.cfg template")?
+        let cfg = std::fs::read_to_string(src.join("ansible.cfg.tmpl"))
+            .context("read ansible.cfg template")?
             .replace("@FORKS@", &forks.to_string())
             .replace("@CP_DIR@", &cp_dir.display().to_string());
         let config = work.join("ansible.cfg");
         std::fs::write(&config, cfg).context("write ansible.cfg")?;
-        Ok(Ansible { playbook_bin, work: work.to_path_buf(), inventory, config, forks })
+        Ok(Ansible {
+            playbook_bin,
+            work: work.to_path_buf(),
+            inventory,
+            config,
+            forks,
+        })
     }
 
     /// Run the playbook (with `--check` for the no-op); fails unless every host
     /// was reached and nothing failed.
     pub fn playbook(&self, check: bool) -> Result<RunResult> {
         let mut c = Command::new(&self.playbook_bin);
-        c.arg("-i").arg(&self.inventory).arg(source_dir().join("site.yml"));
+        c.arg("-i")
+            .arg(&self.inventory)
+            .arg(source_dir().join("site.yml"));
         if check {
             c.arg("--check");
         }
@@ -119,8 +145,18 @@ impl Ansible {
         let out = c.output().context("cannot run ansible-playbook")?;
         let seconds = t0.elapsed().as_secs_f64();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let log = self.work.join(if check { "last-check.log" } else { "last-run.log" });
-        let _ = std::fs::write(&log, format!("{stdout}\n--- stderr\n{}", String::from_utf8_lossy(&out.stderr)));
+        let log = self.work.join(if check {
+            "last-check.log"
+        } else {
+            "last-run.log"
+        });
+        let _ = std::fs::write(
+            &log,
+            format!(
+                "{stdout}\n--- stderr\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        );
         let recap = parse_recap(&stdout);
         if !out.status.success() || recap.failed > 0 || recap.unreachable > 0 {
             bail!(
@@ -145,7 +181,9 @@ pub fn parse_recap(stdout: &str) -> Recap {
         };
         r.hosts += 1;
         for kv in counts.split_whitespace() {
-            let Some((k, v)) = kv.split_once('=') else { continue };
+            let Some((k, v)) = kv.split_once('=') else {
+                continue;
+            };
             let v: u64 = v.parse().unwrap_or(0);
             match k {
                 "ok" => r.ok += v,

@@ -31,7 +31,10 @@ impl ControlMasters {
     /// paths are limited to ~104 bytes.
     pub fn open(hosts: &[BenchHost], dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
-        let cm = ControlMasters { dir: dir.to_path_buf(), hosts: hosts.to_vec() };
+        let cm = ControlMasters {
+            dir: dir.to_path_buf(),
+            hosts: hosts.to_vec(),
+        };
         let mut children = Vec::new();
         for h in &cm.hosts {
             let child = cm

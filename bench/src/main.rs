@@ -22,7 +22,10 @@ use tend_e2e::testbed::{Fleet, TestHost};
 use workload::Workload;
 
 #[derive(Debug, Parser)]
-#[command(name = "tend-bench", about = "tend vs Ansible vs the SSH floor on test hosts")]
+#[command(
+    name = "tend-bench",
+    about = "tend vs Ansible vs the SSH floor on test hosts"
+)]
 struct Args {
     /// Fleet sizes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "10,50")]
@@ -70,7 +73,9 @@ fn main() -> anyhow::Result<()> {
         None
     } else {
         match &args.tend_bin {
-            Some(p) => Some(std::fs::canonicalize(p).with_context(|| format!("--tend-bin {}", p.display()))?),
+            Some(p) => Some(
+                std::fs::canonicalize(p).with_context(|| format!("--tend-bin {}", p.display()))?,
+            ),
             None => match tendside::build_tend_binary() {
                 Ok(p) => Some(p),
                 Err(e) => {
@@ -98,14 +103,25 @@ fn main() -> anyhow::Result<()> {
     };
 
     for &n in &args.hosts {
-        eprintln!("== {n} hosts, {} services each, {} runs ==", args.services, args.runs);
+        eprintln!(
+            "== {n} hosts, {} services each, {} runs ==",
+            args.services, args.runs
+        );
         let t0 = Instant::now();
         let fleet = Fleet::start(n).with_context(|| format!("start a fleet of {n}"))?;
         eprintln!("fleet of {n} up in {:.1}s", t0.elapsed().as_secs_f64());
-        env.push(format!("{n} hosts: started {}, loadavg {}", now_utc(), util::loadavg()));
+        env.push(format!(
+            "{n} hosts: started {}, loadavg {}",
+            now_utc(),
+            util::loadavg()
+        ));
         let ctx = Ctx::new(&fleet, &out.join(format!("n{n}")), &args)?;
         bench_fleet(&ctx, tend_bin.as_deref(), ansible_bin.as_deref(), &mut rows);
-        env.push(format!("{n} hosts: finished {}, loadavg {}", now_utc(), util::loadavg()));
+        env.push(format!(
+            "{n} hosts: finished {}, loadavg {}",
+            now_utc(),
+            util::loadavg()
+        ));
         let md = stats::markdown(&rows);
         let _ = std::fs::write(out.join("results.md"), &md);
         let _ = write_json(&out.join("results.json"), &rows, &env);
@@ -152,12 +168,18 @@ impl<'a> Ctx<'a> {
                 known_hosts: fleet.known_hosts().to_path_buf(),
             })
             .collect();
-        let keys: Vec<String> = fleet.hosts().iter().map(|h| h.host_key_line.clone()).collect();
+        let keys: Vec<String> = fleet
+            .hosts()
+            .iter()
+            .map(|h| h.host_key_line.clone())
+            .collect();
         let wl = Workload::new(args.services);
         let manifests = wl.write_manifests(&work.join("manifests"), &hosts, &keys)?;
         let deadline = match &args.deadline {
             None => None,
-            Some(d) => Some(parse_hhmm(d).with_context(|| format!("--deadline {d:?} is not HH:MM"))?),
+            Some(d) => {
+                Some(parse_hhmm(d).with_context(|| format!("--deadline {d:?} is not HH:MM"))?)
+            }
         };
         Ok(Ctx {
             fleet,
@@ -204,7 +226,10 @@ impl<'a> Ctx<'a> {
 
     /// Logins sshd accepted so far, per host.
     pub fn logins(&self) -> Vec<usize> {
-        self.test_hosts().iter().map(|h| h.accepted_logins()).collect()
+        self.test_hosts()
+            .iter()
+            .map(|h| h.accepted_logins())
+            .collect()
     }
 
     /// Stop and remove everything tend installed on every host.
@@ -257,20 +282,39 @@ rm -rf /srv/ansible-bench
 true
 "#;
 
-fn bench_fleet(ctx: &Ctx, tend_bin: Option<&Path>, ansible_bin: Option<&Path>, rows: &mut Vec<Measurement>) {
+fn bench_fleet(
+    ctx: &Ctx,
+    tend_bin: Option<&Path>,
+    ansible_bin: Option<&Path>,
+    rows: &mut Vec<Measurement>,
+) {
     let n = ctx.n;
     // The floor first, on idle hosts.
     rows.extend(phase_floor(ctx));
     match tend_bin {
         Some(bin) => rows.extend(tendside::phases(ctx, bin)),
-        None => rows.push(Measurement::failed("all", "tend", n, "s", vec![], "skipped or the tend binary not available")),
+        None => rows.push(Measurement::failed(
+            "all",
+            "tend",
+            n,
+            "s",
+            vec![],
+            "skipped or the tend binary not available",
+        )),
     }
     if let Err(e) = ctx.wipe_tend() {
         eprintln!("wiping tend's services failed: {e:#}");
     }
     match ansible_bin {
         Some(bin) => rows.extend(phase_ansible(ctx, bin)),
-        None => rows.push(Measurement::failed("all", "ansible", n, "s", vec![], "skipped or ansible-core not installed")),
+        None => rows.push(Measurement::failed(
+            "all",
+            "ansible",
+            n,
+            "s",
+            vec![],
+            "skipped or ansible-core not installed",
+        )),
     }
     if let Err(e) = ctx.wipe_ansible() {
         eprintln!("wiping Ansible's services failed: {e:#}");
@@ -283,7 +327,16 @@ fn phase_floor(ctx: &Ctx) -> Vec<Measurement> {
     let dir = PathBuf::from(format!("/tmp/tb-cm-{}", std::process::id()));
     let cm = match floor::ControlMasters::open(&ctx.hosts, &dir) {
         Ok(c) => c,
-        Err(e) => return vec![Measurement::failed("noop", "floor", n, "s", vec![], format!("{e:#}"))],
+        Err(e) => {
+            return vec![Measurement::failed(
+                "noop",
+                "floor",
+                n,
+                "s",
+                vec![],
+                format!("{e:#}"),
+            )]
+        }
     };
     let mut wall = Vec::new();
     let mut cpu = Vec::new();
@@ -303,7 +356,9 @@ fn phase_floor(ctx: &Ctx) -> Vec<Measurement> {
             cpu.push((b - a) / n as f64 * 1e3);
         }
     }
-    let note = format!("`{cmd}` on all {n} hosts: {n} ssh clients in parallel over open ControlMaster connections");
+    let note = format!(
+        "`{cmd}` on all {n} hosts: {n} ssh clients in parallel over open ControlMaster connections"
+    );
     let mut out = vec![match err {
         None => Measurement::new("noop", "floor", n, "s", wall, note),
         Some(e) => Measurement::failed("noop", "floor", n, "s", wall, e),
@@ -324,13 +379,30 @@ fn phase_floor(ctx: &Ctx) -> Vec<Measurement> {
 fn phase_ansible(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
     let n = ctx.n;
     let mut out = Vec::new();
-    let a = match ansible::Ansible::prepare(bin.to_path_buf(), &ctx.work.join("ansible"), &ctx.hosts, &ctx.wl) {
+    let a = match ansible::Ansible::prepare(
+        bin.to_path_buf(),
+        &ctx.work.join("ansible"),
+        &ctx.hosts,
+        &ctx.wl,
+    ) {
         Ok(a) => a,
-        Err(e) => return vec![Measurement::failed("all", "ansible", n, "s", vec![], format!("{e:#}"))],
+        Err(e) => {
+            return vec![Measurement::failed(
+                "all",
+                "ansible",
+                n,
+                "s",
+                vec![],
+                format!("{e:#}"),
+            )]
+        }
     };
     let ports = ctx.ports();
     let runs = ctx.ansible_runs;
-    let settings = format!("forks={}, pipelining=True, gather_facts=false, ControlPersist=60s", a.forks);
+    let settings = format!(
+        "forks={}, pipelining=True, gather_facts=false, ControlPersist=60s",
+        a.forks
+    );
     let stopped = |k: usize| format!("stopped at the --deadline after {k} of {runs} runs");
 
     // 2. converge from empty: the first run here, the others after the repairs.
@@ -345,7 +417,14 @@ fn phase_ansible(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
     match converge_once() {
         Ok(s) => conv.push(s),
         Err(e) => {
-            out.push(finish("converge", "ansible-playbook", n, conv, Some(format!("{e:#}")), settings));
+            out.push(finish(
+                "converge",
+                "ansible-playbook",
+                n,
+                conv,
+                Some(format!("{e:#}")),
+                settings,
+            ));
             return out;
         }
     }
@@ -365,7 +444,10 @@ fn phase_ansible(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
         match a.playbook(true) {
             Ok(r) if r.recap.changed == 0 && r.recap.hosts == n => noop.push(r.seconds),
             Ok(r) => {
-                err = Some(format!("--check on converged hosts reported {r:?}", r = r.recap));
+                err = Some(format!(
+                    "--check on converged hosts reported {r:?}",
+                    r = r.recap
+                ));
                 break;
             }
             Err(e) => {
@@ -378,7 +460,14 @@ fn phase_ansible(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
             cpu.push((c1 - c0) / n as f64 * 1e3);
         }
     }
-    out.push(finish("noop", "ansible-playbook --check", n, noop, err, settings.clone()));
+    out.push(finish(
+        "noop",
+        "ansible-playbook --check",
+        n,
+        noop,
+        err,
+        settings.clone(),
+    ));
     out.push(Measurement::new(
         "noop host CPU per host",
         "ansible-playbook --check",
@@ -409,15 +498,21 @@ fn phase_ansible(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
             break;
         }
         let kill = format!("kill -9 \"$(cat /srv/ansible-bench/{svc}/app.pid)\"");
-        if let Err(e) = victim.exec_ok(&kill).and_then(|_| util::wait_closed(&victim.ip, port, Duration::from_secs(10))) {
+        if let Err(e) = victim
+            .exec_ok(&kill)
+            .and_then(|_| util::wait_closed(&victim.ip, port, Duration::from_secs(10)))
+        {
             err = Some(format!("kill: {e:#}"));
             break;
         }
         let t0 = Instant::now();
         let r = std::thread::scope(|s| {
             let run = s.spawn(|| a.playbook(false));
-            let healthy = util::wait_http(&victim.ip, port, Duration::from_secs(900)).map(|_| t0.elapsed());
-            let ran = run.join().map_err(|_| anyhow::anyhow!("ansible thread panicked"));
+            let healthy =
+                util::wait_http(&victim.ip, port, Duration::from_secs(900)).map(|_| t0.elapsed());
+            let ran = run
+                .join()
+                .map_err(|_| anyhow::anyhow!("ansible thread panicked"));
             (healthy, ran)
         });
         match r {
@@ -437,7 +532,9 @@ fn phase_ansible(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
         n,
         repair,
         err,
-        format!("kill -9 one service on one host; from starting the playbook to HTTP 200; {settings}"),
+        format!(
+            "kill -9 one service on one host; from starting the playbook to HTTP 200; {settings}"
+        ),
     ));
     out.push(Measurement::new(
         "repair (whole run)",
@@ -462,7 +559,17 @@ fn phase_ansible(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
             }
         }
     }
-    out.insert(0, finish("converge", "ansible-playbook", n, conv, conv_err, format!("from empty hosts; {settings}")));
+    out.insert(
+        0,
+        finish(
+            "converge",
+            "ansible-playbook",
+            n,
+            conv,
+            conv_err,
+            format!("from empty hosts; {settings}"),
+        ),
+    );
     out
 }
 
@@ -499,10 +606,19 @@ fn ratios(rows: &[Measurement], sizes: &[usize]) -> String {
             (Some(x), Some(y)) if y > 0.0 => format!("{:.2}×", x / y),
             _ => "not measured".into(),
         };
-        s.push_str(&format!("- {n} hosts, no-op: ansible-playbook --check / tend = {} (target ≥ 30× at 50 hosts)\n", r(a, t)));
-        s.push_str(&format!("- {n} hosts, no-op: tend / ControlMaster floor = {} (target ≤ 1.5×)\n", r(t, f)));
+        s.push_str(&format!(
+            "- {n} hosts, no-op: ansible-playbook --check / tend = {} (target ≥ 30× at 50 hosts)\n",
+            r(a, t)
+        ));
+        s.push_str(&format!(
+            "- {n} hosts, no-op: tend / ControlMaster floor = {} (target ≤ 1.5×)\n",
+            r(t, f)
+        ));
         let ctl = median_of(rows, "noop", "tend run (POST /reconcile?wait=true)", n);
-        s.push_str(&format!("- {n} hosts, no-op via the controller: tend run / floor = {}\n", r(ctl, f)));
+        s.push_str(&format!(
+            "- {n} hosts, no-op via the controller: tend run / floor = {}\n",
+            r(ctl, f)
+        ));
         let rep = median_of(rows, "repair", "tend run (POST /reconcile)", n);
         let arep = median_of(rows, "repair", "ansible-playbook", n);
         s.push_str(&format!(
@@ -513,12 +629,18 @@ fn ratios(rows: &[Measurement], sizes: &[usize]) -> String {
         ));
         let conv = median_of(rows, "converge", "tend apply", n);
         let aconv = median_of(rows, "converge", "ansible-playbook", n);
-        s.push_str(&format!("- {n} hosts, converge from empty: ansible / tend apply = {}\n", r(aconv, conv)));
+        s.push_str(&format!(
+            "- {n} hosts, converge from empty: ansible / tend apply = {}\n",
+            r(aconv, conv)
+        ));
         let idle = rows
             .iter()
             .find(|x| x.scenario == "idle RSS" && x.hosts == n)
             .and_then(|x| x.summary);
-        let peak = rows.iter().find(|x| x.scenario == "peak RSS" && x.hosts == n).and_then(|x| x.summary);
+        let peak = rows
+            .iter()
+            .find(|x| x.scenario == "peak RSS" && x.hosts == n)
+            .and_then(|x| x.summary);
         s.push_str(&format!(
             "- {n} hosts, memory of `tend run`: idle {} MiB, peak {} MiB (target idle ≤ 20 MiB at 50 hosts)\n",
             idle.map(|x| format!("{:.1}", x.median)).unwrap_or("not measured".into()),
@@ -546,7 +668,13 @@ fn version_line(bin: &Path) -> String {
     std::process::Command::new(bin)
         .arg("--version")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
         .unwrap_or_default()
 }
 

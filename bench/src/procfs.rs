@@ -11,7 +11,10 @@ pub enum ProcError {
 }
 
 fn read(path: &str) -> Result<String, ProcError> {
-    std::fs::read_to_string(path).map_err(|e| ProcError::Read { path: path.into(), why: e.to_string() })
+    std::fs::read_to_string(path).map_err(|e| ProcError::Read {
+        path: path.into(),
+        why: e.to_string(),
+    })
 }
 
 /// A `Vm*:` field of /proc/<pid>/status, in bytes.
@@ -33,7 +36,10 @@ pub fn cpuacct_seconds(dir: &Path) -> Result<f64, ProcError> {
     text.trim()
         .parse::<u64>()
         .map(|ns| ns as f64 / 1e9)
-        .map_err(|_| ProcError::Field { path: p, field: "usage" })
+        .map_err(|_| ProcError::Field {
+            path: p,
+            field: "usage",
+        })
 }
 
 fn rusage_seconds(who: libc::c_int) -> f64 {

@@ -23,7 +23,12 @@ pub fn summarize(xs: &[f64]) -> Option<Summary> {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     };
-    Some(Summary { median, min: v[0], max: v[n - 1], n })
+    Some(Summary {
+        median,
+        min: v[0],
+        max: v[n - 1],
+        n,
+    })
 }
 
 /// One row of the results: a scenario, a tool, a fleet size, its samples.
@@ -51,7 +56,16 @@ impl Measurement {
         note: impl Into<String>,
     ) -> Self {
         let summary = summarize(&samples);
-        Measurement { scenario, tool, hosts, unit, samples, summary, note: note.into(), error: None }
+        Measurement {
+            scenario,
+            tool,
+            hosts,
+            unit,
+            samples,
+            summary,
+            note: note.into(),
+            error: None,
+        }
     }
 
     pub fn failed(

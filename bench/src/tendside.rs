@@ -21,7 +21,15 @@ pub fn build_tend_binary() -> Result<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
-        .args(["build", "--release", "-p", "tend", "--bin", "tend", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "tend",
+            "--bin",
+            "tend",
+            "--manifest-path",
+        ])
         .arg(root.join("Cargo.toml"))
         .status()
         .context("cannot run cargo")?;
@@ -49,7 +57,9 @@ pub fn phases(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
 
 fn tend_cmd(bin: &Path, ctx: &Ctx) -> Command {
     let mut c = Command::new(bin);
-    c.env("TEND_LOG", "warn").current_dir(&ctx.work).stdin(Stdio::null());
+    c.env("TEND_LOG", "warn")
+        .current_dir(&ctx.work)
+        .stdin(Stdio::null());
     c
 }
 
@@ -84,7 +94,10 @@ fn converge_cli(ctx: &Ctx, bin: &Path) -> Measurement {
         match out {
             Ok(o) if o.status.success() => {}
             Ok(o) => {
-                let _ = std::fs::write(ctx.work.join("last-apply.log"), [&o.stdout[..], &o.stderr[..]].concat());
+                let _ = std::fs::write(
+                    ctx.work.join("last-apply.log"),
+                    [&o.stdout[..], &o.stderr[..]].concat(),
+                );
                 err = Some(format!("tend apply exited {}: {}", o.status, short_err(&o)));
                 break;
             }
@@ -105,7 +118,10 @@ fn converge_cli(ctx: &Ctx, bin: &Path) -> Measurement {
         ctx.n,
         samples,
         err,
-        format!("from empty hosts; CLI process, new connections, --parallelism {}", ctx.n),
+        format!(
+            "from empty hosts; CLI process, new connections, --parallelism {}",
+            ctx.n
+        ),
     )
 }
 
@@ -133,7 +149,14 @@ fn plan_cli(ctx: &Ctx, bin: &Path) -> Measurement {
             }
         }
     }
-    finish("noop", "tend plan (CLI)", ctx.n, samples, err, "new process and ssh connections each run".into())
+    finish(
+        "noop",
+        "tend plan (CLI)",
+        ctx.n,
+        samples,
+        err,
+        "new process and ssh connections each run".into(),
+    )
 }
 
 fn load(ctx: &Ctx) -> Result<Desired> {
@@ -159,7 +182,11 @@ fn noop_in_process(ctx: &Ctx) -> Vec<Measurement> {
         Ok(d) => Arc::new(d),
         Err(e) => return fail(format!("load manifests: {e:#}")),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => return fail(format!("tokio: {e}")),
     };
@@ -213,9 +240,14 @@ fn noop_in_process(ctx: &Ctx) -> Vec<Measurement> {
         // The same with every host probed at once (observe_all caps at DEFAULT_CONCURRENCY).
         for _ in 0..ctx.runs {
             let t0 = Instant::now();
-            let obs =
-                tend::observe::observe_all_with(&pool, &desired, &hosts, tend::observe::DEFAULT_TIMEOUT, n.max(1))
-                    .await;
+            let obs = tend::observe::observe_all_with(
+                &pool,
+                &desired,
+                &hosts,
+                tend::observe::DEFAULT_TIMEOUT,
+                n.max(1),
+            )
+            .await;
             let _ = tend::plan::plan(&desired, &obs);
             wall_all.push(t0.elapsed().as_secs_f64());
         }
@@ -242,7 +274,14 @@ fn noop_in_process(ctx: &Ctx) -> Vec<Measurement> {
         wall_all,
         "same pool, every host probed at once",
     ));
-    out.push(Measurement::new("noop (profile)", "tend plan() alone", n, "ms", plan_only, "the pure diff"));
+    out.push(Measurement::new(
+        "noop (profile)",
+        "tend plan() alone",
+        n,
+        "ms",
+        plan_only,
+        "the pure diff",
+    ));
     out.push(Measurement::new(
         "noop host CPU per host",
         "tend observe (in-process pool)",
@@ -259,14 +298,21 @@ fn noop_in_process(ctx: &Ctx) -> Vec<Measurement> {
         ctl_cpu,
         "user+sys of the benchmark process during observe_all+plan",
     ));
-    let per_host: Vec<f64> = logins1.iter().zip(&logins0).map(|(a, b)| (a - b) as f64).collect();
+    let per_host: Vec<f64> = logins1
+        .iter()
+        .zip(&logins0)
+        .map(|(a, b)| (a - b) as f64)
+        .collect();
     out.push(Measurement::new(
         "ssh connections per host (in-process pool)",
         "tend",
         n,
         "count",
         per_host,
-        format!("sshd 'Accepted publickey' lines per host over warm-up + {} observe runs", 2 * ctx.runs),
+        format!(
+            "sshd 'Accepted publickey' lines per host over warm-up + {} observe runs",
+            2 * ctx.runs
+        ),
     ));
     out.extend(profile(ctx, &rt, &pool, &desired));
     out
@@ -274,7 +320,12 @@ fn noop_in_process(ctx: &Ctx) -> Vec<Measurement> {
 
 /// Where a probe's time goes: one `true` over the pool vs the probe script,
 /// each host alone (sequential) and all at once.
-fn profile(ctx: &Ctx, rt: &tokio::runtime::Runtime, pool: &Pool, desired: &Desired) -> Vec<Measurement> {
+fn profile(
+    ctx: &Ctx,
+    rt: &tokio::runtime::Runtime,
+    pool: &Pool,
+    desired: &Desired,
+) -> Vec<Measurement> {
     let n = ctx.n;
     let mut out = Vec::new();
     let transports: Vec<(Arc<dyn Transport>, String)> = desired
@@ -288,7 +339,14 @@ fn profile(ctx: &Ctx, rt: &tokio::runtime::Runtime, pool: &Pool, desired: &Desir
         })
         .collect();
     if transports.len() != n {
-        return vec![Measurement::failed("noop (profile)", "tend", n, "s", vec![], "cannot build probes")];
+        return vec![Measurement::failed(
+            "noop (profile)",
+            "tend",
+            n,
+            "s",
+            vec![],
+            "cannot build probes",
+        )];
     }
     let script_len = transports[0].1.len();
     let mut seq_true = Vec::new();
@@ -316,7 +374,9 @@ fn profile(ctx: &Ctx, rt: &tokio::runtime::Runtime, pool: &Pool, desired: &Desir
             let mut set = tokio::task::JoinSet::new();
             for (t, _) in &transports {
                 let t = t.clone();
-                set.spawn(async move { t.exec("cat /proc/loadavg", b"").await.map(|o| o.success()) });
+                set.spawn(
+                    async move { t.exec("cat /proc/loadavg", b"").await.map(|o| o.success()) },
+                );
             }
             let mut ok = true;
             while let Some(r) = set.join_next().await {
@@ -362,7 +422,14 @@ fn profile(ctx: &Ctx, rt: &tokio::runtime::Runtime, pool: &Pool, desired: &Desir
         seq_probe,
         format!("one probe exec, unloaded; script is {script_len} bytes"),
     ));
-    out.push(Measurement::new("noop (profile)", "tend observe::parse", n, "ms", parse_ms, "per host"));
+    out.push(Measurement::new(
+        "noop (profile)",
+        "tend observe::parse",
+        n,
+        "ms",
+        parse_ms,
+        "per host",
+    ));
     out
 }
 
@@ -429,7 +496,10 @@ impl Controller {
         s.read_to_end(&mut buf).context("read answer")?;
         let text = String::from_utf8_lossy(&buf).into_owned();
         let code = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default();
         Ok((code, body))
     }
 
@@ -451,12 +521,17 @@ impl Controller {
 
     /// POST /reconcile?wait=true; the reconcile's result.
     fn reconcile(&self) -> Result<String> {
-        let (code, body) = self.request("POST", "/reconcile?wait=true", Duration::from_secs(900))?;
+        let (code, body) =
+            self.request("POST", "/reconcile?wait=true", Duration::from_secs(900))?;
         if code != 200 {
             bail!("POST /reconcile answered {code}: {}", body.trim());
         }
-        let v: serde_json::Value = serde_json::from_str(body.trim()).context("reconcile answer is not JSON")?;
-        Ok(v["reconcile"]["result"].as_str().unwrap_or("unknown").to_string())
+        let v: serde_json::Value =
+            serde_json::from_str(body.trim()).context("reconcile answer is not JSON")?;
+        Ok(v["reconcile"]["result"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_string())
     }
 }
 
@@ -484,7 +559,8 @@ impl Drop for Controller {
 fn controller(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
     let n = ctx.n;
     let mut out = Vec::new();
-    let fail = |what: &'static str, e: String| Measurement::failed(what, "tend run", n, "s", vec![], e);
+    let fail =
+        |what: &'static str, e: String| Measurement::failed(what, "tend run", n, "s", vec![], e);
     if let Err(e) = ctx.wipe_tend() {
         return vec![fail("controller", format!("wipe: {e:#}"))];
     }
@@ -504,12 +580,21 @@ fn controller(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
             "from empty hosts: process start to /readyz 200 (one run)",
         )),
         Err(e) => {
-            out.push(fail("converge", format!("{e:#}; see {}", ctx.work.join("controller/tend-run.log").display())));
+            out.push(fail(
+                "converge",
+                format!(
+                    "{e:#}; see {}",
+                    ctx.work.join("controller/tend-run.log").display()
+                ),
+            ));
             return out;
         }
     }
     if let Err(e) = util::all_healthy(ctx.test_hosts(), &ctx.ports()) {
-        out.push(fail("converge", format!("after the startup reconcile: {e:#}")));
+        out.push(fail(
+            "converge",
+            format!("after the startup reconcile: {e:#}"),
+        ));
         return out;
     }
     let rss_after_converge = procfs::status_bytes(pid, "VmRSS").ok();
@@ -554,8 +639,16 @@ fn controller(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
         host_cpu,
         "cpuacct delta / hosts",
     ));
-    let during: Vec<f64> = logins2.iter().zip(&logins1).map(|(a, b)| (a - b) as f64).collect();
-    let total: Vec<f64> = logins2.iter().zip(&logins0).map(|(a, b)| (a - b) as f64).collect();
+    let during: Vec<f64> = logins2
+        .iter()
+        .zip(&logins1)
+        .map(|(a, b)| (a - b) as f64)
+        .collect();
+    let total: Vec<f64> = logins2
+        .iter()
+        .zip(&logins0)
+        .map(|(a, b)| (a - b) as f64)
+        .collect();
     out.push(Measurement::new(
         "ssh connections per host over 10 reconciles",
         "tend run",
@@ -591,7 +684,10 @@ fn controller(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
         format!(
             "VmRSS of `tend run` between ticks, 5 samples 0.5 s apart, after the 10 reconciles{}",
             rss_after_converge
-                .map(|b| format!("; {:.1} MiB right after the startup converge", b as f64 / (1 << 20) as f64))
+                .map(|b| format!(
+                    "; {:.1} MiB right after the startup converge",
+                    b as f64 / (1 << 20) as f64
+                ))
                 .unwrap_or_default()
         ),
     ));
@@ -607,14 +703,18 @@ fn controller(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
         let kill = format!(
             "p=$(sed -n 's/^pid=//p' /var/lib/tend/records/{svc}.rec | tail -n 1); [ -n \"$p\" ] && kill -9 \"$p\""
         );
-        if let Err(e) = victim.exec_ok(&kill).and_then(|_| util::wait_closed(&victim.ip, port, Duration::from_secs(10))) {
+        if let Err(e) = victim
+            .exec_ok(&kill)
+            .and_then(|_| util::wait_closed(&victim.ip, port, Duration::from_secs(10)))
+        {
             err = Some(format!("kill: {e:#}"));
             break;
         }
         let t0 = Instant::now();
         let r = std::thread::scope(|s| {
             let rec = s.spawn(|| c.reconcile().map(|r| (r, t0.elapsed())));
-            let healthy = util::wait_http(&victim.ip, port, Duration::from_secs(600)).map(|_| t0.elapsed());
+            let healthy =
+                util::wait_http(&victim.ip, port, Duration::from_secs(600)).map(|_| t0.elapsed());
             let rec = rec.join().map_err(|_| anyhow::anyhow!("thread panicked"));
             (healthy, rec)
         });
@@ -658,7 +758,14 @@ fn controller(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
             vec![b as f64 / (1 << 20) as f64],
             "VmHWM of `tend run` over startup converge, 10 no-op reconciles and the repairs",
         )),
-        Err(e) => out.push(Measurement::failed("peak RSS", "tend run", n, "MiB", vec![], e.to_string())),
+        Err(e) => out.push(Measurement::failed(
+            "peak RSS",
+            "tend run",
+            n,
+            "MiB",
+            vec![],
+            e.to_string(),
+        )),
     }
     drop(c);
     out

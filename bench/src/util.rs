@@ -16,7 +16,9 @@ pub fn http_ok(ip: &str, port: u16) -> bool {
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(1000)));
     let _ = s.set_write_timeout(Some(Duration::from_millis(1000)));
-    if s.write_all(b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n").is_err() {
+    if s.write_all(b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .is_err()
+    {
         return false;
     }
     let mut buf = [0u8; 32];
@@ -65,7 +67,10 @@ pub fn wait_closed(ip: &str, port: u16, limit: Duration) -> Result<()> {
 /// Run `cmd` in every host at once (nsenter, not ssh: sshd logs stay clean).
 pub fn exec_all(hosts: &[TestHost], cmd: &str) -> Result<()> {
     let errors: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = hosts.iter().map(|h| s.spawn(move || h.exec_ok(cmd))).collect();
+        let handles: Vec<_> = hosts
+            .iter()
+            .map(|h| s.spawn(move || h.exec_ok(cmd)))
+            .collect();
         handles
             .into_iter()
             .filter_map(|j| match j.join() {
@@ -92,14 +97,21 @@ pub fn all_healthy(hosts: &[TestHost], ports: &[u16]) -> Result<()> {
         }
     }
     if !bad.is_empty() {
-        bail!("{} service(s) not healthy, e.g. {}", bad.len(), bad[..bad.len().min(5)].join(", "));
+        bail!(
+            "{} service(s) not healthy, e.g. {}",
+            bad.len(),
+            bad[..bad.len().min(5)].join(", ")
+        );
     }
     Ok(())
 }
 
 /// `uptime`'s load averages, for the record.
 pub fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string()
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 /// nproc, memory, kernel, OS: for BENCHMARKS.md.
@@ -113,15 +125,29 @@ pub fn machine() -> Vec<String> {
     };
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")))
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+        })
         .unwrap_or_default();
     let os = std::fs::read_to_string("/etc/os-release")
         .ok()
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string())))
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("PRETTY_NAME=")
+                    .map(|v| v.trim_matches('"').to_string())
+            })
+        })
         .unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
         .unwrap_or_default();
     vec![
         format!("nproc: {}", cmd("nproc", &[])),
@@ -129,6 +155,16 @@ pub fn machine() -> Vec<String> {
         format!("memory: {mem}"),
         format!("kernel: {}", cmd("uname", &["-sr"])),
         format!("os: {os}"),
-        format!("openssh: {}", String::from_utf8_lossy(&std::process::Command::new("ssh").arg("-V").output().map(|o| o.stderr).unwrap_or_default()).trim()),
+        format!(
+            "openssh: {}",
+            String::from_utf8_lossy(
+                &std::process::Command::new("ssh")
+                    .arg("-V")
+                    .output()
+                    .map(|o| o.stderr)
+                    .unwrap_or_default()
+            )
+            .trim()
+        ),
     ]
 }

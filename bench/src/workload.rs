@@ -40,11 +40,17 @@ impl Workload {
 
     /// Write a manifests repository for `hosts` into `dir` (replacing it):
     /// `hosts.yaml`, `services.yaml`, `app/index.html`.
-    pub fn write_manifests(&self, dir: &Path, hosts: &[BenchHost], host_keys: &[String]) -> Result<PathBuf> {
+    pub fn write_manifests(
+        &self,
+        dir: &Path,
+        hosts: &[BenchHost],
+        host_keys: &[String],
+    ) -> Result<PathBuf> {
         if dir.exists() {
             std::fs::remove_dir_all(dir).with_context(|| format!("rm -r {}", dir.display()))?;
         }
-        std::fs::create_dir_all(dir.join("app")).with_context(|| format!("mkdir {}", dir.display()))?;
+        std::fs::create_dir_all(dir.join("app"))
+            .with_context(|| format!("mkdir {}", dir.display()))?;
         std::fs::write(dir.join("app/index.html"), INDEX_HTML).context("write app")?;
         let mut h = String::new();
         for (host, key) in hosts.iter().zip(host_keys) {

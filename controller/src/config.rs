@@ -20,7 +20,12 @@ pub enum ConfigError {
     #[error("{file}: cannot read: {why}")]
     Read { file: String, why: String },
     #[error("{file}:{line}:{column}: {why}")]
-    Syntax { file: String, line: u64, column: u64, why: String },
+    Syntax {
+        file: String,
+        line: u64,
+        column: u64,
+        why: String,
+    },
     #[error("{file}: {why}")]
     Invalid { file: String, why: String },
     #[error("environment variable {var}: {why}")]
@@ -110,7 +115,11 @@ pub struct PrunePolicy {
 
 impl Default for PrunePolicy {
     fn default() -> Self {
-        PrunePolicy { enabled: true, max_share: 0.5, force: false }
+        PrunePolicy {
+            enabled: true,
+            max_share: 0.5,
+            force: false,
+        }
     }
 }
 
@@ -180,8 +189,10 @@ impl Config {
 
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
         let name = file.display().to_string();
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| ConfigError::Read { file: name.clone(), why: e.to_string() })?;
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Read {
+            file: name.clone(),
+            why: e.to_string(),
+        })?;
         let mut cfg = Config::parse(&text, &name)?;
         // Relative paths in the file are relative to the file.
         if let Some(dir) = file.parent() {
@@ -195,12 +206,22 @@ impl Config {
             Config::default()
         } else {
             serde_saphyr::from_str(text).map_err(|e| {
-                let (line, column) =
-                    e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
-                ConfigError::Syntax { file: name.into(), line, column, why: e.to_string() }
+                let (line, column) = e
+                    .location()
+                    .map(|l| (l.line(), l.column()))
+                    .unwrap_or((0, 0));
+                ConfigError::Syntax {
+                    file: name.into(),
+                    line,
+                    column,
+                    why: e.to_string(),
+                }
             })?
         };
-        cfg.validate().map_err(|why| ConfigError::Invalid { file: name.into(), why })?;
+        cfg.validate().map_err(|why| ConfigError::Invalid {
+            file: name.into(),
+            why,
+        })?;
         Ok(cfg)
     }
 
@@ -260,19 +281,27 @@ impl Config {
             self.token_file = Some(v.into());
         }
         if let Some(v) = get("TEND_SELECTOR").filter(|x| !x.is_empty()) {
-            self.selector = parse_selectors(v.split(','))
-                .map_err(|why| ConfigError::Env { var: "TEND_SELECTOR", why })?;
+            self.selector = parse_selectors(v.split(',')).map_err(|why| ConfigError::Env {
+                var: "TEND_SELECTOR",
+                why,
+            })?;
         }
         if let Some(v) = get("TEND_CONCURRENCY").filter(|x| !x.is_empty()) {
-            self.concurrency = v
-                .parse()
-                .map_err(|e| ConfigError::Env { var: "TEND_CONCURRENCY", why: format!("{e}") })?;
+            self.concurrency = v.parse().map_err(|e| ConfigError::Env {
+                var: "TEND_CONCURRENCY",
+                why: format!("{e}"),
+            })?;
         }
         if let Some(v) = get("TEND_HOST_TIMEOUT").filter(|x| !x.is_empty()) {
-            self.host_timeout = humantime::parse_duration(&v)
-                .map_err(|e| ConfigError::Env { var: "TEND_HOST_TIMEOUT", why: e.to_string() })?;
+            self.host_timeout = humantime::parse_duration(&v).map_err(|e| ConfigError::Env {
+                var: "TEND_HOST_TIMEOUT",
+                why: e.to_string(),
+            })?;
         }
-        self.validate().map_err(|why| ConfigError::Invalid { file: "environment".into(), why })
+        self.validate().map_err(|why| ConfigError::Invalid {
+            file: "environment".into(),
+            why,
+        })
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -283,7 +312,10 @@ impl Config {
             .map_err(|e| format!("schedule: {e}"))?;
         self.listen_addr()?;
         if !(0.0..=1.0).contains(&self.prune.max_share) {
-            return Err(format!("prune.max_share: {} is not between 0 and 1", self.prune.max_share));
+            return Err(format!(
+                "prune.max_share: {} is not between 0 and 1",
+                self.prune.max_share
+            ));
         }
         if self.concurrency == 0 {
             return Err("concurrency: must be at least 1".into());
@@ -310,9 +342,14 @@ impl Config {
 
     pub fn source_spec(&self) -> SourceSpec {
         if is_git_url(&self.repository) {
-            SourceSpec::Git { url: self.repository.clone(), branch: self.branch.clone() }
+            SourceSpec::Git {
+                url: self.repository.clone(),
+                branch: self.branch.clone(),
+            }
         } else {
-            SourceSpec::Dir { root: PathBuf::from(&self.repository) }
+            SourceSpec::Dir {
+                root: PathBuf::from(&self.repository),
+            }
         }
     }
 
@@ -332,17 +369,25 @@ impl Config {
     }
 
     pub fn webhook_secret(&self) -> Result<Option<String>, ConfigError> {
-        self.webhook_secret_file.as_deref().map(read_secret).transpose()
+        self.webhook_secret_file
+            .as_deref()
+            .map(read_secret)
+            .transpose()
     }
 }
 
 /// Read a one-line secret file; its contents never appear in the error.
 pub fn read_secret(f: &Path) -> Result<String, ConfigError> {
-    let s = std::fs::read_to_string(f)
-        .map_err(|e| ConfigError::Read { file: f.display().to_string(), why: e.to_string() })?;
+    let s = std::fs::read_to_string(f).map_err(|e| ConfigError::Read {
+        file: f.display().to_string(),
+        why: e.to_string(),
+    })?;
     let s = s.trim().to_string();
     if s.is_empty() {
-        return Err(ConfigError::Invalid { file: f.display().to_string(), why: "empty".into() });
+        return Err(ConfigError::Invalid {
+            file: f.display().to_string(),
+            why: "empty".into(),
+        });
     }
     Ok(s)
 }
@@ -400,7 +445,10 @@ notifications:\n  - {kind: slack, url: 'http://127.0.0.1:1/hook'}\n";
         let c = Config::parse(text, "tend.yaml").unwrap();
         assert_eq!(
             c.source_spec(),
-            SourceSpec::Git { url: "https://git.example/fleet.git".into(), branch: "prod".into() }
+            SourceSpec::Git {
+                url: "https://git.example/fleet.git".into(),
+                branch: "prod".into()
+            }
         );
         assert_eq!(c.host_timeout, Duration::from_secs(30));
         assert_eq!(c.selector.get("cloud").map(String::as_str), Some("tencent"));

@@ -147,25 +147,101 @@ impl Metrics {
             triggers: Family::default(),
         };
         let r = &mut registry;
-        r.register("tend_service_in_sync", "1 when the service matches Git, else 0", m.service_in_sync.clone());
-        r.register("tend_service_drift", "1 per drift reason present", m.service_drift.clone());
-        r.register("tend_service_healthy", "1 healthy, 0 failing (absent when never checked)", m.service_healthy.clone());
-        r.register("tend_service_memory_usage_bytes", "Observed memory use of the service's cgroup", m.service_memory_usage.clone());
-        r.register("tend_service_memory_limit_bytes", "Memory limit in force on the host", m.service_memory_limit.clone());
-        r.register("tend_host_up", "1 when the last observation reached the host", m.host_up.clone());
-        r.register("tend_host_memory_committed_bytes", "Sum of the declared limits of the host's services", m.host_committed.clone());
-        r.register("tend_host_memory_capacity_bytes", "Declared memory capacity", m.host_capacity.clone());
-        r.register("tend_host_memory_reserved_bytes", "Declared memory reserved outside tend", m.host_reserved.clone());
-        r.register("tend_host_memory_available_bytes", "MemAvailable observed on the host", m.host_available.clone());
-        r.register("tend_reconciles", "Reconciles by trigger and result", m.reconciles.clone());
-        r.register("tend_reconcile_duration_seconds", "Duration of a whole reconcile", m.reconcile_duration.clone());
-        r.register("tend_phase_duration_seconds", "Duration of one reconcile phase", m.phase_duration.clone());
-        r.register("tend_actions", "Actions by kind and result", m.actions.clone());
-        r.register("tend_rollbacks", "Automatic rollbacks after a failed health gate", m.rollbacks.clone());
-        r.register("tend_source_info", "1 for the revision in force", m.source_info.clone());
-        r.register("tend_manifests_valid", "1 when the newest revision validated, 0 when it was refused", m.manifests_valid.clone());
-        r.register("tend_last_success_timestamp_seconds", "Unix time of the last successful reconcile", m.last_success.clone());
-        r.register("tend_triggers", "Triggers received, coalesced ones too", m.triggers.clone());
+        r.register(
+            "tend_service_in_sync",
+            "1 when the service matches Git, else 0",
+            m.service_in_sync.clone(),
+        );
+        r.register(
+            "tend_service_drift",
+            "1 per drift reason present",
+            m.service_drift.clone(),
+        );
+        r.register(
+            "tend_service_healthy",
+            "1 healthy, 0 failing (absent when never checked)",
+            m.service_healthy.clone(),
+        );
+        r.register(
+            "tend_service_memory_usage_bytes",
+            "Observed memory use of the service's cgroup",
+            m.service_memory_usage.clone(),
+        );
+        r.register(
+            "tend_service_memory_limit_bytes",
+            "Memory limit in force on the host",
+            m.service_memory_limit.clone(),
+        );
+        r.register(
+            "tend_host_up",
+            "1 when the last observation reached the host",
+            m.host_up.clone(),
+        );
+        r.register(
+            "tend_host_memory_committed_bytes",
+            "Sum of the declared limits of the host's services",
+            m.host_committed.clone(),
+        );
+        r.register(
+            "tend_host_memory_capacity_bytes",
+            "Declared memory capacity",
+            m.host_capacity.clone(),
+        );
+        r.register(
+            "tend_host_memory_reserved_bytes",
+            "Declared memory reserved outside tend",
+            m.host_reserved.clone(),
+        );
+        r.register(
+            "tend_host_memory_available_bytes",
+            "MemAvailable observed on the host",
+            m.host_available.clone(),
+        );
+        r.register(
+            "tend_reconciles",
+            "Reconciles by trigger and result",
+            m.reconciles.clone(),
+        );
+        r.register(
+            "tend_reconcile_duration_seconds",
+            "Duration of a whole reconcile",
+            m.reconcile_duration.clone(),
+        );
+        r.register(
+            "tend_phase_duration_seconds",
+            "Duration of one reconcile phase",
+            m.phase_duration.clone(),
+        );
+        r.register(
+            "tend_actions",
+            "Actions by kind and result",
+            m.actions.clone(),
+        );
+        r.register(
+            "tend_rollbacks",
+            "Automatic rollbacks after a failed health gate",
+            m.rollbacks.clone(),
+        );
+        r.register(
+            "tend_source_info",
+            "1 for the revision in force",
+            m.source_info.clone(),
+        );
+        r.register(
+            "tend_manifests_valid",
+            "1 when the newest revision validated, 0 when it was refused",
+            m.manifests_valid.clone(),
+        );
+        r.register(
+            "tend_last_success_timestamp_seconds",
+            "Unix time of the last successful reconcile",
+            m.last_success.clone(),
+        );
+        r.register(
+            "tend_triggers",
+            "Triggers received, coalesced ones too",
+            m.triggers.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         Metrics { registry, ..m }
     }
@@ -198,12 +274,23 @@ impl Metrics {
             f.clear();
         }
         self.service_drift.clear();
-        for f in [&self.host_up, &self.host_committed, &self.host_capacity, &self.host_reserved, &self.host_available] {
+        for f in [
+            &self.host_up,
+            &self.host_committed,
+            &self.host_capacity,
+            &self.host_reserved,
+            &self.host_available,
+        ] {
             f.clear();
         }
         for s in services {
-            let l = ServiceLabels { host: s.host.clone(), service: s.service.clone() };
-            self.service_in_sync.get_or_create(&l).set(i64::from(s.in_sync));
+            let l = ServiceLabels {
+                host: s.host.clone(),
+                service: s.service.clone(),
+            };
+            self.service_in_sync
+                .get_or_create(&l)
+                .set(i64::from(s.in_sync));
             for r in &s.reasons {
                 self.service_drift
                     .get_or_create(&DriftLabels {
@@ -224,9 +311,13 @@ impl Metrics {
             }
         }
         for h in hosts {
-            let l = HostLabels { host: h.host.clone() };
+            let l = HostLabels {
+                host: h.host.clone(),
+            };
             self.host_up.get_or_create(&l).set(i64::from(h.up));
-            self.host_committed.get_or_create(&l).set(clamp(h.committed));
+            self.host_committed
+                .get_or_create(&l)
+                .set(clamp(h.committed));
             self.host_reserved.get_or_create(&l).set(clamp(h.reserved));
             if let Some(c) = h.capacity {
                 self.host_capacity.get_or_create(&l).set(clamp(c));
@@ -239,7 +330,10 @@ impl Metrics {
 
     pub fn reconcile_done(&self, trigger: &str, result: &str, success_unix: Option<f64>) {
         self.reconciles
-            .get_or_create(&ReconcileLabels { trigger: trigger.into(), result: result.into() })
+            .get_or_create(&ReconcileLabels {
+                trigger: trigger.into(),
+                result: result.into(),
+            })
             .inc();
         if let Some(t) = success_unix {
             self.last_success.set(t);
@@ -247,24 +341,39 @@ impl Metrics {
     }
 
     pub fn action(&self, kind: &str, result: &str) {
-        self.actions.get_or_create(&ActionLabels { kind: kind.into(), result: result.into() }).inc();
+        self.actions
+            .get_or_create(&ActionLabels {
+                kind: kind.into(),
+                result: result.into(),
+            })
+            .inc();
     }
 
     pub fn rollback(&self, host: &str, service: &str) {
         self.rollbacks
-            .get_or_create(&ServiceLabels { host: host.into(), service: service.into() })
+            .get_or_create(&ServiceLabels {
+                host: host.into(),
+                service: service.into(),
+            })
             .inc();
     }
 
     pub fn trigger(&self, trigger: &str) {
-        self.triggers.get_or_create(&TriggerLabels { trigger: trigger.into() }).inc();
+        self.triggers
+            .get_or_create(&TriggerLabels {
+                trigger: trigger.into(),
+            })
+            .inc();
     }
 
     pub fn source(&self, revision: &str, branch: &str) {
         let _g = self.swap.write().unwrap_or_else(|e| e.into_inner());
         self.source_info.clear();
         self.source_info
-            .get_or_create(&SourceLabels { revision: revision.into(), branch: branch.into() })
+            .get_or_create(&SourceLabels {
+                revision: revision.into(),
+                branch: branch.into(),
+            })
             .set(1);
     }
 
@@ -274,13 +383,18 @@ impl Metrics {
 
     /// Observes the whole reconcile's duration when dropped.
     pub fn reconcile_timer(&self) -> Timer {
-        Timer { hist: self.reconcile_duration.clone(), start: Instant::now() }
+        Timer {
+            hist: self.reconcile_duration.clone(),
+            start: Instant::now(),
+        }
     }
 
     /// Observes one phase's duration when dropped.
     pub fn phase_timer(&self, phase: &str) -> Timer {
         Timer {
-            hist: self.phase_duration.get_or_create_owned(&PhaseLabels { phase: phase.into() }),
+            hist: self.phase_duration.get_or_create_owned(&PhaseLabels {
+                phase: phase.into(),
+            }),
             start: Instant::now(),
         }
     }
@@ -299,7 +413,9 @@ pub fn to_prometheus_text(open: &str) -> String {
         if line == "# EOF" || line.starts_with("# UNIT ") {
             continue;
         }
-        let meta = ["# HELP ", "# TYPE "].into_iter().find(|p| line.starts_with(p));
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find(|p| line.starts_with(p));
         if let Some(prefix) = meta {
             let rest = &line[prefix.len()..];
             let name = rest.split(' ').next().unwrap_or("");
@@ -363,7 +479,12 @@ pub fn process_stats() -> Option<ProcessStats> {
     // Field n (1-based, man proc) is f[n - 3].
     let num = |n: usize| f.get(n - 3).and_then(|v| v.parse::<u64>().ok());
     // SAFETY: sysconf has no preconditions.
-    let (tck, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let (tck, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
     let tck = if tck > 0 { tck as f64 } else { 100.0 };
     let page = if page > 0 { page as u64 } else { 4096 };
     let cpu = (num(14)? + num(15)?) as f64 / tck;
@@ -372,8 +493,13 @@ pub fn process_stats() -> Option<ProcessStats> {
     let btime = std::fs::read_to_string("/proc/stat")
         .ok()?
         .lines()
-        .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok()))?;
-    let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0);
+        .find_map(|l| {
+            l.strip_prefix("btime ")
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })?;
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count() as u64)
+        .unwrap_or(0);
     Some(ProcessStats {
         resident_bytes: rss,
         cpu_seconds: cpu,
@@ -384,7 +510,9 @@ pub fn process_stats() -> Option<ProcessStats> {
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(p) = process_stats() else { return Ok(()) };
+        let Some(p) = process_stats() else {
+            return Ok(());
+        };
         let g = ConstGauge::new(clamp(p.resident_bytes));
         g.encode(encoder.encode_descriptor(
             "process_resident_memory_bytes",
@@ -424,7 +552,14 @@ mod tests {
     fn sample() -> Metrics {
         let m = Metrics::new();
         m.set_fleet(
-            &[HostSample { host: "tencent".into(), up: true, committed: 1 << 30, capacity: Some(3 << 30), reserved: 1 << 29, available: Some(1 << 30) }],
+            &[HostSample {
+                host: "tencent".into(),
+                up: true,
+                committed: 1 << 30,
+                capacity: Some(3 << 30),
+                reserved: 1 << 29,
+                available: Some(1 << 30),
+            }],
             &[ServiceSample {
                 host: "tencent".into(),
                 service: "ai-service-1".into(),
@@ -504,7 +639,12 @@ mod tests {
             return;
         };
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(
             out.status.success(),

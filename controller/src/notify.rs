@@ -46,7 +46,10 @@ impl Event {
             s.push_str(&format!(" (revision {})", crate::source::short(r)));
         }
         for a in &self.actions {
-            s.push_str(&format!("\n- {} {}/{}: {}", a.kind, a.host, a.service, a.result));
+            s.push_str(&format!(
+                "\n- {} {}/{}: {}",
+                a.kind, a.host, a.service, a.result
+            ));
             if let Some(m) = &a.message {
                 s.push_str(&format!(" ({m})"));
             }
@@ -104,12 +107,23 @@ impl Notifier {
     pub async fn send(&self, event: &Event) -> Vec<NotifyError> {
         let mut errors = Vec::new();
         for sink in &self.sinks {
-            let res = self.client.post(&sink.url).json(&event.payload(sink.kind)).send().await;
+            let res = self
+                .client
+                .post(&sink.url)
+                .json(&event.payload(sink.kind))
+                .send()
+                .await;
             let url = crate::source::redact_url(&sink.url);
             match res {
                 Ok(r) if r.status().is_success() => {}
-                Ok(r) => errors.push(NotifyError::Send { url, why: format!("HTTP {}", r.status()) }),
-                Err(e) => errors.push(NotifyError::Send { url, why: e.to_string() }),
+                Ok(r) => errors.push(NotifyError::Send {
+                    url,
+                    why: format!("HTTP {}", r.status()),
+                }),
+                Err(e) => errors.push(NotifyError::Send {
+                    url,
+                    why: e.to_string(),
+                }),
             }
         }
         errors
@@ -145,7 +159,10 @@ mod tests {
         assert!(slack["text"].as_str().unwrap().contains("ai-service-1"));
         let ding = e.payload(SinkKind::Dingtalk);
         assert_eq!(ding["msgtype"], "text");
-        assert!(ding["text"]["content"].as_str().unwrap().contains("rolled_back"));
+        assert!(ding["text"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("rolled_back"));
         let generic = e.payload(SinkKind::Generic);
         assert_eq!(generic["kind"], "rollback");
         assert_eq!(generic["actions"][0]["service"], "ai-service-1");
@@ -167,7 +184,11 @@ mod tests {
                 if let Some(i) = text.find("\r\n\r\n") {
                     let len: usize = text
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
                         .unwrap_or(0);
                     if buf.len() >= i + 4 + len {
                         break;
@@ -177,14 +198,22 @@ mod tests {
                     break;
                 }
             }
-            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
             String::from_utf8_lossy(&buf).into_owned()
         });
-        let n = Notifier::new(vec![NotificationSink { kind: SinkKind::Slack, url }]);
+        let n = Notifier::new(vec![NotificationSink {
+            kind: SinkKind::Slack,
+            url,
+        }]);
         let errors = n.send(&event()).await;
         assert!(errors.is_empty(), "{errors:?}");
         let req = recv.await.unwrap();
         assert!(req.starts_with("POST /hook"), "{req}");
-        assert!(req.contains("\"text\":\"[tend tend@a] ai-service-1 rolled back"), "{req}");
+        assert!(
+            req.contains("\"text\":\"[tend tend@a] ai-service-1 rolled back"),
+            "{req}"
+        );
     }
 }

@@ -15,7 +15,11 @@ const NEVER: &str = "0 0 1 1 *";
 const TOKEN: &str = "e2e-token-0123456789";
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// One HTTP/1.1 request, `Connection: close`; (status, body).
@@ -47,9 +51,19 @@ pub async fn http(
     }
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(rest) } else { rest.to_string() };
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
     (code, body)
 }
 
@@ -102,7 +116,11 @@ fn git(dir: &Path, args: &[&str]) {
         .env("HOME", dir)
         .output()
         .expect("git");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A bare repository with a fleet of `python3 -m http.server` services on
@@ -116,11 +134,21 @@ pub struct Fleet {
 impl Fleet {
     pub fn new(host: &str, services: &[&str]) -> Fleet {
         let tmp = tempfile::tempdir().unwrap();
-        let services = services.iter().map(|s| (s.to_string(), free_port())).collect();
-        let f = Fleet { tmp, host: host.into(), services };
+        let services = services
+            .iter()
+            .map(|s| (s.to_string(), free_port()))
+            .collect();
+        let f = Fleet {
+            tmp,
+            host: host.into(),
+            services,
+        };
         std::fs::create_dir_all(f.bare()).unwrap();
         git(&f.bare(), &["init", "--bare", "-q", "-b", "main"]);
-        git(f.tmp.path(), &["clone", "-q", f.bare().to_str().unwrap(), "work"]);
+        git(
+            f.tmp.path(),
+            &["clone", "-q", f.bare().to_str().unwrap(), "work"],
+        );
         git(&f.work(), &["checkout", "-q", "-b", "main"]);
         f
     }
@@ -160,7 +188,11 @@ spec:\n  address: local\n  root: {root}\n",
         git(&self.work(), &["add", "-A"]);
         git(&self.work(), &["commit", "-q", "-m", msg]);
         git(&self.work(), &["push", "-q", "origin", "main"]);
-        let out = Command::new("git").args(["rev-parse", "HEAD"]).current_dir(self.work()).output().unwrap();
+        let out = Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(self.work())
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
@@ -183,8 +215,12 @@ spec:\n  address: local\n  root: {root}\n",
 
     /// The pid tend recorded for `service`.
     pub fn pid(&self, service: &str) -> Option<i32> {
-        let rec = std::fs::read_to_string(self.root().join("records").join(format!("{service}.rec"))).ok()?;
-        rec.lines().find_map(|l| l.strip_prefix("pid=")).and_then(|p| p.trim().parse().ok())
+        let rec =
+            std::fs::read_to_string(self.root().join("records").join(format!("{service}.rec")))
+                .ok()?;
+        rec.lines()
+            .find_map(|l| l.strip_prefix("pid="))
+            .and_then(|p| p.trim().parse().ok())
     }
 }
 
@@ -210,22 +246,35 @@ fn service<'a>(status: &'a serde_json::Value, name: &str) -> Option<&'a serde_js
 
 /// Every service in sync at `version`.
 async fn converged(r: &Running, fleet: &Fleet, version: &str) -> serde_json::Value {
-    eventually(120, &format!("all services in sync at {version}"), || async {
-        let st = get_json(r.addr, "/status").await;
-        fleet
-            .services
-            .keys()
-            .all(|s| {
-                service(&st, s).is_some_and(|x| x["status"] == "in_sync" && x["observed_version"] == version)
-            })
-            .then_some(st)
-    })
+    eventually(
+        120,
+        &format!("all services in sync at {version}"),
+        || async {
+            let st = get_json(r.addr, "/status").await;
+            fleet
+                .services
+                .keys()
+                .all(|s| {
+                    service(&st, s).is_some_and(|x| {
+                        x["status"] == "in_sync" && x["observed_version"] == version
+                    })
+                })
+                .then_some(st)
+        },
+    )
     .await
 }
 
 async fn trigger_and_wait(r: &Running) -> serde_json::Value {
     let auth = format!("Bearer {TOKEN}");
-    let (code, body) = http(r.addr, "POST", "/reconcile?wait=true", &[("Authorization", &auth)], b"").await;
+    let (code, body) = http(
+        r.addr,
+        "POST",
+        "/reconcile?wait=true",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
@@ -254,7 +303,9 @@ async fn a_commit_converges_after_a_trigger_and_after_the_next_tick_without_one(
     r.stop().await;
 
     // Now on a schedule: a commit and no trigger.
-    let r = controller::spawn(fleet.config("*/2 * * * * *")).await.unwrap();
+    let r = controller::spawn(fleet.config("*/2 * * * * *"))
+        .await
+        .unwrap();
     converged(&r, &fleet, "2").await;
     let rev3 = fleet.commit(&fleet.manifests("3", ""), "v3");
     let st = converged(&r, &fleet, "3").await;
@@ -287,15 +338,28 @@ async fn an_invalid_commit_keeps_the_last_good_revision_and_says_why() {
     assert_eq!(src["revision"], good.as_str());
     assert_eq!(src["newest"], bad.as_str());
     let err = src["errors"][0].as_str().unwrap_or_default();
-    assert!(err.starts_with("fleet/fleet.yaml:") && err.contains("prots"), "{src}");
-    let line: usize = err.split(':').nth(1).and_then(|l| l.parse().ok()).unwrap_or(0);
+    assert!(
+        err.starts_with("fleet/fleet.yaml:") && err.contains("prots"),
+        "{src}"
+    );
+    let line: usize = err
+        .split(':')
+        .nth(1)
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
     assert!(line > 1, "{err}");
     let m = metrics(&r).await;
     assert!(m.contains("tend_manifests_valid 0"), "{m}");
-    assert!(m.contains(&format!("tend_source_info{{revision=\"{good}\"")), "{m}");
+    assert!(
+        m.contains(&format!("tend_source_info{{revision=\"{good}\"")),
+        "{m}"
+    );
     // Still running the good revision's version.
     let g = service(&st, "gamma").unwrap();
-    assert_eq!((g["status"].as_str(), g["observed_version"].as_str()), (Some("in_sync"), Some("1")));
+    assert_eq!(
+        (g["status"].as_str(), g["observed_version"].as_str()),
+        (Some("in_sync"), Some("1"))
+    );
 
     let fixed = fleet.commit(&fleet.manifests("2", ""), "fix");
     trigger_and_wait(&r).await;
@@ -309,18 +373,30 @@ async fn an_invalid_commit_keeps_the_last_good_revision_and_says_why() {
 async fn a_service_killed_by_hand_is_restarted_on_the_next_tick() {
     let fleet = Fleet::new("ctl-kill", &["delta"]);
     fleet.commit(&fleet.manifests("1", ""), "v1");
-    let r = controller::spawn(fleet.config("* * * * * *")).await.unwrap();
+    let r = controller::spawn(fleet.config("* * * * * *"))
+        .await
+        .unwrap();
     converged(&r, &fleet, "1").await;
     let pid = fleet.pid("delta").expect("recorded pid");
-    let seen = get_json(r.addr, "/status").await["reconciles"][0]["id"].as_u64().unwrap();
+    let seen = get_json(r.addr, "/status").await["reconciles"][0]["id"]
+        .as_u64()
+        .unwrap();
     // SAFETY: kill has no memory preconditions; the pid is the test's service.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     let by = eventually(120, "a scheduled reconcile that restarts delta", || async {
         let st = get_json(r.addr, "/status").await;
-        st["reconciles"].as_array()?.iter().find(|x| {
-            x["id"].as_u64().unwrap_or(0) > seen
-                && x["actions"].as_array().into_iter().flatten().any(|a| a["service"] == "delta")
-        }).cloned()
+        st["reconciles"]
+            .as_array()?
+            .iter()
+            .find(|x| {
+                x["id"].as_u64().unwrap_or(0) > seen
+                    && x["actions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|a| a["service"] == "delta")
+            })
+            .cloned()
     })
     .await;
     assert_eq!(by["trigger"], "schedule", "{by}");
@@ -337,24 +413,62 @@ async fn a_trigger_without_the_token_gets_401_and_a_forged_webhook_403() {
     fleet.commit(&fleet.manifests("1", ""), "v1");
     let secret = fleet.tmp.path().join("hook-secret");
     std::fs::write(&secret, "hook-s3cret\n").unwrap();
-    let cfg = Config { webhook_secret_file: Some(secret), ..fleet.config(NEVER) };
+    let cfg = Config {
+        webhook_secret_file: Some(secret),
+        ..fleet.config(NEVER)
+    };
     let r = controller::spawn(cfg).await.unwrap();
     let (code, _) = http(r.addr, "POST", "/reconcile", &[], b"").await;
     assert_eq!(code, 401);
-    let (code, _) = http(r.addr, "POST", "/reconcile", &[("Authorization", "Bearer nope")], b"").await;
+    let (code, _) = http(
+        r.addr,
+        "POST",
+        "/reconcile",
+        &[("Authorization", "Bearer nope")],
+        b"",
+    )
+    .await;
     assert_eq!(code, 401);
     let auth = format!("Bearer {TOKEN}");
-    let (code, body) = http(r.addr, "POST", "/reconcile", &[("Authorization", &auth)], b"").await;
+    let (code, body) = http(
+        r.addr,
+        "POST",
+        "/reconcile",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await;
     assert_eq!(code, 202, "{body}");
 
     let payload = br#"{"ref":"refs/heads/main"}"#;
-    let (code, _) = http(r.addr, "POST", "/webhook", &[("X-Hub-Signature-256", "sha256=00ff")], payload).await;
+    let (code, _) = http(
+        r.addr,
+        "POST",
+        "/webhook",
+        &[("X-Hub-Signature-256", "sha256=00ff")],
+        payload,
+    )
+    .await;
     assert_eq!(code, 403);
     let sig = hmac_sha256_hex(b"hook-s3cret", payload);
     let gh = format!("sha256={sig}");
-    let (code, body) = http(r.addr, "POST", "/webhook", &[("X-Hub-Signature-256", &gh)], payload).await;
+    let (code, body) = http(
+        r.addr,
+        "POST",
+        "/webhook",
+        &[("X-Hub-Signature-256", &gh)],
+        payload,
+    )
+    .await;
     assert_eq!(code, 202, "{body}");
-    let (code, body) = http(r.addr, "POST", "/webhook", &[("X-Gitea-Signature", &sig)], payload).await;
+    let (code, body) = http(
+        r.addr,
+        "POST",
+        "/webhook",
+        &[("X-Gitea-Signature", &sig)],
+        payload,
+    )
+    .await;
     assert_eq!(code, 202, "{body}");
     r.stop().await;
 }
@@ -388,12 +502,16 @@ async fn a_thousand_triggers_in_a_burst_cause_at_most_two_reconciles() {
     converged(&r, &fleet, "1").await;
     let idle = || async {
         let st = get_json(r.addr, "/status").await;
-        (st["running"].is_null() && st["pending"].is_null()).then(|| st["reconciles"][0]["id"].as_u64().unwrap())
+        (st["running"].is_null() && st["pending"].is_null())
+            .then(|| st["reconciles"][0]["id"].as_u64().unwrap())
     };
     let before = eventually(60, "controller idle", idle).await;
     // v2's install step holds the reconcile until the test opens the gate, so
     // the whole burst lands while one reconcile runs.
-    let (started, gate) = (fleet.tmp.path().join("started"), fleet.tmp.path().join("gate"));
+    let (started, gate) = (
+        fleet.tmp.path().join("started"),
+        fleet.tmp.path().join("gate"),
+    );
     let extra = format!(
         "  install: [\"touch {}; while [ ! -e {} ]; do sleep 0.1; done\"]\n",
         started.display(),
@@ -401,16 +519,27 @@ async fn a_thousand_triggers_in_a_burst_cause_at_most_two_reconciles() {
     );
     fleet.commit(&fleet.manifests("2", &extra), "v2");
     let auth = format!("Bearer {TOKEN}");
-    let (code, first) = http(r.addr, "POST", "/reconcile", &[("Authorization", &auth)], b"").await;
+    let (code, first) = http(
+        r.addr,
+        "POST",
+        "/reconcile",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await;
     assert_eq!(code, 202, "{first}");
-    eventually(120, "the install step runs", || async { started.exists().then_some(()) }).await;
+    eventually(120, "the install step runs", || async {
+        started.exists().then_some(())
+    })
+    .await;
     let mut tasks = Vec::new();
     for _ in 0..9 {
         let (addr, auth) = (r.addr, auth.clone());
         tasks.push(tokio::spawn(async move {
             let mut ids = Vec::new();
             for _ in 0..111 {
-                let (code, body) = http(addr, "POST", "/reconcile", &[("Authorization", &auth)], b"").await;
+                let (code, body) =
+                    http(addr, "POST", "/reconcile", &[("Authorization", &auth)], b"").await;
                 assert_eq!(code, 202, "{body}");
                 let v: serde_json::Value = serde_json::from_str(&body).unwrap();
                 ids.push(v["id"].as_u64().unwrap());
@@ -424,16 +553,30 @@ async fn a_thousand_triggers_in_a_burst_cause_at_most_two_reconciles() {
     }
     std::fs::write(&gate, "").unwrap();
     let after = eventually(120, "controller idle after the burst", idle).await;
-    assert_eq!(ids.len(), 1, "the burst joined one pending reconcile: {ids:?}");
-    assert!(after - before <= 2, "{} reconciles for 1000 triggers", after - before);
-    assert!(metrics(&r).await.contains("tend_triggers_total{trigger=\"api\"} 1000"));
+    assert_eq!(
+        ids.len(),
+        1,
+        "the burst joined one pending reconcile: {ids:?}"
+    );
+    assert!(
+        after - before <= 2,
+        "{} reconciles for 1000 triggers",
+        after - before
+    );
+    assert!(metrics(&r)
+        .await
+        .contains("tend_triggers_total{trigger=\"api\"} 1000"));
     converged(&r, &fleet, "2").await;
     r.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_in_sync_for_every_service() {
-    if Command::new("prometheus").arg("--version").output().is_err() {
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         if std::env::var("TEND_E2E").as_deref() == Ok("required") {
             panic!("prometheus is not installed");
         }
@@ -458,31 +601,54 @@ async fn a_real_prometheus_scrapes_in_sync_for_every_service() {
     let port = free_port();
     let mut prom = Command::new("prometheus")
         .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start prometheus");
     let paddr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let found = eventually(120, "prometheus has tend_service_in_sync for every service", || async {
-        let (code, body) = match tokio::net::TcpStream::connect(paddr).await {
-            Ok(_) => http(paddr, "GET", "/api/v1/query?query=tend_service_in_sync", &[], b"").await,
-            Err(_) => return None,
-        };
-        if code != 200 {
-            return None;
-        }
-        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let got: BTreeMap<String, String> = v["data"]["result"]
-            .as_array()?
-            .iter()
-            .map(|x| {
-                (x["metric"]["service"].as_str().unwrap_or("").to_string(), x["value"][1].as_str().unwrap_or("").to_string())
-            })
-            .collect();
-        fleet.services.keys().all(|s| got.contains_key(s)).then_some(got)
-    })
+    let found = eventually(
+        120,
+        "prometheus has tend_service_in_sync for every service",
+        || async {
+            let (code, body) = match tokio::net::TcpStream::connect(paddr).await {
+                Ok(_) => {
+                    http(
+                        paddr,
+                        "GET",
+                        "/api/v1/query?query=tend_service_in_sync",
+                        &[],
+                        b"",
+                    )
+                    .await
+                }
+                Err(_) => return None,
+            };
+            if code != 200 {
+                return None;
+            }
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let got: BTreeMap<String, String> = v["data"]["result"]
+                .as_array()?
+                .iter()
+                .map(|x| {
+                    (
+                        x["metric"]["service"].as_str().unwrap_or("").to_string(),
+                        x["value"][1].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect();
+            fleet
+                .services
+                .keys()
+                .all(|s| got.contains_key(s))
+                .then_some(got)
+        },
+    )
     .await;
     let _ = prom.kill();
     let _ = prom.wait();
@@ -502,7 +668,9 @@ async fn notifications_reach_a_local_receiver_without_secrets() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = receiver.accept().await else { return };
+            let Ok((mut s, _)) = receiver.accept().await else {
+                return;
+            };
             let tx = tx.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
@@ -517,7 +685,11 @@ async fn notifications_reach_a_local_receiver_without_secrets() {
                     if let Some((head, body)) = text.split_once("\r\n\r\n") {
                         let len = head
                             .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
                             .unwrap_or(0);
                         if body.len() >= len {
                             let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
@@ -534,7 +706,10 @@ async fn notifications_reach_a_local_receiver_without_secrets() {
     let extra = format!("  env: {{API_KEY: {{fromEnv: {var}}}}}\n");
     fleet.commit(&fleet.manifests("1", &extra), "v1");
     let cfg = Config {
-        notifications: vec![NotificationSink { kind: SinkKind::Generic, url }],
+        notifications: vec![NotificationSink {
+            kind: SinkKind::Generic,
+            url,
+        }],
         ..fleet.config(NEVER)
     };
     let r = controller::spawn(cfg).await.unwrap();
@@ -567,31 +742,54 @@ async fn a_port_held_by_a_stranger_is_drifted_on_the_status_page() {
     let fleet = Fleet::new("ctl-page", &["kappa"]);
     let port = fleet.services["kappa"];
     let mut stranger = Command::new("python3")
-        .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string()])
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
         .current_dir(fleet.tmp.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("python3");
     eventually(30, "the stranger listens", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
     })
     .await;
     fleet.commit(&fleet.manifests("1", ""), "v1");
     let r = controller::spawn(fleet.config(NEVER)).await.unwrap();
     let st = eventually(120, "kappa reported drifted", || async {
         let st = get_json(r.addr, "/status").await;
-        service(&st, "kappa").is_some_and(|s| s["status"] == "drifted").then_some(st)
+        service(&st, "kappa")
+            .is_some_and(|s| s["status"] == "drifted")
+            .then_some(st)
     })
     .await;
     let k = service(&st, "kappa").unwrap();
-    assert!(k["reasons"].as_array().unwrap().iter().any(|x| x == "port"), "{k}");
+    assert!(
+        k["reasons"].as_array().unwrap().iter().any(|x| x == "port"),
+        "{k}"
+    );
     let (code, page) = http(r.addr, "GET", "/", &[], b"").await;
     assert_eq!(code, 200);
-    assert!(page.contains("<tr class=\"drifted\" id=\"svc-ctl-page-kappa\""), "{page}");
+    assert!(
+        page.contains("<tr class=\"drifted\" id=\"svc-ctl-page-kappa\""),
+        "{page}"
+    );
     let m = metrics(&r).await;
-    assert!(m.contains("tend_service_in_sync{host=\"ctl-page\",service=\"kappa\"} 0"), "{m}");
-    assert!(m.contains("tend_service_drift{host=\"ctl-page\",service=\"kappa\",reason=\"port\"} 1"), "{m}");
+    assert!(
+        m.contains("tend_service_in_sync{host=\"ctl-page\",service=\"kappa\"} 0"),
+        "{m}"
+    );
+    assert!(
+        m.contains("tend_service_drift{host=\"ctl-page\",service=\"kappa\",reason=\"port\"} 1"),
+        "{m}"
+    );
     let _ = stranger.kill();
     let _ = stranger.wait();
     r.stop().await;

@@ -14,7 +14,10 @@ const FIRST_COMMAND: &[&str] = &["run", "-p", "tend", "--", "run"];
 const DEMO_SERVICES: &[&str] = &["demo-api", "demo-store", "demo-web"];
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -48,10 +51,16 @@ impl Drop for Cleanup {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let Ok(dir) = std::fs::read_dir(self.root.join(".tend-demo/records")) else { return };
+        let Ok(dir) = std::fs::read_dir(self.root.join(".tend-demo/records")) else {
+            return;
+        };
         for e in dir.flatten() {
             let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-            if let Some(pid) = text.lines().find_map(|l| l.strip_prefix("pid=")).and_then(|p| p.parse::<i32>().ok()) {
+            if let Some(pid) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("pid="))
+                .and_then(|p| p.parse::<i32>().ok())
+            {
                 // SAFETY: kill has no memory preconditions; the pid is the demo's.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
@@ -70,9 +79,11 @@ async fn in_sync(addr: SocketAddr) -> Option<serde_json::Value> {
         .iter()
         .flat_map(|h| h["services"].as_array().into_iter().flatten())
         .collect();
-    let all = DEMO_SERVICES
-        .iter()
-        .all(|n| services.iter().any(|s| s["name"] == *n && s["status"] == "in_sync"));
+    let all = DEMO_SERVICES.iter().all(|n| {
+        services
+            .iter()
+            .any(|s| s["name"] == *n && s["status"] == "in_sync")
+    });
     (st["ready"] == true && all).then_some(st)
 }
 
@@ -99,7 +110,10 @@ async fn the_readme_demo_starts_converges_follows_an_edit_and_stops() {
         .stdin(Stdio::null())
         .spawn()
         .expect("cargo run");
-    let mut guard = Cleanup { root: repo.clone(), child: Some(child) };
+    let mut guard = Cleanup {
+        root: repo.clone(),
+        child: Some(child),
+    };
 
     let st = {
         let child = guard.child.as_mut().unwrap();
@@ -109,9 +123,15 @@ async fn the_readme_demo_starts_converges_follows_an_edit_and_stops() {
                 break st;
             }
             if let Ok(Some(exit)) = child.try_wait() {
-                panic!("`cargo {}` exited with {exit} before the demo converged", FIRST_COMMAND.join(" "));
+                panic!(
+                    "`cargo {}` exited with {exit} before the demo converged",
+                    FIRST_COMMAND.join(" ")
+                );
             }
-            assert!(tokio::time::Instant::now() < deadline, "gave up waiting for the demo to converge");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gave up waiting for the demo to converge"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         }
     };
@@ -121,7 +141,10 @@ async fn the_readme_demo_starts_converges_follows_an_edit_and_stops() {
     assert_eq!(code, 200);
     assert!(page.contains("demo-web"));
     let (_, m) = http(addr, "GET", "/metrics", &[], b"").await;
-    assert!(m.contains("tend_service_in_sync{host=\"demo\",service=\"demo-web\"} 1"), "{m}");
+    assert!(
+        m.contains("tend_service_in_sync{host=\"demo\",service=\"demo-web\"} 1"),
+        "{m}"
+    );
     let web: SocketAddr = "127.0.0.1:18083".parse().unwrap();
     let (_, hello) = http(web, "GET", "/", &[], b"").await;
     assert!(hello.contains("hello from tend"), "{hello}");
@@ -130,7 +153,11 @@ async fn the_readme_demo_starts_converges_follows_an_edit_and_stops() {
     let file = repo.join("manifests/demo/demo.yaml");
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(text.contains("GREETING: hello from tend"));
-    std::fs::write(&file, text.replace("GREETING: hello from tend", "GREETING: hello from an edit")).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("GREETING: hello from tend", "GREETING: hello from an edit"),
+    )
+    .unwrap();
     let hello = eventually(300, "demo-web answers with the new greeting", || async {
         let (code, body) = http(web, "GET", "/", &[], b"").await;
         (code == 200 && body.contains("hello from an edit")).then_some(body)
@@ -146,7 +173,10 @@ async fn the_readme_demo_starts_converges_follows_an_edit_and_stops() {
         .map(|s| s["last_action"].clone())
         .unwrap();
     assert_eq!(last["result"], "success", "{last}");
-    assert_eq!(get_json(addr, "/status").await["source"]["manifests_valid"], true);
+    assert_eq!(
+        get_json(addr, "/status").await["source"]["manifests_valid"],
+        true
+    );
 
     // SIGTERM: the controller finishes what it does and exits cleanly.
     let mut child = guard.child.take().unwrap();

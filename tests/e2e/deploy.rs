@@ -1,7 +1,8 @@
 //! deploy/: the systemd unit, the example config, the Prometheus rules, the
-//! Grafana dashboard and the pull-request workflow, checked with the real tools
-//! (`systemd-analyze`, `systemd-sysusers`, `promtool`) and against the metrics
-//! contract in docs/METRICS.md.
+//! Grafana dashboard, the pull-request workflow and the demo script, checked
+//! with the real tools (`systemd-analyze`, `systemd-sysusers`, `promtool`,
+//! `bash`), against the metrics contract in docs/METRICS.md, and on a live
+//! controller scraped by a real `prometheus` with the shipped config and rules.
 //!
 //! These need no root, only the tools: a missing tool skips the test with a
 //! reason, or fails it when `TEND_E2E=required`.
@@ -836,6 +837,26 @@ fn the_pull_request_workflow_validates_and_plans_with_documented_secrets() {
         !code.contains("pull_request_target"),
         "would hand fork code the secrets"
     );
+    // Each `run: |` script is valid bash (the runner's shell).
+    let lines: Vec<&str> = wf.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let mut scripts = 0;
+    for (i, l) in lines.iter().enumerate() {
+        if l.trim() == "run: |" {
+            let body: Vec<&str> = lines[i + 1..]
+                .iter()
+                .take_while(|n| n.trim().is_empty() || indent(n) > indent(l))
+                .map(|n| n.get(indent(l) + 2..).unwrap_or(""))
+                .collect();
+            let dir = tempfile::tempdir().unwrap();
+            let f = dir.path().join("step.sh");
+            std::fs::write(&f, body.join("\n")).unwrap();
+            let out = run(Command::new("bash").arg("-n").arg(&f));
+            assert!(out.status.success(), "{}\n{}", body.join("\n"), show(&out));
+            scripts += 1;
+        }
+    }
+    assert!(scripts >= 3, "{scripts} scripts found");
     // Every secret and variable it reads is documented in the file and in deploy/README.md.
     let readme = read("deploy/README.md");
     for kind in ["secrets.", "vars."] {

@@ -41,11 +41,8 @@ async fn a_disk_full_during_an_upgrade_keeps_the_running_release_and_reports_the
     let r = apply::converge(&desired_on_small_root(&f, v2.clone()), &pool, &fast_opts(), None).await;
     assert!(!r.converged());
     let a = r.actions.iter().find(|a| a.action.service == "df").expect("the upgrade was tried");
-    match &a.outcome {
-        ActionOutcome::Failed(m) => assert!(!m.is_empty()),
-        o => panic!("expected a failure, got {o:?}"),
-    }
-    let said = a.output.join("\n");
+    let ActionOutcome::Failed(m) = &a.outcome else { panic!("expected a failure, got {:?}", a.outcome) };
+    let said = format!("{m}\n{}", a.output.join("\n"));
     assert!(said.contains("No space left on device"), "the report does not say why: {said}");
     assert_eq!(get(h, 19601, "/health").as_deref(), Some("df 1\n"), "the running release stopped");
     assert_eq!(all_records(h, FULL_ROOT)["df"].version, "1");

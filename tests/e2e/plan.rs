@@ -337,13 +337,41 @@ async fn a_host_whose_link_is_down_is_unreachable_while_the_others_are_planned()
     assert!(!p.in_sync());
 }
 
-/// `tend plan` itself (through cargo, as a user would run it).
+/// The `tend` binary, built once per test run.
+fn tend_bin() -> &'static std::path::Path {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let ws = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args([
+                    "build",
+                    "--quiet",
+                    "--message-format=json",
+                    "--manifest-path",
+                ])
+                .arg(ws.join("Cargo.toml"))
+                .args(["-p", "tend", "--bin", "tend"])
+                .output()
+                .unwrap();
+        assert!(
+            out.status.success(),
+            "cargo build: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "tend")
+            .find_map(|v| v["executable"].as_str().map(std::path::PathBuf::from))
+            .expect("cargo reported no tend executable")
+    })
+}
+
+/// `tend plan` itself, as a user runs it.
 fn tend_plan(args: &[&str]) -> (i32, String, String) {
-    let ws = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["run", "--quiet", "--manifest-path"])
-        .arg(ws.join("Cargo.toml"))
-        .args(["-p", "tend", "--bin", "tend", "--", "plan"])
+    let out = std::process::Command::new(tend_bin())
+        .arg("plan")
         .args(args)
         .env("NO_COLOR", "1")
         .output()

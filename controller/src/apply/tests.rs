@@ -10,7 +10,6 @@ use crate::transport::local::LocalTransport;
 use crate::transport::Transport;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,21 +109,21 @@ fn check(env_v: &str, arg: &str, step: &str, version: &str, fname: &str) {
             let ls = std::process::Command::new("ls").arg("-laR").arg(&root).output().unwrap();
             panic!("never ran: {log:?}\n{}", String::from_utf8_lossy(&ls.stdout));
         }
-        let read = |f: &Path| std::fs::read(rel.join(f)).unwrap_or_default();
+        let read = |f: &str| std::fs::read(rel.join(f)).unwrap_or_default();
+        let (got_env, got_arg, got_step) = (read("out.env"), read("out.arg"), read("out.step"));
+        let shipped = read(&format!("dir/{fname}"));
         let rec = std::fs::read_to_string(root.join("records").join(format!("{name}.rec")));
         let body = runtime::process::Process.remove(&root_s, &name).unwrap();
         run(&t, &lock, &body, &[]).await;
-        assert_eq!(read(Path::new("out.env")), env_v.as_bytes(), "env value");
-        assert_eq!(read(Path::new("out.arg")), arg.as_bytes(), "argv");
-        assert_eq!(read(Path::new("out.step")), step.as_bytes(), "install step");
+        assert_eq!(got_env, env_v.as_bytes(), "env value");
+        assert_eq!(got_arg, arg.as_bytes(), "argv");
+        assert_eq!(got_step, step.as_bytes(), "install step");
+        assert_eq!(shipped, arg.as_bytes(), "a shipped file's name and bytes");
         let rec = Record::parse(&rec.unwrap()).unwrap();
         assert_eq!(rec.version, version);
         assert_eq!(rec.revision.as_deref(), Some("rev 'x'"));
         assert!(!root.join("records").join(format!("{name}.rec")).exists(), "removed");
     });
-    // The file shipped in the tar stream kept its name and bytes (checked
-    // after remove: read before it, below).
-    let _ = fname;
 }
 
 proptest! {

@@ -61,7 +61,8 @@ fn demo_token(cache_dir: &Path) -> anyhow::Result<PathBuf> {
     if path.exists() {
         return Ok(path);
     }
-    std::fs::create_dir_all(cache_dir).with_context(|| format!("creating {}", cache_dir.display()))?;
+    std::fs::create_dir_all(cache_dir)
+        .with_context(|| format!("creating {}", cache_dir.display()))?;
     let token: [u8; 24] = rand::random();
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -98,7 +99,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             eprintln!(
                 "tend: no --config: running the demo fleet ({}) from {}",
                 running.ctx.config.path,
-                std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default()
+                std::env::current_dir()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default()
             );
         }
         eprintln!(
@@ -119,8 +122,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
 /// First SIGTERM/SIGINT: let the running reconcile finish, then stop. Second: exit now.
 async fn watch_signals(stop: tokio::sync::watch::Sender<bool>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return;
     };
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
@@ -154,7 +159,11 @@ fn read_token(file: Option<&Path>) -> anyhow::Result<String> {
 
 pub fn trigger(a: TriggerArgs) -> anyhow::Result<ExitCode> {
     let token = read_token(a.token_file.as_deref())?;
-    let url = format!("{}/reconcile{}", a.url.trim_end_matches('/'), if a.wait { "?wait=true" } else { "" });
+    let url = format!(
+        "{}/reconcile{}",
+        a.url.trim_end_matches('/'),
+        if a.wait { "?wait=true" } else { "" }
+    );
     runtime()?.block_on(async move {
         let resp = client()?
             .post(&url)
@@ -171,7 +180,8 @@ pub fn trigger(a: TriggerArgs) -> anyhow::Result<ExitCode> {
             println!("{body}");
             return Ok(ExitCode::SUCCESS);
         }
-        let v: serde_json::Value = serde_json::from_str(&body).context("controller answer is not JSON")?;
+        let v: serde_json::Value =
+            serde_json::from_str(&body).context("controller answer is not JSON")?;
         let id = v["id"].as_u64().unwrap_or(0);
         if v["coalesced"].as_bool() == Some(true) {
             println!("joined reconcile #{id} (already queued)");
@@ -184,7 +194,10 @@ pub fn trigger(a: TriggerArgs) -> anyhow::Result<ExitCode> {
             println!(
                 "reconcile #{id}: {result} in {:.2}s{}",
                 r["duration_seconds"].as_f64().unwrap_or(0.0),
-                r["error"].as_str().map(|e| format!(" — {e}")).unwrap_or_default()
+                r["error"]
+                    .as_str()
+                    .map(|e| format!(" — {e}"))
+                    .unwrap_or_default()
             );
             for act in r["actions"].as_array().into_iter().flatten() {
                 println!(
@@ -222,7 +235,8 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         println!("{body}");
         return Ok(ExitCode::SUCCESS);
     }
-    let v: serde_json::Value = serde_json::from_str(&body).context("controller answer is not JSON")?;
+    let v: serde_json::Value =
+        serde_json::from_str(&body).context("controller answer is not JSON")?;
     print!("{}", render_status(&v));
     let drifted = v["hosts"]
         .as_array()
@@ -230,7 +244,11 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         .flatten()
         .flat_map(|h| h["services"].as_array().into_iter().flatten())
         .any(|s| s["status"] != "in_sync" && s["status"] != "suspended");
-    Ok(if drifted { ExitCode::from(2) } else { ExitCode::SUCCESS })
+    Ok(if drifted {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// A readable table of `/status` (works on the JSON so an older or newer
@@ -249,8 +267,15 @@ pub fn render_status(v: &serde_json::Value) -> String {
         "controller {}  source {}  revision {}  manifests {}",
         s(&v["controller"]),
         loc,
-        src["revision"].as_str().map(tend::source::short).unwrap_or("none"),
-        if src["manifests_valid"] == true { "valid" } else { "REFUSED" }
+        src["revision"]
+            .as_str()
+            .map(tend::source::short)
+            .unwrap_or("none"),
+        if src["manifests_valid"] == true {
+            "valid"
+        } else {
+            "REFUSED"
+        }
     );
     for e in src["errors"].as_array().into_iter().flatten() {
         let _ = writeln!(out, "  ! {}", s(e));
@@ -274,7 +299,11 @@ pub fn render_status(v: &serde_json::Value) -> String {
             rows.push([
                 host.clone(),
                 "-".into(),
-                if h["up"] == true { "up".into() } else { "DOWN".into() },
+                if h["up"] == true {
+                    "up".into()
+                } else {
+                    "DOWN".into()
+                },
                 s(&h["reason"]),
                 String::new(),
                 String::new(),
@@ -282,8 +311,12 @@ pub fn render_status(v: &serde_json::Value) -> String {
             ]);
         }
         for svc in services {
-            let reasons: Vec<String> =
-                svc["reasons"].as_array().into_iter().flatten().map(|r| s(r)).collect();
+            let reasons: Vec<String> = svc["reasons"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(&s)
+                .collect();
             let last = &svc["last_action"];
             rows.push([
                 host.clone(),
@@ -292,15 +325,23 @@ pub fn render_status(v: &serde_json::Value) -> String {
                 reasons.join(","),
                 s(&svc["desired_version"]),
                 s(&svc["observed_version"]),
-                if last.is_null() { String::new() } else { format!("{} {}", s(&last["kind"]), s(&last["result"])) },
+                if last.is_null() {
+                    String::new()
+                } else {
+                    format!("{} {}", s(&last["kind"]), s(&last["result"]))
+                },
             ]);
         }
     }
-    let widths: Vec<usize> =
-        (0..7).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
     for r in &rows {
-        let line: Vec<String> =
-            r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}", w = *w)).collect();
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}", w = *w))
+            .collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
     if let Some(r) = v["reconciles"].as_array().and_then(|r| r.first()) {
@@ -311,7 +352,10 @@ pub fn render_status(v: &serde_json::Value) -> String {
             s(&r["trigger"]),
             s(&r["result"]),
             r["duration_seconds"].as_f64().unwrap_or(0.0),
-            r["error"].as_str().map(|e| format!(" — {e}")).unwrap_or_default()
+            r["error"]
+                .as_str()
+                .map(|e| format!(" — {e}"))
+                .unwrap_or_default()
         );
     }
     out

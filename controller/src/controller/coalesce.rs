@@ -78,14 +78,25 @@ impl Coalescer {
         let mut s = self.lock();
         if let Some(p) = s.pending.as_mut() {
             p.triggers += 1;
-            return Ticket { id: p.id, coalesced: true };
+            return Ticket {
+                id: p.id,
+                coalesced: true,
+            };
         }
         s.last_id += 1;
         let id = s.last_id;
-        s.pending = Some(Queued { id, trigger, triggers: 1, queued_at: SystemTime::now() });
+        s.pending = Some(Queued {
+            id,
+            trigger,
+            triggers: 1,
+            queued_at: SystemTime::now(),
+        });
         drop(s);
         self.wake.notify_one();
-        Ticket { id, coalesced: false }
+        Ticket {
+            id,
+            coalesced: false,
+        }
     }
 
     /// Wait for the next reconcile to run and mark it running. None once closed.

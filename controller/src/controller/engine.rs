@@ -78,7 +78,10 @@ impl Engine {
             observe_timeout: config.host_timeout,
             ..ApplyOptions::default()
         };
-        Engine { pool: Arc::new(pool), opts }
+        Engine {
+            pool: Arc::new(pool),
+            opts,
+        }
     }
 
     /// Forget transports of hosts that left Git.
@@ -90,7 +93,11 @@ impl Engine {
     pub async fn observe(&self, host: &Host, desired: &Desired) -> Observation {
         let t = match self.pool.get(host) {
             Ok(t) => t,
-            Err(e) => return Observation::Unreachable { reason: e.to_string() },
+            Err(e) => {
+                return Observation::Unreachable {
+                    reason: e.to_string(),
+                }
+            }
         };
         let opts = observe::options_for(desired, &host.name);
         observe::observe_host_with(t.as_ref(), host, &opts).await
@@ -117,9 +124,18 @@ impl Engine {
         });
         let report = apply::converge(desired, self.pool.as_ref(), &opts, Some(tx)).await;
         let _ = log.await;
-        let mut problems: Vec<String> =
-            report.locked.iter().map(|(h, who)| format!("{h}: not converged, locked: {who}")).collect();
-        problems.extend(report.plan.unreachable.iter().map(|(h, why)| format!("{h}: {why}")));
+        let mut problems: Vec<String> = report
+            .locked
+            .iter()
+            .map(|(h, who)| format!("{h}: not converged, locked: {who}"))
+            .collect();
+        problems.extend(
+            report
+                .plan
+                .unreachable
+                .iter()
+                .map(|(h, why)| format!("{h}: {why}")),
+        );
         let outcomes = report
             .actions
             .iter()

@@ -67,7 +67,9 @@ const BACKOFF_BASE: Duration = Duration::from_secs(5);
 impl Backoff {
     fn fail(&mut self, reason: String, max: Duration) {
         self.failures = self.failures.saturating_add(1);
-        let factor = 1u32.checked_shl(self.failures.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
+        let factor = 1u32
+            .checked_shl(self.failures.saturating_sub(1).min(16))
+            .unwrap_or(u32::MAX);
         let delay = BACKOFF_BASE.saturating_mul(factor).min(max);
         self.until = Some(Instant::now() + delay);
         self.until_wall = Some(SystemTime::now() + delay);
@@ -229,7 +231,11 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let sched = match schedule::Schedule::parse(&ctx.config.schedule) {
-        Ok(s) => Some(tokio::spawn(schedule::run(s, ctx.coalescer.clone(), schedule::Clock::System))),
+        Ok(s) => Some(tokio::spawn(schedule::run(
+            s,
+            ctx.coalescer.clone(),
+            schedule::Clock::System,
+        ))),
         Err(e) => {
             tracing::error!("schedule: {e}");
             None
@@ -254,7 +260,11 @@ pub async fn run(
             c.close();
         });
     }
-    let mut worker = Worker { engine: Engine::new(&ctx.config), ctx: ctx.clone(), source };
+    let mut worker = Worker {
+        engine: Engine::new(&ctx.config),
+        ctx: ctx.clone(),
+        source,
+    };
     ctx.trigger(Trigger::Startup);
     while let Some(q) = ctx.coalescer.next().await {
         worker.reconcile(q).await;
@@ -311,22 +321,40 @@ impl Running {
 pub async fn spawn(config: Config) -> Result<Running, ControllerError> {
     let addr = config
         .listen_addr()
-        .map_err(|why| ControllerError::Listen { addr: config.listen.clone(), why })?;
+        .map_err(|why| ControllerError::Listen {
+            addr: config.listen.clone(),
+            why,
+        })?;
     let source = make_source(&config)?;
     let ctx = Context::new(config, &source)?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| ControllerError::Listen { addr: addr.to_string(), why: e.to_string() })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| ControllerError::Listen { addr: addr.to_string(), why: e.to_string() })?;
+    let listener =
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| ControllerError::Listen {
+                addr: addr.to_string(),
+                why: e.to_string(),
+            })?;
+    let addr = listener.local_addr().map_err(|e| ControllerError::Listen {
+        addr: addr.to_string(),
+        why: e.to_string(),
+    })?;
     let (stop, stop_rx) = watch::channel(false);
     let wait_stop = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let server = tokio::spawn(crate::server::serve(ctx.clone(), listener, wait_stop(stop_rx.clone())));
+    let server = tokio::spawn(crate::server::serve(
+        ctx.clone(),
+        listener,
+        wait_stop(stop_rx.clone()),
+    ));
     let loop_task = tokio::spawn(run(ctx.clone(), source, wait_stop(stop_rx)));
-    Ok(Running { ctx, addr, stop, loop_task, server })
+    Ok(Running {
+        ctx,
+        addr,
+        stop,
+        loop_task,
+        server,
+    })
 }
 
 struct Worker {
@@ -375,7 +403,10 @@ impl Worker {
         self.refresh_source(&mut problems).await;
         let good = ctx.lock().good.clone();
         let Some(good) = good else {
-            let error = problems.first().cloned().unwrap_or_else(|| "no valid revision yet".into());
+            let error = problems
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "no valid revision yet".into());
             self.finish(q, started, timer, "failure", None, vec![], Some(error));
             return;
         };
@@ -402,9 +433,13 @@ impl Worker {
             }
             self.record_outcomes(q.id, &outcomes);
             // Show the state the actions left, not the one they repaired.
-            let touched: BTreeSet<&str> = the_plan.actions.iter().map(|a| a.host.as_str()).collect();
-            let again: Vec<Host> =
-                hosts.iter().filter(|h| touched.contains(h.name.as_str())).cloned().collect();
+            let touched: BTreeSet<&str> =
+                the_plan.actions.iter().map(|a| a.host.as_str()).collect();
+            let again: Vec<Host> = hosts
+                .iter()
+                .filter(|h| touched.contains(h.name.as_str()))
+                .cloned()
+                .collect();
             let after = {
                 let _t = ctx.metrics.phase_timer("observe");
                 self.observe(&again, &desired).await
@@ -416,8 +451,14 @@ impl Worker {
 
         self.publish(&desired, &observed, &the_plan);
 
-        let failed = outcomes.iter().filter(|o| o.result == ActionResult::Failure).count();
-        let rolled = outcomes.iter().filter(|o| o.result == ActionResult::RolledBack).count();
+        let failed = outcomes
+            .iter()
+            .filter(|o| o.result == ActionResult::Failure)
+            .count();
+        let rolled = outcomes
+            .iter()
+            .filter(|o| o.result == ActionResult::RolledBack)
+            .count();
         for (h, why) in &the_plan.unreachable {
             problems.push(format!("{h}: {why}"));
         }
@@ -442,8 +483,20 @@ impl Worker {
                 result: o.result.as_str().into(),
             })
             .collect();
-        let error = if problems.is_empty() { None } else { Some(problems.join("; ")) };
-        self.finish(q, started, timer, result, Some(good.revision), summaries, error);
+        let error = if problems.is_empty() {
+            None
+        } else {
+            Some(problems.join("; "))
+        };
+        self.finish(
+            q,
+            started,
+            timer,
+            result,
+            Some(good.revision),
+            summaries,
+            error,
+        );
     }
 
     /// Poll the source; on a new revision, load and validate it.
@@ -483,7 +536,10 @@ impl Worker {
             Ok(l) => {
                 tracing::info!(revision = %snap.revision, "manifests valid");
                 let warnings: Vec<String> = l.warnings.iter().map(|w| w.to_string()).collect();
-                s.good = Some(Good { revision: snap.revision.clone(), desired: Arc::new(l.desired) });
+                s.good = Some(Good {
+                    revision: snap.revision.clone(),
+                    desired: Arc::new(l.desired),
+                });
                 s.source.revision = Some(snap.revision.clone());
                 s.source.subject = Some(snap.subject);
                 s.source.manifests_valid = true;
@@ -505,7 +561,10 @@ impl Worker {
                 ctx.metrics.manifests_valid(false);
                 if s.notified_invalid.as_deref() != Some(snap.revision.as_str()) {
                     s.notified_invalid = Some(snap.revision.clone());
-                    let kept = s.good.as_ref().map(|g| source::short(&g.revision).to_string());
+                    let kept = s
+                        .good
+                        .as_ref()
+                        .map(|g| source::short(&g.revision).to_string());
                     drop(s);
                     ctx.notify(Event {
                         kind: EventKind::Failure,
@@ -537,7 +596,10 @@ impl Worker {
             let waiting = {
                 let s = ctx.lock();
                 s.backoff.get(&h.name).filter(|b| b.waiting()).map(|b| {
-                    format!("backing off after {} failures: {}", b.failures, b.last_reason)
+                    format!(
+                        "backing off after {} failures: {}",
+                        b.failures, b.last_reason
+                    )
                 })
             };
             if let Some(reason) = waiting {
@@ -548,7 +610,8 @@ impl Worker {
             // The engine is shared by reference through a scoped future set.
             tasks.push(async move {
                 let _permit = sem.acquire().await;
-                let o = match tokio::time::timeout(timeout, self.engine.observe(&h, &desired)).await {
+                let o = match tokio::time::timeout(timeout, self.engine.observe(&h, &desired)).await
+                {
                     Ok(o) => o,
                     Err(_) => Observation::Unreachable {
                         reason: format!("no answer within {}", humantime::format_duration(timeout)),
@@ -566,7 +629,10 @@ impl Worker {
                     s.backoff.remove(&name);
                 }
                 Observation::Unreachable { reason } => {
-                    s.backoff.entry(name.clone()).or_default().fail(reason.clone(), max);
+                    s.backoff
+                        .entry(name.clone())
+                        .or_default()
+                        .fail(reason.clone(), max);
                 }
             }
             out.insert(name, o);
@@ -612,7 +678,10 @@ impl Worker {
         if actions.is_empty() {
             return;
         }
-        for o in outcomes.iter().filter(|o| o.result == ActionResult::RolledBack) {
+        for o in outcomes
+            .iter()
+            .filter(|o| o.result == ActionResult::RolledBack)
+        {
             ctx.notify(Event {
                 kind: EventKind::Rollback,
                 controller: ctx.config.ident.clone(),
@@ -625,9 +694,15 @@ impl Worker {
         }
         let failed = actions.iter().filter(|a| a.result != "success").count();
         let (kind, summary) = if failed == 0 {
-            (EventKind::Applied, format!("{} action(s) succeeded", actions.len()))
+            (
+                EventKind::Applied,
+                format!("{} action(s) succeeded", actions.len()),
+            )
         } else {
-            (EventKind::Failure, format!("{failed} of {} action(s) did not succeed", actions.len()))
+            (
+                EventKind::Failure,
+                format!("{failed} of {} action(s) did not succeed", actions.len()),
+            )
         };
         ctx.notify(Event {
             kind,
@@ -660,20 +735,26 @@ impl Worker {
                 memory_usage: obs.and_then(|o| o.memory_usage),
                 memory_limit: obs.and_then(|o| o.memory_limit),
             });
-            by_host.entry(sp.host.clone()).or_default().push(ServiceStatus {
-                name: sp.service.clone(),
-                host: sp.host.clone(),
-                status: sp.status,
-                reasons: sp.reasons.clone(),
-                desired_version: sp.desired_version.clone(),
-                observed_version: sp.observed_version.clone(),
-                blocked: sp.blocked.clone(),
-                running: obs.map(|o| o.running),
-                healthy: obs.and_then(|o| o.healthy),
-                memory_usage: obs.and_then(|o| o.memory_usage),
-                memory_limit: obs.and_then(|o| o.memory_limit),
-                last_action: s.last_actions.get(&(sp.host.clone(), sp.service.clone())).cloned(),
-            });
+            by_host
+                .entry(sp.host.clone())
+                .or_default()
+                .push(ServiceStatus {
+                    name: sp.service.clone(),
+                    host: sp.host.clone(),
+                    status: sp.status,
+                    reasons: sp.reasons.clone(),
+                    desired_version: sp.desired_version.clone(),
+                    observed_version: sp.observed_version.clone(),
+                    blocked: sp.blocked.clone(),
+                    running: obs.map(|o| o.running),
+                    healthy: obs.and_then(|o| o.healthy),
+                    memory_usage: obs.and_then(|o| o.memory_usage),
+                    memory_limit: obs.and_then(|o| o.memory_limit),
+                    last_action: s
+                        .last_actions
+                        .get(&(sp.host.clone(), sp.service.clone()))
+                        .cloned(),
+                });
         }
         let mut host_samples = Vec::new();
         let mut hosts = Vec::new();
@@ -684,9 +765,9 @@ impl Worker {
                 None => (false, Some("not observed".into()), None),
             };
             let budget = p.memory.iter().find(|m| &m.host == name);
-            let committed = budget.map(|b| b.committed).unwrap_or_else(|| {
-                desired.services_on(name).filter_map(|s| s.memory).sum()
-            });
+            let committed = budget
+                .map(|b| b.committed)
+                .unwrap_or_else(|| desired.services_on(name).filter_map(|s| s.memory).sum());
             host_samples.push(HostSample {
                 host: name.clone(),
                 up,
@@ -819,7 +900,10 @@ mod tests {
     fn host(name: &str, labels: &[(&str, &str)]) -> Host {
         Host {
             name: name.into(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             address: Address::Local,
             root: "/tmp/x".into(),
             capacity: None,
@@ -830,8 +914,10 @@ mod tests {
     #[test]
     fn a_selector_keeps_only_matching_hosts() {
         let mut d = Desired::default();
-        d.hosts.insert("a".into(), host("a", &[("cloud", "aliyun")]));
-        d.hosts.insert("t".into(), host("t", &[("cloud", "tencent")]));
+        d.hosts
+            .insert("a".into(), host("a", &[("cloud", "aliyun")]));
+        d.hosts
+            .insert("t".into(), host("t", &[("cloud", "tencent")]));
         let sel = crate::config::parse_selectors(["cloud=tencent"]).unwrap();
         let s = shard(&d, &sel);
         assert_eq!(s.hosts.keys().collect::<Vec<_>>(), vec!["t"]);
@@ -857,7 +943,10 @@ mod tests {
     #[tokio::test]
     async fn join_all_keeps_order() {
         let r = join_all(vec![
-            Box::pin(async { tokio::time::sleep(Duration::from_millis(20)).await; 1 }) as std::pin::Pin<Box<dyn std::future::Future<Output = i32> + Send>>,
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                1
+            }) as std::pin::Pin<Box<dyn std::future::Future<Output = i32> + Send>>,
             Box::pin(async { 2 }),
         ])
         .await;

@@ -21,7 +21,10 @@ impl Schedule {
             .build()
             .parse(text.trim())
             .map_err(|e| format!("{text:?}: {e}"))?;
-        Ok(Schedule { cron, text: text.trim().to_string() })
+        Ok(Schedule {
+            cron,
+            text: text.trim().to_string(),
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -63,7 +66,10 @@ pub async fn run(schedule: Schedule, coalescer: Arc<Coalescer>, clock: Clock) {
     let mut after = clock.now();
     loop {
         let Some(next) = schedule.next_after(after) else {
-            tracing::warn!(schedule = schedule.as_str(), "schedule has no next firing; stopping it");
+            tracing::warn!(
+                schedule = schedule.as_str(),
+                "schedule has no next firing; stopping it"
+            );
             return;
         };
         let wait = (next - clock.now()).to_std().unwrap_or(Duration::ZERO);
@@ -86,8 +92,14 @@ mod tests {
         let s5 = Schedule::parse("*/5 * * * *").unwrap();
         let s6 = Schedule::parse("*/10 * * * * *").unwrap();
         let t: DateTime<Utc> = "2026-01-01T00:00:01Z".parse().unwrap();
-        assert_eq!(s5.next_after(t).unwrap().to_rfc3339(), "2026-01-01T00:05:00+00:00");
-        assert_eq!(s6.next_after(t).unwrap().to_rfc3339(), "2026-01-01T00:00:10+00:00");
+        assert_eq!(
+            s5.next_after(t).unwrap().to_rfc3339(),
+            "2026-01-01T00:05:00+00:00"
+        );
+        assert_eq!(
+            s6.next_after(t).unwrap().to_rfc3339(),
+            "2026-01-01T00:00:10+00:00"
+        );
         assert!(Schedule::parse("every minute").is_err());
     }
 
@@ -95,7 +107,11 @@ mod tests {
     async fn a_minutely_schedule_fires_once_a_minute() {
         let c = Arc::new(Coalescer::new());
         let start: DateTime<Utc> = "2026-01-01T00:00:30Z".parse().unwrap();
-        let task = tokio::spawn(run(Schedule::parse("* * * * *").unwrap(), c.clone(), Clock::tokio_at(start)));
+        let task = tokio::spawn(run(
+            Schedule::parse("* * * * *").unwrap(),
+            c.clone(),
+            Clock::tokio_at(start),
+        ));
         // Drain the queue as a worker would, counting schedule firings.
         let mut fired = 0;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5 * 60 + 1);

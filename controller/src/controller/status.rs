@@ -14,7 +14,9 @@ pub mod unix_time {
     use std::time::{SystemTime, UNIX_EPOCH};
 
     pub fn secs(t: SystemTime) -> f64 {
-        t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
     }
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64((secs(*t) * 1000.0).round() / 1000.0)

@@ -67,7 +67,11 @@ schedule <code>{}</code>{}</p>",
         if drifted > 0 { "bad" } else { "ok" },
         drifted,
         esc(&st.schedule),
-        if st.ready { "" } else { " — <b>first reconcile running</b>" }
+        if st.ready {
+            ""
+        } else {
+            " — <b>first reconcile running</b>"
+        }
     );
 
     // Source
@@ -91,11 +95,18 @@ schedule <code>{}</code>{}</p>",
         if src.manifests_valid {
             "valid".to_string()
         } else {
-            format!("newest revision {} refused", esc(src.newest.as_deref().unwrap_or("?")))
+            format!(
+                "newest revision {} refused",
+                esc(src.newest.as_deref().unwrap_or("?"))
+            )
         }
     );
     if let Some(e) = &src.fetch_error {
-        let _ = write!(h, "<tr><th>fetch</th><td class=\"bad\">{}</td></tr>", esc(e));
+        let _ = write!(
+            h,
+            "<tr><th>fetch</th><td class=\"bad\">{}</td></tr>",
+            esc(e)
+        );
     }
     h.push_str("</table>");
     if !src.errors.is_empty() {
@@ -171,7 +182,10 @@ schedule <code>{}</code>{}</p>",
                     esc(&a.result),
                     ago(a.at),
                     a.reconcile,
-                    a.message.as_deref().map(|m| format!("<p>{}</p>", esc(m))).unwrap_or_default(),
+                    a.message
+                        .as_deref()
+                        .map(|m| format!("<p>{}</p>", esc(m)))
+                        .unwrap_or_default(),
                     esc(&a.output)
                 );
             } else {

@@ -36,7 +36,9 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(ctx)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(ctx))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// OpenMetrics for scrapers that ask for it (Prometheus does), the classic
@@ -48,13 +50,19 @@ async fn metrics(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> Respons
         .is_some_and(|a| a.contains("application/openmetrics-text"));
     if open {
         (
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             ctx.metrics.encode(),
         )
             .into_response()
     } else {
         (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             ctx.metrics.encode_prometheus(),
         )
             .into_response()
@@ -65,7 +73,11 @@ async fn readyz(State(ctx): State<Arc<Context>>) -> Response {
     if ctx.ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "first reconcile not finished\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "first reconcile not finished\n",
+        )
+            .into_response()
     }
 }
 
@@ -80,7 +92,10 @@ async fn index(State(ctx): State<Arc<Context>>) -> Html<String> {
 async fn reconcile_by_id(State(ctx): State<Arc<Context>>, Path(id): Path<u64>) -> Response {
     match ctx.reconcile_record(id) {
         Some(r) => Json(r).into_response(),
-        None => (StatusCode::NOT_FOUND, format!("reconcile {id} is not in the history\n"))
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("reconcile {id} is not in the history\n"),
+        )
             .into_response(),
     }
 }
@@ -96,7 +111,10 @@ struct ReconcileQuery {
 /// sides are hashed first).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let (ha, hb) = (Sha256::digest(a), Sha256::digest(b));
-    ha.iter().zip(hb.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    ha.iter()
+        .zip(hb.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 fn unauthorized(why: &str) -> Response {
@@ -157,7 +175,11 @@ pub fn verify_webhook(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("sha256="))
-        .or_else(|| headers.get("x-gitea-signature").and_then(|v| v.to_str().ok()));
+        .or_else(|| {
+            headers
+                .get("x-gitea-signature")
+                .and_then(|v| v.to_str().ok())
+        });
     let Some(sig) = sig.and_then(|s| hex::decode(s.trim()).ok()) else {
         return false;
     };
@@ -170,7 +192,10 @@ pub fn verify_webhook(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
 
 async fn webhook(State(ctx): State<Arc<Context>>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(secret) = ctx.webhook_secret.as_deref() else {
-        return (StatusCode::FORBIDDEN, "webhooks are off: no webhook_secret_file configured\n")
+        return (
+            StatusCode::FORBIDDEN,
+            "webhooks are off: no webhook_secret_file configured\n",
+        )
             .into_response();
     };
     if !verify_webhook(secret, &headers, &body) {
@@ -206,7 +231,10 @@ mod tests {
     fn github_and_gitea_signatures_verify_and_wrong_ones_do_not() {
         let body = br#"{"ref":"refs/heads/main"}"#;
         let mut gh = HeaderMap::new();
-        gh.insert("x-hub-signature-256", format!("sha256={}", sign("s3", body)).parse().unwrap());
+        gh.insert(
+            "x-hub-signature-256",
+            format!("sha256={}", sign("s3", body)).parse().unwrap(),
+        );
         assert!(verify_webhook("s3", &gh, body));
         assert!(!verify_webhook("other", &gh, body));
         assert!(!verify_webhook("s3", &gh, b"tampered"));

@@ -1,7 +1,7 @@
 //! A local directory, for development and the demo: read on every poll,
 //! watched (debounced) so an edit triggers a reconcile at once.
 
-use super::{Poll, TreeFile, Snapshot, SourceError};
+use super::{Poll, Snapshot, SourceError, TreeFile};
 use notify::RecursiveMode;
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 use sha2::{Digest, Sha256};
@@ -44,9 +44,14 @@ impl DirSource {
         let root_files = self.root_files;
         let snap = tokio::task::spawn_blocking(move || read_dir_snapshot(&root, root_files))
             .await
-            .map_err(|e| SourceError::Io { path: self.root.display().to_string(), why: e.to_string() })??;
+            .map_err(|e| SourceError::Io {
+                path: self.root.display().to_string(),
+                why: e.to_string(),
+            })??;
         if self.seen.as_deref() == Some(snap.revision.as_str()) {
-            return Ok(Poll::Unchanged { revision: snap.revision });
+            return Ok(Poll::Unchanged {
+                revision: snap.revision,
+            });
         }
         self.seen = Some(snap.revision.clone());
         Ok(Poll::Changed(snap))
@@ -66,7 +71,8 @@ impl DirSource {
                         e.paths.iter().any(|p| {
                             p.strip_prefix(&root)
                                 .map(|rel| {
-                                    !skipped_path(rel) && (root_files || rel.components().count() > 1)
+                                    !skipped_path(rel)
+                                        && (root_files || rel.components().count() > 1)
                                 })
                                 .unwrap_or(true)
                         }) && !e.kind.is_access()
@@ -86,7 +92,8 @@ impl DirSource {
             let p = entry.path();
             let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
             if is_dir && !skipped_name(&entry.file_name().to_string_lossy()) {
-                deb.watch(&p, RecursiveMode::Recursive).map_err(|e| super::io_err(&p, e))?;
+                deb.watch(&p, RecursiveMode::Recursive)
+                    .map_err(|e| super::io_err(&p, e))?;
             }
         }
         self.watcher = Some(deb);
@@ -99,7 +106,8 @@ fn skipped_name(name: &str) -> bool {
 }
 
 fn skipped_path(rel: &Path) -> bool {
-    rel.components().any(|c| skipped_name(&c.as_os_str().to_string_lossy()))
+    rel.components()
+        .any(|c| skipped_name(&c.as_os_str().to_string_lossy()))
 }
 
 /// Read every file under `root` (skipping hidden and build directories) and
@@ -117,21 +125,38 @@ pub fn read_dir_snapshot(root: &Path, root_files: bool) -> Result<Snapshot, Sour
         h.update(&f.contents);
     }
     let revision = format!("dir-{}", hex::encode(&h.finalize()[..6]));
-    Ok(Snapshot { revision, subject: root.display().to_string(), files })
+    Ok(Snapshot {
+        revision,
+        subject: root.display().to_string(),
+        files,
+    })
 }
 
-fn walk(dir: &Path, rel: &str, files_here: bool, out: &mut Vec<TreeFile>) -> Result<(), SourceError> {
+fn walk(
+    dir: &Path,
+    rel: &str,
+    files_here: bool,
+    out: &mut Vec<TreeFile>,
+) -> Result<(), SourceError> {
     use std::os::unix::fs::PermissionsExt;
     let entries = std::fs::read_dir(dir).map_err(|e| super::io_err(dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| super::io_err(dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if skipped_name(&name) || name.ends_with('~') || name.ends_with(".swp") || name.ends_with(".log") {
+        if skipped_name(&name)
+            || name.ends_with('~')
+            || name.ends_with(".swp")
+            || name.ends_with(".log")
+        {
             continue;
         }
         let path = entry.path();
         let ty = entry.file_type().map_err(|e| super::io_err(&path, e))?;
-        let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+        let child = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
         if ty.is_dir() {
             walk(&path, &child, true, out)?;
         } else if ty.is_file() && files_here {
@@ -171,14 +196,18 @@ mod tests {
         std::fs::write(d.path().join("target/debug/x"), "bin").unwrap();
         std::fs::write(d.path().join("notes.log"), "x").unwrap();
         let mut src = DirSource::new(d.path(), "manifests");
-        let Poll::Changed(s) = src.poll().await.unwrap() else { panic!("first poll") };
+        let Poll::Changed(s) = src.poll().await.unwrap() else {
+            panic!("first poll")
+        };
         assert_eq!(s.files.len(), 1);
         assert_eq!(s.files[0].path, "manifests/a.yaml");
         std::fs::write(d.path().join("target/debug/x"), "bin2").unwrap();
         std::fs::write(d.path().join("notes.log"), "y").unwrap();
         assert!(matches!(src.poll().await.unwrap(), Poll::Unchanged { .. }));
         std::fs::write(d.path().join("manifests/a.yaml"), "a: 2\n").unwrap();
-        let Poll::Changed(s2) = src.poll().await.unwrap() else { panic!("edit not seen") };
+        let Poll::Changed(s2) = src.poll().await.unwrap() else {
+            panic!("edit not seen")
+        };
         assert_ne!(s.revision, s2.revision);
     }
 

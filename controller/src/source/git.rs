@@ -2,7 +2,7 @@
 //! every poll (ls-remote: connect + list) and fetched only when it moved; files
 //! are read from the commit's tree, never checked out.
 
-use super::{Poll, TreeFile, Snapshot, SourceError};
+use super::{Poll, Snapshot, SourceError, TreeFile};
 use git2::{
     AutotagOption, CredentialType, Direction, FetchOptions, ObjectType, Oid, RemoteCallbacks,
     Repository, TreeWalkMode, TreeWalkResult,
@@ -105,7 +105,11 @@ fn callbacks(creds: &Credentials) -> RemoteCallbacks<'_> {
         }
         if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
             if let Some(token) = &creds.token {
-                let user = creds.username.as_deref().or(user_from_url).unwrap_or("x-access-token");
+                let user = creds
+                    .username
+                    .as_deref()
+                    .or(user_from_url)
+                    .unwrap_or("x-access-token");
                 return git2::Cred::userpass_plaintext(user, token);
             }
         }
@@ -118,7 +122,12 @@ fn callbacks(creds: &Credentials) -> RemoteCallbacks<'_> {
 }
 
 /// The commit the remote branch points at (ls-remote).
-fn remote_head(repo: &Repository, url: &str, branch: &str, creds: &Credentials) -> Result<Oid, SourceError> {
+fn remote_head(
+    repo: &Repository,
+    url: &str,
+    branch: &str,
+    creds: &Credentials,
+) -> Result<Oid, SourceError> {
     let mut remote = repo.remote_anonymous(url)?;
     let conn = remote
         .connect_auth(Direction::Fetch, Some(callbacks(creds)), None)
@@ -132,19 +141,29 @@ fn remote_head(repo: &Repository, url: &str, branch: &str, creds: &Credentials) 
         .iter()
         .find(|h| h.name() == want)
         .map(|h| h.oid())
-        .ok_or_else(|| SourceError::NoBranch { url: super::redact_url(url), branch: branch.into() })
+        .ok_or_else(|| SourceError::NoBranch {
+            url: super::redact_url(url),
+            branch: branch.into(),
+        })
 }
 
-fn fetch(repo: &Repository, url: &str, branch: &str, creds: &Credentials) -> Result<(), SourceError> {
+fn fetch(
+    repo: &Repository,
+    url: &str,
+    branch: &str,
+    creds: &Credentials,
+) -> Result<(), SourceError> {
     let mut remote = repo.remote_anonymous(url)?;
     let mut fo = FetchOptions::new();
     fo.remote_callbacks(callbacks(creds));
     fo.download_tags(AutotagOption::None);
     let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
-    remote.fetch(&[spec], Some(&mut fo), None).map_err(|e| SourceError::Unreachable {
-        url: super::redact_url(url),
-        why: e.message().to_string(),
-    })
+    remote
+        .fetch(&[spec], Some(&mut fo), None)
+        .map_err(|e| SourceError::Unreachable {
+            url: super::redact_url(url),
+            why: e.message().to_string(),
+        })
 }
 
 fn poll_blocking(
@@ -159,14 +178,16 @@ fn poll_blocking(
     let repo = open_or_init(bare)?;
     let head = remote_head(&repo, url, branch, creds)?;
     if seen == Some(head) {
-        return Ok(Poll::Unchanged { revision: head.to_string() });
+        return Ok(Poll::Unchanged {
+            revision: head.to_string(),
+        });
     }
     if repo.find_commit(head).is_err() {
         fetch(&repo, url, branch, creds)?;
     }
-    let commit = repo.find_commit(head).map_err(|e| {
-        SourceError::Git(format!("{head} not found after fetch: {}", e.message()))
-    })?;
+    let commit = repo
+        .find_commit(head)
+        .map_err(|e| SourceError::Git(format!("{head} not found after fetch: {}", e.message())))?;
     if let Some(old) = in_force {
         if old != head && !allow_rewrites && !repo.graph_descendant_of(head, old).unwrap_or(false) {
             return Err(SourceError::Rewritten {
@@ -237,10 +258,15 @@ mod tests {
         index.write().unwrap();
         let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
         let sig = Signature::now("t", "t@example.org").unwrap();
-        let parents: Vec<git2::Commit<'_>> =
-            repo.head().ok().and_then(|h| h.peel_to_commit().ok()).into_iter().collect();
+        let parents: Vec<git2::Commit<'_>> = repo
+            .head()
+            .ok()
+            .and_then(|h| h.peel_to_commit().ok())
+            .into_iter()
+            .collect();
         let parents: Vec<&git2::Commit<'_>> = parents.iter().collect();
-        repo.commit(Some("HEAD"), &sig, &sig, msg, &tree, &parents).unwrap()
+        repo.commit(Some("HEAD"), &sig, &sig, msg, &tree, &parents)
+            .unwrap()
     }
 
     fn upstream() -> (tempfile::TempDir, Repository) {
@@ -258,18 +284,28 @@ mod tests {
         let url = format!("file://{}", up.path().display());
         let mut src = GitSource::new(&url, "main", cache.path(), Credentials::default(), false);
 
-        let Poll::Changed(s) = src.poll(None).await.unwrap() else { panic!("first poll") };
+        let Poll::Changed(s) = src.poll(None).await.unwrap() else {
+            panic!("first poll")
+        };
         assert_eq!(s.revision, c1.to_string());
         assert_eq!(s.subject, "first");
-        assert_eq!(s.files, vec![TreeFile {
-            path: "manifests/a.yaml".into(),
-            executable: false,
-            contents: b"a: 1\n".to_vec()
-        }]);
-        assert!(matches!(src.poll(Some(&s.revision)).await.unwrap(), Poll::Unchanged { .. }));
+        assert_eq!(
+            s.files,
+            vec![TreeFile {
+                path: "manifests/a.yaml".into(),
+                executable: false,
+                contents: b"a: 1\n".to_vec()
+            }]
+        );
+        assert!(matches!(
+            src.poll(Some(&s.revision)).await.unwrap(),
+            Poll::Unchanged { .. }
+        ));
 
         let c2 = commit(&repo, &[("manifests/b.yaml", "b: 2\n")], "second");
-        let Poll::Changed(s2) = src.poll(Some(&s.revision)).await.unwrap() else { panic!("second") };
+        let Poll::Changed(s2) = src.poll(Some(&s.revision)).await.unwrap() else {
+            panic!("second")
+        };
         assert_eq!(s2.revision, c2.to_string());
         assert_eq!(s2.files.len(), 2);
     }
@@ -282,14 +318,25 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let url = format!("file://{}", up.path().display());
         let mut src = GitSource::new(&url, "main", cache.path(), Credentials::default(), false);
-        let Poll::Changed(s) = src.poll(None).await.unwrap() else { panic!() };
+        let Poll::Changed(s) = src.poll(None).await.unwrap() else {
+            panic!()
+        };
         assert_eq!(s.revision, c2.to_string());
         // Force-push: main back to c1 plus a different commit.
-        repo.reference("refs/heads/main", c1, true, "reset").unwrap();
+        repo.reference("refs/heads/main", c1, true, "reset")
+            .unwrap();
         let sig = Signature::now("t", "t@example.org").unwrap();
         let tree = repo.find_commit(c1).unwrap().tree().unwrap();
         let parent = repo.find_commit(c1).unwrap();
-        repo.commit(Some("refs/heads/main"), &sig, &sig, "other", &tree, &[&parent]).unwrap();
+        repo.commit(
+            Some("refs/heads/main"),
+            &sig,
+            &sig,
+            "other",
+            &tree,
+            &[&parent],
+        )
+        .unwrap();
         let err = src.poll(Some(&s.revision)).await.unwrap_err();
         assert_eq!(err.metric_label(), "rewritten", "{err}");
     }

@@ -41,7 +41,11 @@ pub enum SourceError {
         "history of {branch} was rewritten: {new} does not descend from {old}; \
 keeping {old} (restart the controller or set git.allow_rewrites to accept it)"
     )]
-    Rewritten { branch: String, old: String, new: String },
+    Rewritten {
+        branch: String,
+        old: String,
+        new: String,
+    },
     #[error("git: {0}")]
     Git(String),
     #[error("{path}: {why}")]
@@ -90,8 +94,13 @@ impl Source {
 
     pub fn info(&self) -> SourceInfo {
         match self {
-            Source::Git(g) => SourceInfo::Git { url: redact_url(g.url()), branch: g.branch().into() },
-            Source::Dir(d) => SourceInfo::Dir { path: d.root().display().to_string() },
+            Source::Git(g) => SourceInfo::Git {
+                url: redact_url(g.url()),
+                branch: g.branch().into(),
+            },
+            Source::Dir(d) => SourceInfo::Dir {
+                path: d.root().display().to_string(),
+            },
         }
     }
 
@@ -134,7 +143,10 @@ pub fn short(rev: &str) -> &str {
 }
 
 pub(crate) fn io_err(path: &Path, e: impl std::fmt::Display) -> SourceError {
-    SourceError::Io { path: path.display().to_string(), why: e.to_string() }
+    SourceError::Io {
+        path: path.display().to_string(),
+        why: e.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -143,7 +155,13 @@ mod tests {
 
     #[test]
     fn a_token_in_a_url_is_never_shown() {
-        assert_eq!(redact_url("https://bot:s3cret@git.example/f.git"), "https://bot@git.example/f.git");
-        assert_eq!(redact_url("https://git.example/f.git"), "https://git.example/f.git");
+        assert_eq!(
+            redact_url("https://bot:s3cret@git.example/f.git"),
+            "https://bot@git.example/f.git"
+        );
+        assert_eq!(
+            redact_url("https://git.example/f.git"),
+            "https://git.example/f.git"
+        );
     }
 }

@@ -7,6 +7,7 @@ mod ansible;
 mod floor;
 mod hosts;
 mod procfs;
+mod profile;
 mod stats;
 mod tendside;
 mod util;
@@ -57,6 +58,9 @@ struct Args {
     deadline: Option<String>,
     #[arg(long)]
     skip_tend: bool,
+    /// Also break the probe's host-side cost down (adds ~1 min per fleet).
+    #[arg(long)]
+    profile: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -149,6 +153,7 @@ pub struct Ctx<'a> {
     pub manifests: PathBuf,
     pub wl: Workload,
     pub ansible_runs: usize,
+    pub profile: bool,
     /// Seconds since midnight UTC.
     pub deadline: Option<u64>,
 }
@@ -190,6 +195,7 @@ impl<'a> Ctx<'a> {
             manifests,
             wl,
             ansible_runs: args.ansible_runs.unwrap_or(args.runs).max(1),
+            profile: args.profile,
             deadline,
         })
     }

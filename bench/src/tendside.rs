@@ -315,6 +315,9 @@ fn noop_in_process(ctx: &Ctx) -> Vec<Measurement> {
         ),
     ));
     out.extend(profile(ctx, &rt, &pool, &desired));
+    if ctx.profile {
+        out.extend(crate::profile::probe_profile(ctx, &rt, &pool, &desired));
+    }
     out
 }
 
@@ -468,7 +471,8 @@ impl Controller {
             .arg("run")
             .arg("--config")
             .arg(&cfg_path)
-            .env("TEND_LOG", "info")
+            // tend run's default (warn); info under --profile, for the timeline.
+            .env("TEND_LOG", if ctx.profile { "info" } else { "warn" })
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("dup log")?)

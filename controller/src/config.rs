@@ -317,6 +317,10 @@ impl Config {
                 self.prune.max_share
             ));
         }
+        if self.git.allowed_signers.is_some() {
+            // Refused rather than ignored: nobody should believe commits are checked.
+            return Err("git.allowed_signers: signed-commit verification is not built yet".into());
+        }
         if self.concurrency == 0 {
             return Err("concurrency: must be at least 1".into());
         }

@@ -177,7 +177,7 @@ fn a_stale_lease_of_a_dead_local_controller_can_be_taken_over() {
     let me = Owner::me(Some("ctl"));
     let dead = super::lock::Holder::parse("controller=ctl pid=999999999 since=1 token=ctl:999999999:1");
     assert!(dead.is_dead_local(&me));
-    let alive = super::lock::Holder::parse(&format!("controller=ctl pid=1 since=1 token=ctl:1:1"));
+    let alive = super::lock::Holder::parse("controller=ctl pid=1 since=1 token=ctl:1:1");
     assert!(!alive.is_dead_local(&me));
     let elsewhere = super::lock::Holder::parse("controller=other pid=999999999 since=1 token=t");
     assert!(!elsewhere.is_dead_local(&me));

@@ -213,6 +213,7 @@ pub fn make_source(config: &Config) -> Result<Source, ControllerError> {
                 &config.cache_dir,
                 source::git::Credentials {
                     ssh_key: config.git.ssh_key.clone(),
+                    known_hosts: config.git.known_hosts.clone(),
                     token,
                     username: config.git.username.clone(),
                 },
@@ -414,9 +415,11 @@ impl Worker {
         let desired = shard(&good.desired, &ctx.config.selector);
         self.engine.retain_hosts(&desired);
         let hosts: Vec<Host> = desired.hosts.values().cloned().collect();
+        // A person asking for a reconcile wants every host tried now.
+        let retry_all = matches!(q.trigger, Trigger::Api | Trigger::Cli | Trigger::Webhook);
         let mut observed = {
             let _t = ctx.metrics.phase_timer("observe");
-            self.observe(&hosts, &desired).await
+            self.observe(&hosts, &desired, retry_all).await
         };
         let mut the_plan = {
             let _t = ctx.metrics.phase_timer("plan");
@@ -442,7 +445,7 @@ impl Worker {
                 .collect();
             let after = {
                 let _t = ctx.metrics.phase_timer("observe");
-                self.observe(&again, &desired).await
+                self.observe(&again, &desired, true).await
             };
             observed.extend(after);
             let _t = ctx.metrics.phase_timer("plan");
@@ -483,6 +486,8 @@ impl Worker {
                 result: o.result.as_str().into(),
             })
             .collect();
+        let mut seen = BTreeSet::new();
+        problems.retain(|p| seen.insert(p.clone()));
         let error = if problems.is_empty() {
             None
         } else {
@@ -585,7 +590,12 @@ impl Worker {
 
     /// Observe hosts concurrently, each bounded by the host timeout; hosts in
     /// backoff are not contacted.
-    async fn observe(&self, hosts: &[Host], desired: &Desired) -> BTreeMap<String, Observation> {
+    async fn observe(
+        &self,
+        hosts: &[Host],
+        desired: &Desired,
+        retry_all: bool,
+    ) -> BTreeMap<String, Observation> {
         let ctx = &self.ctx;
         let timeout = ctx.config.host_timeout;
         let sem = Arc::new(Semaphore::new(ctx.config.concurrency));
@@ -595,12 +605,15 @@ impl Worker {
         for h in hosts {
             let waiting = {
                 let s = ctx.lock();
-                s.backoff.get(&h.name).filter(|b| b.waiting()).map(|b| {
-                    format!(
-                        "backing off after {} failures: {}",
-                        b.failures, b.last_reason
-                    )
-                })
+                s.backoff
+                    .get(&h.name)
+                    .filter(|b| !retry_all && b.waiting())
+                    .map(|b| {
+                        format!(
+                            "backing off after {} failures: {}",
+                            b.failures, b.last_reason
+                        )
+                    })
             };
             if let Some(reason) = waiting {
                 out.insert(h.name.clone(), Observation::Unreachable { reason });

@@ -749,10 +749,16 @@ fn probe_with_cgroup_tree(root: &str, setup: &[(&str, String)]) -> Option<HostSt
         .output()
         .ok()?;
     if out.status.code() == Some(99) || !out.status.success() {
-        println!("skipped: cannot make a private cgroup tree: {}", String::from_utf8_lossy(&out.stderr));
+        println!(
+            "skipped: cannot make a private cgroup tree: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         return None;
     }
-    Some(parse(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{}", String::from_utf8_lossy(&out.stdout))))
+    Some(
+        parse(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}\n{}", String::from_utf8_lossy(&out.stdout))),
+    )
 }
 
 #[test]
@@ -760,7 +766,12 @@ fn a_v2_host_reports_memory_current_max_and_oom_kills() {
     let mut f = Fixture::new();
     let pid = f.spawn(&["sleep", "1000"]);
     f.write(&live_record("web", pid, vec![], Some("/tend/web".into())));
-    let mut unit = live_record("unit", pid, vec![], Some("/system.slice/tend-unit.service".into()));
+    let mut unit = live_record(
+        "unit",
+        pid,
+        vec![],
+        Some("/system.slice/tend-unit.service".into()),
+    );
     unit.runtime = Some(RuntimeKind::Systemd);
     unit.pid = None;
     f.write(&unit);
@@ -769,18 +780,42 @@ fn a_v2_host_reports_memory_current_max_and_oom_kills() {
     gone.cgroup = Some("/system.slice/tend-gone.service".into());
     f.write(&gone);
     let tree = [
-        ("cgroup.controllers", "cpuset cpu io memory pids\n".to_string()),
+        (
+            "cgroup.controllers",
+            "cpuset cpu io memory pids\n".to_string(),
+        ),
         ("cgroup.procs", "1\n".to_string()),
         ("tend/web/memory.current", "1234567\n".to_string()),
         ("tend/web/memory.max", "67108864\n".to_string()),
-        ("tend/web/memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n".to_string()),
+        (
+            "tend/web/memory.events",
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n".to_string(),
+        ),
         ("tend/web/cgroup.procs", format!("{pid}\n")),
-        ("system.slice/tend-unit.service/memory.current", "100\n".to_string()),
-        ("system.slice/tend-unit.service/memory.max", "max\n".to_string()),
-        ("system.slice/tend-unit.service/memory.events", "oom_kill 0\n".to_string()),
-        ("system.slice/tend-unit.service/cgroup.procs", format!("{pid}\n")),
-        ("system.slice/tend-gone.service/memory.current", "0\n".to_string()),
-        ("system.slice/tend-gone.service/memory.max", "max\n".to_string()),
+        (
+            "system.slice/tend-unit.service/memory.current",
+            "100\n".to_string(),
+        ),
+        (
+            "system.slice/tend-unit.service/memory.max",
+            "max\n".to_string(),
+        ),
+        (
+            "system.slice/tend-unit.service/memory.events",
+            "oom_kill 0\n".to_string(),
+        ),
+        (
+            "system.slice/tend-unit.service/cgroup.procs",
+            format!("{pid}\n"),
+        ),
+        (
+            "system.slice/tend-gone.service/memory.current",
+            "0\n".to_string(),
+        ),
+        (
+            "system.slice/tend-gone.service/memory.max",
+            "max\n".to_string(),
+        ),
         ("system.slice/tend-gone.service/cgroup.procs", String::new()),
     ];
     let Some(st) = probe_with_cgroup_tree(&f.root(), &tree) else {
@@ -790,11 +825,20 @@ fn a_v2_host_reports_memory_current_max_and_oom_kills() {
     assert_eq!(st.facts.cgroup, CgroupMode::V2);
     let web = &st.services["web"];
     assert!(web.running);
-    assert_eq!((web.memory_usage, web.memory_limit, web.oom_killed), (Some(1234567), Some(64 << 20), true));
+    assert_eq!(
+        (web.memory_usage, web.memory_limit, web.oom_killed),
+        (Some(1234567), Some(64 << 20), true)
+    );
     let unit = &st.services["unit"];
     assert!(unit.running, "a unit runs when its cgroup has a process");
-    assert_eq!((unit.memory_usage, unit.memory_limit, unit.oom_killed), (Some(100), None, false));
-    assert!(!st.services["gone"].running, "an empty unit cgroup is not running");
+    assert_eq!(
+        (unit.memory_usage, unit.memory_limit, unit.oom_killed),
+        (Some(100), None, false)
+    );
+    assert!(
+        !st.services["gone"].running,
+        "an empty unit cgroup is not running"
+    );
 }
 
 #[test]

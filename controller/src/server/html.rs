@@ -77,11 +77,11 @@ schedule <code>{}</code>{}</p>",
     // Source
     let src = &st.source;
     let _ = write!(h, "<h2>Source</h2><table>");
-    let _ = write!(
-        h,
-        "<tr><th>location</th><td><code>{}</code></td></tr>",
-        esc(&serde_json::to_string(&src.info).unwrap_or_default())
-    );
+    let location = match &src.info {
+        crate::source::SourceInfo::Git { url, branch } => format!("git {url} ({branch})"),
+        crate::source::SourceInfo::Dir { path } => format!("directory {path} (watched)"),
+    };
+    let _ = write!(h, "<tr><th>location</th><td><code>{}</code></td></tr>", esc(&location));
     let _ = write!(
         h,
         "<tr><th>in force</th><td><code>{}</code> {}</td></tr>",

@@ -27,8 +27,10 @@ impl DirSource {
     /// `manifests` is the manifests directory, relative to `root`.
     pub fn new(root: &Path, manifests: &str) -> DirSource {
         let m = manifests.trim_matches('/');
+        // Absolute, so watcher events (absolute paths) can be matched against it.
+        let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
         DirSource {
-            root: root.to_path_buf(),
+            root,
             root_files: m.is_empty() || m == ".",
             seen: None,
             watcher: None,
@@ -74,7 +76,7 @@ impl DirSource {
                                     !skipped_path(rel)
                                         && (root_files || rel.components().count() > 1)
                                 })
-                                .unwrap_or(true)
+                                .unwrap_or(false)
                         }) && !e.kind.is_access()
                     });
                     if relevant {

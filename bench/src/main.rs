@@ -61,6 +61,9 @@ struct Args {
     /// Also break the probe's host-side cost down (adds ~1 min per fleet).
     #[arg(long)]
     profile: bool,
+    /// KEY=VALUE added to `tend run`'s environment (repeatable), e.g. MALLOC_ARENA_MAX=1.
+    #[arg(long = "controller-env")]
+    controller_env: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -154,6 +157,7 @@ pub struct Ctx<'a> {
     pub wl: Workload,
     pub ansible_runs: usize,
     pub profile: bool,
+    pub controller_env: Vec<(String, String)>,
     /// Seconds since midnight UTC.
     pub deadline: Option<u64>,
 }
@@ -196,6 +200,11 @@ impl<'a> Ctx<'a> {
             wl,
             ansible_runs: args.ansible_runs.unwrap_or(args.runs).max(1),
             profile: args.profile,
+            controller_env: args
+                .controller_env
+                .iter()
+                .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                .collect(),
             deadline,
         })
     }

@@ -467,7 +467,11 @@ impl Controller {
         let cfg_path = dir.join("tend.yaml");
         std::fs::write(&cfg_path, cfg).context("write tend.yaml")?;
         let log = std::fs::File::create(dir.join("tend-run.log")).context("create log")?;
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        for (k, v) in &ctx.controller_env {
+            cmd.env(k, v);
+        }
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(&cfg_path)
@@ -679,6 +683,10 @@ fn controller(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    let mib = |f: &'static str| {
+        procfs::status_bytes(pid, f).map(|b| format!("{:.1}", b as f64 / (1 << 20) as f64)).unwrap_or("?".into())
+    };
+    let split = format!("RssAnon {} MiB, RssFile {} MiB", mib("RssAnon"), mib("RssFile"));
     out.push(Measurement::new(
         "idle RSS",
         "tend run",
@@ -686,7 +694,7 @@ fn controller(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
         "MiB",
         idle,
         format!(
-            "VmRSS of `tend run` between ticks, 5 samples 0.5 s apart, after the 10 reconciles{}",
+            "VmRSS of `tend run` between ticks, 5 samples 0.5 s apart, after the 10 reconciles ({split}){}",
             rss_after_converge
                 .map(|b| format!(
                     "; {:.1} MiB right after the startup converge",

@@ -100,9 +100,15 @@ fn command_script(root: &str, service: &str, argv: &[String]) -> Result<String, 
 
 async fn http_get(t: &dyn Transport, port: u16, path: &str) -> Result<(), HealthError> {
     let io = |e: std::io::Error| HealthError::Io(e.to_string());
-    let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+    let path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    };
     if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        return Err(HealthError::Render(format!("path {path:?} is not a request target")));
+        return Err(HealthError::Render(format!(
+            "path {path:?} is not a request target"
+        )));
     }
     let mut s = t.connect_tcp(port).await?;
     let req = format!(
@@ -130,12 +136,18 @@ async fn http_get(t: &dyn Transport, port: u16, path: &str) -> Result<(), Health
 
 /// `HTTP/1.x NNN ...` → NNN.
 pub fn parse_status_line(buf: &[u8]) -> Result<u16, HealthError> {
-    let line_end = buf.windows(2).position(|w| w == b"\r\n").unwrap_or(buf.len());
+    let line_end = buf
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(buf.len());
     let line = String::from_utf8_lossy(&buf[..line_end]);
     let mut parts = line.split(' ');
     let proto = parts.next().unwrap_or("");
     if !proto.starts_with("HTTP/1.") {
-        return Err(HealthError::BadResponse(format!("{:?}", truncate(&line, 60))));
+        return Err(HealthError::BadResponse(format!(
+            "{:?}",
+            truncate(&line, 60)
+        )));
     }
     parts
         .next()
@@ -184,8 +196,14 @@ mod tests {
 
     #[test]
     fn a_status_line_gives_its_code() {
-        assert_eq!(parse_status_line(b"HTTP/1.1 204 No Content\r\n").ok(), Some(204));
-        assert_eq!(parse_status_line(b"HTTP/1.0 503 Busy\r\nX: y").ok(), Some(503));
+        assert_eq!(
+            parse_status_line(b"HTTP/1.1 204 No Content\r\n").ok(),
+            Some(204)
+        );
+        assert_eq!(
+            parse_status_line(b"HTTP/1.0 503 Busy\r\nX: y").ok(),
+            Some(503)
+        );
         assert!(parse_status_line(b"SSH-2.0-OpenSSH\r\n").is_err());
         assert!(parse_status_line(b"HTTP/1.1 abc\r\n").is_err());
     }
@@ -197,14 +215,21 @@ mod tests {
             while let Ok((mut s, _)) = l.accept().await {
                 let mut b = [0u8; 1024];
                 let _ = s.read(&mut b).await;
-                let _ = s.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await;
             }
         });
         port
     }
 
     fn gate(check: HealthCheck) -> Health {
-        Health { check, interval: Duration::from_millis(10), timeout: Duration::from_secs(5), retries: 2 }
+        Health {
+            check,
+            interval: Duration::from_millis(10),
+            timeout: Duration::from_secs(5),
+            retries: 2,
+        }
     }
 
     #[tokio::test]
@@ -212,10 +237,19 @@ mod tests {
         let t = LocalTransport::new();
         let ok = serve_once("200 OK").await;
         let bad = serve_once("500 Oops").await;
-        let h = gate(HealthCheck::Http { port: ok, path: "/health".into() });
+        let h = gate(HealthCheck::Http {
+            port: ok,
+            path: "/health".into(),
+        });
         assert!(wait_healthy(&t, "/nonexistent", "x", &h).await.is_ok());
-        let h = gate(HealthCheck::Http { port: bad, path: "/health".into() });
-        assert!(matches!(wait_healthy(&t, "/nonexistent", "x", &h).await, Err(HealthError::Status(500))));
+        let h = gate(HealthCheck::Http {
+            port: bad,
+            path: "/health".into(),
+        });
+        assert!(matches!(
+            wait_healthy(&t, "/nonexistent", "x", &h).await,
+            Err(HealthError::Status(500))
+        ));
     }
 
     #[tokio::test]
@@ -240,8 +274,16 @@ mod tests {
         std::fs::create_dir_all(r.join("env")).unwrap();
         std::fs::write(r.join("env/svc.env"), "WANT=\"ok\"\n").unwrap();
         let root_s = r.to_str().unwrap();
-        let cmd = |c: &str| gate(HealthCheck::Command { command: vec!["sh".into(), "-c".into(), c.into()] });
-        assert!(wait_healthy(&t, root_s, "svc", &cmd("test -f \"$WANT\"")).await.is_ok());
-        assert!(wait_healthy(&t, root_s, "svc", &cmd("test -f missing")).await.is_err());
+        let cmd = |c: &str| {
+            gate(HealthCheck::Command {
+                command: vec!["sh".into(), "-c".into(), c.into()],
+            })
+        };
+        assert!(wait_healthy(&t, root_s, "svc", &cmd("test -f \"$WANT\""))
+            .await
+            .is_ok());
+        assert!(wait_healthy(&t, root_s, "svc", &cmd("test -f missing"))
+            .await
+            .is_err());
     }
 }

@@ -110,7 +110,12 @@ fn replace(lines: &mut [String], from: &str, skip: usize, to: &str) {
 
 /// Insert `line` after the `nth` line equal to `after`.
 fn insert_after(lines: &mut Vec<String>, after: &str, nth: usize, line: String) {
-    let at = lines.iter().enumerate().filter(|(_, l)| l.as_str() == after).nth(nth).map(|(i, _)| i);
+    let at = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.as_str() == after)
+        .nth(nth)
+        .map(|(i, _)| i);
     if let Some(i) = at {
         lines.insert(i + 1, line);
     }
@@ -121,25 +126,51 @@ fn apply(ms: &[Mutation]) -> Vec<u8> {
     let mut bad_utf8 = None;
     for m in ms {
         match m {
-            Mutation::UnknownSpecKey(d, w) => insert_after(&mut lines, "spec:", 1 + d, format!("  zz{w}: 1")),
+            Mutation::UnknownSpecKey(d, w) => {
+                insert_after(&mut lines, "spec:", 1 + d, format!("  zz{w}: 1"))
+            }
             Mutation::UnknownTopKey(d, w) => {
                 let kinds = ["kind: Host", "kind: Service", "kind: Service"];
                 let skip = if *d == 2 { 1 } else { 0 };
                 insert_after(&mut lines, kinds[*d], skip, format!("zz{w}: x"))
             }
-            Mutation::PortOutOfRange(p) => replace(&mut lines, "  ports: [8080]", 0, &format!("  ports: [{p}]")),
-            Mutation::PortNotANumber(w) => replace(&mut lines, "  ports: [8080]", 0, &format!("  ports: [{w}]")),
-            Mutation::UnknownRuntime(w) => replace(&mut lines, "  runtime: process", 0, &format!("  runtime: zz{w}")),
-            Mutation::BadMemory(w) => replace(&mut lines, "  memory: 32MiB", 0, &format!("  memory: 12zz{w}")),
-            Mutation::UnknownHost(w) => replace(&mut lines, "  host: h1", 0, &format!("  host: zz{w}")),
+            Mutation::PortOutOfRange(p) => {
+                replace(&mut lines, "  ports: [8080]", 0, &format!("  ports: [{p}]"))
+            }
+            Mutation::PortNotANumber(w) => {
+                replace(&mut lines, "  ports: [8080]", 0, &format!("  ports: [{w}]"))
+            }
+            Mutation::UnknownRuntime(w) => replace(
+                &mut lines,
+                "  runtime: process",
+                0,
+                &format!("  runtime: zz{w}"),
+            ),
+            Mutation::BadMemory(w) => replace(
+                &mut lines,
+                "  memory: 32MiB",
+                0,
+                &format!("  memory: 12zz{w}"),
+            ),
+            Mutation::UnknownHost(w) => {
+                replace(&mut lines, "  host: h1", 0, &format!("  host: zz{w}"))
+            }
             Mutation::BadName(w) => replace(&mut lines, "  name: web", 0, &format!("  name: {w}")),
-            Mutation::UnknownDependency(w) => {
-                replace(&mut lines, "  dependsOn: [db]", 0, &format!("  dependsOn: [zz{w}]"))
+            Mutation::UnknownDependency(w) => replace(
+                &mut lines,
+                "  dependsOn: [db]",
+                0,
+                &format!("  dependsOn: [zz{w}]"),
+            ),
+            Mutation::UnknownKind(w) => {
+                replace(&mut lines, "kind: Service", 0, &format!("kind: Zz{w}"))
             }
-            Mutation::UnknownKind(w) => replace(&mut lines, "kind: Service", 0, &format!("kind: Zz{w}")),
-            Mutation::UnknownApiVersion(v) => {
-                replace(&mut lines, "apiVersion: tend/v1", 0, &format!("apiVersion: tend/v{v}"))
-            }
+            Mutation::UnknownApiVersion(v) => replace(
+                &mut lines,
+                "apiVersion: tend/v1",
+                0,
+                &format!("apiVersion: tend/v{v}"),
+            ),
             Mutation::UnclosedFlowSequence => replace(
                 &mut lines,
                 "  command: [busybox, httpd, -f, -p, \"8080\"]",
@@ -147,8 +178,9 @@ fn apply(ms: &[Mutation]) -> Vec<u8> {
                 "  command: [busybox, httpd, -f",
             ),
             Mutation::TabIndent(i) => {
-                let spec: Vec<usize> =
-                    (0..lines.len()).filter(|&j| lines[j].starts_with("  ") && !lines[j].starts_with("   ")).collect();
+                let spec: Vec<usize> = (0..lines.len())
+                    .filter(|&j| lines[j].starts_with("  ") && !lines[j].starts_with("   "))
+                    .collect();
                 if let Some(&j) = spec.get(i % spec.len().max(1)) {
                     lines[j] = format!("\t{}", &lines[j][2..]);
                 }
@@ -159,12 +191,29 @@ fn apply(ms: &[Mutation]) -> Vec<u8> {
                 lines.push("---".into());
                 lines.extend(db.lines().map(str::to_string));
             }
-            Mutation::NegativeRetries(n) => replace(&mut lines, "    retries: 3", 0, &format!("    retries: {n}")),
-            Mutation::BadInterval(w) => replace(&mut lines, "    interval: 1s", 0, &format!("    interval: zz{w}")),
-            Mutation::BadEnvKey(k) => replace(&mut lines, "    MODE: prod", 0, &format!("    {k}: x")),
+            Mutation::NegativeRetries(n) => replace(
+                &mut lines,
+                "    retries: 3",
+                0,
+                &format!("    retries: {n}"),
+            ),
+            Mutation::BadInterval(w) => replace(
+                &mut lines,
+                "    interval: 1s",
+                0,
+                &format!("    interval: zz{w}"),
+            ),
+            Mutation::BadEnvKey(k) => {
+                replace(&mut lines, "    MODE: prod", 0, &format!("    {k}: x"))
+            }
             Mutation::MissingHostAddress => lines.retain(|l| l != "  address: 10.77.9.9"),
             Mutation::MissingRuntime(d) => {
-                if let Some(i) = lines.iter().enumerate().filter(|(_, l)| *l == "  runtime: process").nth(*d).map(|(i, _)| i)
+                if let Some(i) = lines
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| *l == "  runtime: process")
+                    .nth(*d)
+                    .map(|(i, _)| i)
                 {
                     lines.remove(i);
                 }
@@ -181,15 +230,30 @@ fn apply(ms: &[Mutation]) -> Vec<u8> {
 }
 
 fn tree(contents: Vec<u8>) -> Vec<TreeFile> {
-    vec![TreeFile { path: FILE.into(), executable: false, contents }]
+    vec![TreeFile {
+        path: FILE.into(),
+        executable: false,
+        contents,
+    }]
 }
 
 /// Every diagnostic names the file and a line; the whole reads as `file:line:`.
 fn assert_clear(d: &Diagnostics, input: &[u8]) -> Result<(), TestCaseError> {
     prop_assert!(!d.0.is_empty(), "an error without diagnostics");
     for x in &d.0 {
-        prop_assert_eq!(&x.file, FILE, "{} for\n{}", x, String::from_utf8_lossy(input));
-        prop_assert!(x.line >= 1, "no line: {} for\n{}", x, String::from_utf8_lossy(input));
+        prop_assert_eq!(
+            &x.file,
+            FILE,
+            "{} for\n{}",
+            x,
+            String::from_utf8_lossy(input)
+        );
+        prop_assert!(
+            x.line >= 1,
+            "no line: {} for\n{}",
+            x,
+            String::from_utf8_lossy(input)
+        );
         prop_assert!(!x.message.trim().is_empty(), "empty message: {:?}", x);
         let shown = x.to_string();
         let prefix = format!("{FILE}:{}:", x.line);

@@ -70,7 +70,10 @@ pub fn service(name: &str, host: &str, version: &str, command: &[&str]) -> Servi
 
 pub fn http_health(port: u16, retries: u32) -> Option<Health> {
     Some(Health {
-        check: HealthCheck::Http { port, path: "/health".into() },
+        check: HealthCheck::Http {
+            port,
+            path: "/health".into(),
+        },
         interval: Duration::from_millis(500),
         timeout: Duration::from_secs(2),
         retries,
@@ -80,7 +83,12 @@ pub fn http_health(port: u16, retries: u32) -> Option<Health> {
 /// busybox httpd serving `www/health` = `body` on `port`.
 pub fn httpd(name: &str, host: &str, port: u16, version: &str, body: &str) -> Service {
     let p = port.to_string();
-    let mut s = service(name, host, version, &["busybox", "httpd", "-f", "-p", &p, "-h", "www"]);
+    let mut s = service(
+        name,
+        host,
+        version,
+        &["busybox", "httpd", "-f", "-p", &p, "-h", "www"],
+    );
     s.delivery = source(&[("www/health", body, false)]);
     s.ports = vec![port];
     s.memory = Some(32 << 20);
@@ -90,7 +98,11 @@ pub fn httpd(name: &str, host: &str, port: u16, version: &str, body: &str) -> Se
 
 pub fn desired(fleet: &Fleet, services: Vec<Service>) -> Desired {
     Desired {
-        hosts: fleet.tend_hosts().into_iter().map(|h| (h.name.clone(), h)).collect(),
+        hosts: fleet
+            .tend_hosts()
+            .into_iter()
+            .map(|h| (h.name.clone(), h))
+            .collect(),
         services: services.into_iter().map(|s| (s.name.clone(), s)).collect(),
     }
 }
@@ -104,7 +116,10 @@ pub async fn converge(pool: &Pool, d: &Desired, opts: &ApplyOptions) -> ApplyRep
 }
 
 pub fn outcomes(r: &ApplyReport) -> Vec<(String, ActionKind, ActionOutcome)> {
-    r.actions.iter().map(|a| (a.action.service.clone(), a.action.kind, a.outcome.clone())).collect()
+    r.actions
+        .iter()
+        .map(|a| (a.action.service.clone(), a.action.kind, a.outcome.clone()))
+        .collect()
 }
 
 pub fn assert_converged(r: &ApplyReport) {
@@ -112,7 +127,9 @@ pub fn assert_converged(r: &ApplyReport) {
 }
 
 pub fn record(h: &TestHost, svc: &str) -> Option<Record> {
-    let out = h.exec(&format!("cat {ROOT}/records/{svc}.rec")).expect("exec");
+    let out = h
+        .exec(&format!("cat {ROOT}/records/{svc}.rec"))
+        .expect("exec");
     if !out.status.success() {
         return None;
     }
@@ -121,14 +138,20 @@ pub fn record(h: &TestHost, svc: &str) -> Option<Record> {
 
 /// What the service answers on the host's loopback.
 pub fn get(h: &TestHost, port: u16, path: &str) -> Option<String> {
-    let out = h.exec(&format!("wget -q -T 3 -O - http://127.0.0.1:{port}{path}")).ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = h
+        .exec(&format!("wget -q -T 3 -O - http://127.0.0.1:{port}{path}"))
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Processes of a service, counted in its cgroup.
 pub fn procs(h: &TestHost, svc: &str) -> usize {
     let out = h
-        .exec_ok(&format!("cat /sys/fs/cgroup/memory/tend/{svc}/cgroup.procs 2>/dev/null || true"))
+        .exec_ok(&format!(
+            "cat /sys/fs/cgroup/memory/tend/{svc}/cgroup.procs 2>/dev/null || true"
+        ))
         .unwrap_or_default();
     out.lines().filter(|l| !l.trim().is_empty()).count()
 }
@@ -143,7 +166,9 @@ async fn observe(pool: &Pool, d: &Desired, host: &str) -> tend::model::HostState
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fleet_converges_from_empty_in_dependency_order_and_a_second_apply_plans_nothing() {
-    let Some(f) = fleet("a_fleet_converges_from_empty_in_dependency_order", 2) else { return };
+    let Some(f) = fleet("a_fleet_converges_from_empty_in_dependency_order", 2) else {
+        return;
+    };
     let (h0, h1) = (f.host(0).name.clone(), f.host(1).name.clone());
     // The seed's batches: auth first, then the AI service (other host), then the CRM.
     let auth = httpd("auth", &h0, 18207, "1.0", "auth 1.0\n");
@@ -159,7 +184,10 @@ async fn a_fleet_converges_from_empty_in_dependency_order_and_a_second_apply_pla
     let r = converge(&pool, &d, &opts).await;
     assert_converged(&r);
     assert_eq!(r.actions.len(), 3);
-    assert_eq!(get(f.host(0), 18207, "/health").as_deref(), Some("auth 1.0\n"));
+    assert_eq!(
+        get(f.host(0), 18207, "/health").as_deref(),
+        Some("auth 1.0\n")
+    );
     assert_eq!(get(f.host(1), 18100, "/health").as_deref(), Some("ai\n"));
     assert_eq!(get(f.host(0), 18700, "/health").as_deref(), Some("crm\n"));
 
@@ -170,8 +198,14 @@ async fn a_fleet_converges_from_empty_in_dependency_order_and_a_second_apply_pla
         record(f.host(0), "crm").unwrap(),
     );
     assert!(a.deployed_at <= b.deployed_at && b.deployed_at <= c.deployed_at);
-    assert!(a.start_time.unwrap() < b.start_time.unwrap(), "ai started before auth");
-    assert!(b.start_time.unwrap() < c.start_time.unwrap(), "crm started before ai");
+    assert!(
+        a.start_time.unwrap() < b.start_time.unwrap(),
+        "ai started before auth"
+    );
+    assert!(
+        b.start_time.unwrap() < c.start_time.unwrap(),
+        "crm started before ai"
+    );
     assert_eq!(a.version, "1.0");
     assert_eq!(a.cgroup.as_deref(), Some("/tend/auth"));
 
@@ -188,14 +222,20 @@ async fn a_fleet_converges_from_empty_in_dependency_order_and_a_second_apply_pla
     // Idempotent: the next run has nothing to do and touches nothing.
     let again = converge(&pool, &d, &opts).await;
     assert_converged(&again);
-    assert!(again.plan.actions.is_empty(), "second plan: {:?}", again.plan.actions);
+    assert!(
+        again.plan.actions.is_empty(),
+        "second plan: {:?}",
+        again.plan.actions
+    );
     assert_eq!(record(f.host(0), "auth").unwrap().pid, a.pid);
     assert_eq!(procs(f.host(0), "auth"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upgrade_switches_current_keeps_the_previous_release_and_collects_older_ones() {
-    let Some(f) = fleet("an_upgrade_switches_current", 1) else { return };
+    let Some(f) = fleet("an_upgrade_switches_current", 1) else {
+        return;
+    };
     let h = f.host(0).name.clone();
     let pool = pool();
     let opts = ApplyOptions::default();
@@ -215,7 +255,10 @@ async fn an_upgrade_switches_current_keeps_the_previous_release_and_collects_old
         assert_eq!(procs(f.host(0), "web"), 1);
     }
     // Current and previous kept, the first one collected.
-    let ls = f.host(0).exec_ok(&format!("ls {ROOT}/releases/web")).unwrap();
+    let ls = f
+        .host(0)
+        .exec_ok(&format!("ls {ROOT}/releases/web"))
+        .unwrap();
     let mut got: Vec<&str> = ls.lines().collect();
     got.sort();
     let mut want = vec!["current", releases[1].as_str(), releases[2].as_str()];
@@ -225,7 +268,9 @@ async fn an_upgrade_switches_current_keeps_the_previous_release_and_collects_old
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_upgrade_rolls_back_and_the_old_version_still_serves() {
-    let Some(f) = fleet("a_failed_upgrade_rolls_back", 1) else { return };
+    let Some(f) = fleet("a_failed_upgrade_rolls_back", 1) else {
+        return;
+    };
     let h = f.host(0).name.clone();
     let pool = pool();
     let opts = ApplyOptions::default();
@@ -235,7 +280,9 @@ async fn a_failed_upgrade_rolls_back_and_the_old_version_still_serves() {
 
     // Version 2 serves on the wrong port: its health gate never passes.
     let mut bad = httpd("api", &h, 18400, "2", "api 2\n");
-    bad.command = ["busybox", "httpd", "-f", "-p", "18401", "-h", "www"].map(String::from).to_vec();
+    bad.command = ["busybox", "httpd", "-f", "-p", "18401", "-h", "www"]
+        .map(String::from)
+        .to_vec();
     bad.health = http_health(18400, 3);
     let r = converge(&pool, &desired(&f, vec![bad.clone()]), &opts).await;
     assert!(!r.converged());
@@ -249,20 +296,33 @@ async fn a_failed_upgrade_rolls_back_and_the_old_version_still_serves() {
     assert_eq!(after.release, before.release);
     assert_eq!(after.failed_version.as_deref(), Some("2"));
     assert_ne!(after.pid, before.pid, "the old release was restarted");
-    assert_eq!(procs(f.host(0), "api"), 1, "the failed release is not left running");
-    let current = f.host(0).exec_ok(&format!("readlink {ROOT}/releases/api/current")).unwrap();
+    assert_eq!(
+        procs(f.host(0), "api"),
+        1,
+        "the failed release is not left running"
+    );
+    let current = f
+        .host(0)
+        .exec_ok(&format!("readlink {ROOT}/releases/api/current"))
+        .unwrap();
     assert_eq!(current.trim(), before.release);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_service_allocating_past_its_limit_is_oom_killed_and_reported() {
-    let Some(f) = fleet("a_service_allocating_past_its_limit_is_oom_killed", 1) else { return };
+    let Some(f) = fleet("a_service_allocating_past_its_limit_is_oom_killed", 1) else {
+        return;
+    };
     let h = f.host(0).name.clone();
     let mut hog = service(
         "hog",
         &h,
         "1",
-        &["python3", "-c", "import time\nb = b'x' * (256 << 20)\ntime.sleep(600)"],
+        &[
+            "python3",
+            "-c",
+            "import time\nb = b'x' * (256 << 20)\ntime.sleep(600)",
+        ],
     );
     hog.memory = Some(64 << 20);
     hog.ports = vec![18500];
@@ -293,25 +353,42 @@ async fn a_service_allocating_past_its_limit_is_oom_killed_and_reported() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prune_runs_only_when_on_within_its_share_or_forced() {
-    let Some(f) = fleet("prune_runs_only_when_on_within_its_share_or_forced", 1) else { return };
+    let Some(f) = fleet("prune_runs_only_when_on_within_its_share_or_forced", 1) else {
+        return;
+    };
     let h = f.host(0).name.clone();
     let pool = pool();
     let sleeper = |n: &str| service(n, &h, "1", &["sleep", "600"]);
-    let all = desired(&f, vec![sleeper("pa"), sleeper("pb"), sleeper("pc"), sleeper("pd")]);
+    let all = desired(
+        &f,
+        vec![sleeper("pa"), sleeper("pb"), sleeper("pc"), sleeper("pd")],
+    );
     assert_converged(&converge(&pool, &all, &ApplyOptions::default()).await);
 
     // Off: nothing removed, and that is no failure.
     let three_gone = desired(&f, vec![sleeper("pd")]);
     let r = converge(&pool, &three_gone, &ApplyOptions::default()).await;
     assert!(r.actions.iter().all(|a| a.action.kind == ActionKind::Prune));
-    assert!(r.actions.iter().all(|a| matches!(&a.outcome, ActionOutcome::Skipped(m) if m.contains("off"))));
+    assert!(r
+        .actions
+        .iter()
+        .all(|a| matches!(&a.outcome, ActionOutcome::Skipped(m) if m.contains("off"))));
     assert!(record(f.host(0), "pa").is_some());
 
     // On, but 3 of 4 is more than half: refused.
-    let on = ApplyOptions { prune: true, ..ApplyOptions::default() };
+    let on = ApplyOptions {
+        prune: true,
+        ..ApplyOptions::default()
+    };
     let r = converge(&pool, &three_gone, &on).await;
     assert!(!r.converged());
-    assert!(r.actions.iter().all(|a| matches!(&a.outcome, ActionOutcome::Skipped(m) if m.contains("3 of the 4"))), "{:?}", outcomes(&r));
+    assert!(
+        r.actions
+            .iter()
+            .all(|a| matches!(&a.outcome, ActionOutcome::Skipped(m) if m.contains("3 of the 4"))),
+        "{:?}",
+        outcomes(&r)
+    );
     assert_eq!(procs(f.host(0), "pa"), 1);
 
     // Within the share: 2 of 4 go.
@@ -320,11 +397,18 @@ async fn prune_runs_only_when_on_within_its_share_or_forced() {
     assert_converged(&r);
     assert!(record(f.host(0), "pa").is_none() && record(f.host(0), "pb").is_none());
     assert_eq!(procs(f.host(0), "pa"), 0);
-    let ls = f.host(0).exec_ok(&format!("ls {ROOT}/releases {ROOT}/env")).unwrap();
+    let ls = f
+        .host(0)
+        .exec_ok(&format!("ls {ROOT}/releases {ROOT}/env"))
+        .unwrap();
     assert!(!ls.contains("pa"), "{ls}");
 
     // Forced: the last but one goes too, past the share.
-    let forced = ApplyOptions { prune: true, force_prune: true, ..ApplyOptions::default() };
+    let forced = ApplyOptions {
+        prune: true,
+        force_prune: true,
+        ..ApplyOptions::default()
+    };
     let r = converge(&pool, &desired(&f, vec![sleeper("pd")]), &forced).await;
     assert_converged(&r);
     assert!(record(f.host(0), "pc").is_none());
@@ -333,11 +417,16 @@ async fn prune_runs_only_when_on_within_its_share_or_forced() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_host_locked_by_another_controller_is_skipped_and_names_the_holder() {
-    let Some(f) = fleet("a_host_locked_by_another_controller_is_skipped", 2) else { return };
+    let Some(f) = fleet("a_host_locked_by_another_controller_is_skipped", 2) else {
+        return;
+    };
     let (h0, h1) = (f.host(0).name.clone(), f.host(1).name.clone());
     let d = desired(
         &f,
-        vec![service("la", &h0, "1", &["sleep", "600"]), service("lb", &h1, "1", &["sleep", "600"])],
+        vec![
+            service("la", &h0, "1", &["sleep", "600"]),
+            service("lb", &h1, "1", &["sleep", "600"]),
+        ],
     );
     // Another controller's live lease on host0.
     let until = 4_000_000_000u64;
@@ -351,24 +440,39 @@ async fn a_host_locked_by_another_controller_is_skipped_and_names_the_holder() {
     assert!(!r.converged());
     let why = r.locked.get(&h0).expect("host0 reported locked");
     assert!(why.contains("locked by controller=ctl-b pid=7"), "{why}");
-    assert!(record(f.host(0), "la").is_none(), "a locked host was changed");
-    assert!(record(f.host(1), "lb").is_some(), "the other host still converges");
+    assert!(
+        record(f.host(0), "la").is_none(),
+        "a locked host was changed"
+    );
+    assert!(
+        record(f.host(1), "lb").is_some(),
+        "the other host still converges"
+    );
 
     // A script holding the flock (another apply mid-script) blocks too.
-    f.host(0).exec_ok(&format!("rm -f {ROOT}/lock.lease {ROOT}/lock.owner")).unwrap();
+    f.host(0)
+        .exec_ok(&format!("rm -f {ROOT}/lock.lease {ROOT}/lock.owner"))
+        .unwrap();
     let mut holder = f
         .host(0)
-        .command(&format!("exec 9>>{ROOT}/lock; flock 9; echo held; sleep 30"))
+        .command(&format!(
+            "exec 9>>{ROOT}/lock; flock 9; echo held; sleep 30"
+        ))
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     {
         use std::io::BufRead;
         let mut line = String::new();
-        std::io::BufReader::new(holder.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        std::io::BufReader::new(holder.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         assert_eq!(line.trim(), "held");
     }
-    let quick = ApplyOptions { lock_wait: Duration::from_secs(1), ..ApplyOptions::default() };
+    let quick = ApplyOptions {
+        lock_wait: Duration::from_secs(1),
+        ..ApplyOptions::default()
+    };
     let r = converge(&pool, &d, &quick).await;
     assert!(r.locked.contains_key(&h0), "{:?}", r.locked);
     let _ = holder.kill();
@@ -384,7 +488,9 @@ async fn a_host_locked_by_another_controller_is_skipped_and_names_the_holder() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_controller_never_converges_a_host_twice_at_once() {
-    let Some(f) = fleet("one_controller_never_converges_a_host_twice_at_once", 1) else { return };
+    let Some(f) = fleet("one_controller_never_converges_a_host_twice_at_once", 1) else {
+        return;
+    };
     let h = f.host(0).name.clone();
     let mut slow = service("slow", &h, "1", &["sleep", "600"]);
     slow.install = vec!["sleep 2".into()];

@@ -94,7 +94,9 @@ fn start_until(bin: &Path, dir: &Path, until: &str) -> (Child, Vec<String>) {
 }
 
 fn run(bin: &Path, dir: &Path, extra: &[&str]) -> (i32, String) {
-    let out = apply_cmd(bin, dir, extra).output().expect("tend apply runs");
+    let out = apply_cmd(bin, dir, extra)
+        .output()
+        .expect("tend apply runs");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -105,17 +107,22 @@ fn run(bin: &Path, dir: &Path, extra: &[&str]) -> (i32, String) {
 
 #[test]
 fn a_second_apply_while_one_runs_names_the_holder_of_the_lock() {
-    let Some(f) = fleet("a_second_apply_while_one_runs_names_the_holder_of_the_lock", 1) else {
+    let Some(f) = fleet(
+        "a_second_apply_while_one_runs_names_the_holder_of_the_lock",
+        1,
+    ) else {
         return;
     };
     let bin = tend_bin();
     let h = f.host(0).name.clone();
-    let dir = manifests(&f, &[("slow", httpd_doc("slow", &h, 19010, "sleep 3", &[]))]);
+    let dir = manifests(
+        &f,
+        &[("slow", httpd_doc("slow", &h, 19010, "sleep 3", &[]))],
+    );
     let (mut first, _) = start_until(&bin, dir.path(), "slow: start started");
     let (code, text) = run(&bin, dir.path(), &["--yes"]);
     assert_eq!(code, 1, "{text}");
-    let want = format!("locked by controller=");
-    assert!(text.contains(&want), "{text}");
+    assert!(text.contains("locked by controller="), "{text}");
     assert!(text.contains(&format!("pid={}", first.id())), "{text}");
     assert!(first.wait().unwrap().success(), "the first apply converges");
     let (code, text) = run(&bin, dir.path(), &["--dry-run"]);
@@ -124,7 +131,9 @@ fn a_second_apply_while_one_runs_names_the_holder_of_the_lock() {
 
 #[test]
 fn a_refused_apply_without_yes_on_a_pipe_changes_nothing() {
-    let Some(f) = fleet("a_refused_apply_without_yes_on_a_pipe_changes_nothing", 1) else { return };
+    let Some(f) = fleet("a_refused_apply_without_yes_on_a_pipe_changes_nothing", 1) else {
+        return;
+    };
     let bin = tend_bin();
     let h = f.host(0).name.clone();
     let dir = manifests(&f, &[("web", httpd_doc("web", &h, 19020, "true", &[]))]);
@@ -140,7 +149,9 @@ fn a_refused_apply_without_yes_on_a_pipe_changes_nothing() {
 
 #[test]
 fn an_apply_killed_mid_way_is_finished_by_the_next_with_one_process_per_service() {
-    let Some(f) = fleet("an_apply_killed_mid_way_is_finished_by_the_next", 2) else { return };
+    let Some(f) = fleet("an_apply_killed_mid_way_is_finished_by_the_next", 2) else {
+        return;
+    };
     let bin = tend_bin();
     let (h0, h1) = (f.host(0).name.clone(), f.host(1).name.clone());
     let dir = manifests(
@@ -175,6 +186,9 @@ fn an_apply_killed_mid_way_is_finished_by_the_next_with_one_process_per_service(
         assert!(releases.contains(&rec.release));
     }
     // Three httpds in all on the two hosts' cgroups, no strays.
-    let strays = f.host(0).exec_ok("pgrep -f '[b]usybox httpd -f -p 1903' | wc -l").unwrap();
+    let strays = f
+        .host(0)
+        .exec_ok("pgrep -f '[b]usybox httpd -f -p 1903' | wc -l")
+        .unwrap();
     assert_eq!(strays.trim(), "3");
 }

@@ -41,14 +41,23 @@ fn container(name: &str, host: &str, port: u16, version: &str) -> Service {
         ],
     );
     s.runtime = RuntimeKind::Podman;
-    s.delivery = Delivery::Image { image: "rootfs:/srv/rootfs".into() };
+    s.delivery = Delivery::Image {
+        image: "rootfs:/srv/rootfs".into(),
+    };
     s.ports = vec![port];
     s.memory = Some(32 << 20);
-    s.env.insert("PORT".into(), EnvValue::literal(port.to_string()));
+    s.env
+        .insert("PORT".into(), EnvValue::literal(port.to_string()));
     s.env.insert("VERSION".into(), EnvValue::literal(version));
-    s.env.insert("MSG".into(), EnvValue::literal("it's \"quoted\" $HOME `x`\nline 2"));
+    s.env.insert(
+        "MSG".into(),
+        EnvValue::literal("it's \"quoted\" $HOME `x`\nline 2"),
+    );
     s.health = Some(Health {
-        check: HealthCheck::Http { port, path: "/health".into() },
+        check: HealthCheck::Http {
+            port,
+            path: "/health".into(),
+        },
         interval: Duration::from_millis(500),
         timeout: Duration::from_secs(2),
         retries: 20,
@@ -58,7 +67,9 @@ fn container(name: &str, host: &str, port: u16, version: &str) -> Service {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_podman_service_runs_from_a_rootfs_upgrades_and_is_pruned() {
-    let Some(f) = fleet("a_podman_service_runs_from_a_rootfs", 1) else { return };
+    let Some(f) = fleet("a_podman_service_runs_from_a_rootfs", 1) else {
+        return;
+    };
     let h = f.host(0);
     if !prepare(h) {
         return;
@@ -68,14 +79,21 @@ async fn a_podman_service_runs_from_a_rootfs_upgrades_and_is_pruned() {
     let r = converge(&pool, &d, &ApplyOptions::default()).await;
     assert_converged(&r);
     assert_eq!(get(h, 18800, "/version").as_deref(), Some("1"));
-    assert_eq!(get(h, 18800, "/msg").as_deref(), Some("it's \"quoted\" $HOME `x`\nline 2"));
+    assert_eq!(
+        get(h, 18800, "/msg").as_deref(),
+        Some("it's \"quoted\" $HOME `x`\nline 2")
+    );
     let rec = record(h, "db").unwrap();
     let pid = rec.pid.expect("pid recorded");
     // The recorded pid is the container's main process, its cgroup from /proc.
     let comm = h.exec_ok(&format!("cat /proc/{pid}/comm")).unwrap();
     assert_eq!(comm.trim(), "httpd");
     let cg = rec.cgroup.clone().expect("cgroup recorded");
-    let limit = h.exec_ok(&format!("cat /sys/fs/cgroup/memory{cg}/memory.limit_in_bytes")).unwrap();
+    let limit = h
+        .exec_ok(&format!(
+            "cat /sys/fs/cgroup/memory{cg}/memory.limit_in_bytes"
+        ))
+        .unwrap();
     assert_eq!(limit.trim(), (32u64 << 20).to_string());
     let labels = h
         .exec_ok("podman inspect --format '{{index .Config.Labels \"tend.service\"}} {{index .Config.Labels \"tend.version\"}}' tend-db")
@@ -89,15 +107,27 @@ async fn a_podman_service_runs_from_a_rootfs_upgrades_and_is_pruned() {
     let r = converge(&pool, &d2, &ApplyOptions::default()).await;
     assert_converged(&r);
     assert_eq!(get(h, 18800, "/version").as_deref(), Some("2"));
-    let running = h.exec_ok("podman ps -q --filter label=tend.service=db | wc -l").unwrap();
+    let running = h
+        .exec_ok("podman ps -q --filter label=tend.service=db | wc -l")
+        .unwrap();
     assert_eq!(running.trim(), "1");
 
     // Pruned (forced: it is the only service): container and files gone.
     let empty = desired(&f, vec![]);
-    let opts = ApplyOptions { prune: true, force_prune: true, ..ApplyOptions::default() };
+    let opts = ApplyOptions {
+        prune: true,
+        force_prune: true,
+        ..ApplyOptions::default()
+    };
     let r = converge(&pool, &empty, &opts).await;
-    assert!(matches!(r.actions[0].outcome, ActionOutcome::Succeeded), "{:?}", r.actions);
-    let left = h.exec_ok("podman ps -a -q --filter name=tend-db | wc -l").unwrap();
+    assert!(
+        matches!(r.actions[0].outcome, ActionOutcome::Succeeded),
+        "{:?}",
+        r.actions
+    );
+    let left = h
+        .exec_ok("podman ps -a -q --filter name=tend-db | wc -l")
+        .unwrap();
     assert_eq!(left.trim(), "0");
     assert!(record(h, "db").is_none());
     let ls = h.exec_ok(&format!("ls {ROOT}/releases")).unwrap();

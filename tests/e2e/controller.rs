@@ -794,3 +794,45 @@ async fn a_port_held_by_a_stranger_is_drifted_on_the_status_page() {
     let _ = stranger.wait();
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_never_answers_backs_off_and_does_not_hold_up_the_rest() {
+    // A TCP port that accepts and then says nothing: an SSH handshake hangs.
+    let tarpit = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tarpit_port = tarpit.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = tarpit.accept().await {
+            held.push(s);
+        }
+    });
+    let fleet = Fleet::new("ctl-iso", &["lambda"]);
+    let pin = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGnst4mKePMqZT/3w8l/8WAIgdmrLutHhTtjJNp63fL6";
+    let hang = format!(
+        "---\napiVersion: tend/v1\nkind: Host\nmetadata: {{name: ctl-iso-hang}}\nspec:\n  address: 127.0.0.1\n  port: {tarpit_port}\n  hostKeys: [\"{pin}\"]\n"
+    );
+    fleet.commit(&format!("{}{hang}", fleet.manifests("1", "")), "v1");
+    let cfg = Config {
+        host_timeout: Duration::from_secs(3),
+        ..fleet.config(NEVER)
+    };
+    let r = controller::spawn(cfg).await.unwrap();
+    let st = converged(&r, &fleet, "1").await;
+    let hang = st["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "ctl-iso-hang")
+        .unwrap()
+        .clone();
+    assert_eq!(hang["up"], false, "{hang}");
+    assert!(hang["backoff_until"].is_number(), "{hang}");
+    let m = metrics(&r).await;
+    assert!(m.contains("tend_host_up{host=\"ctl-iso-hang\"} 0"), "{m}");
+    assert!(m.contains("tend_host_up{host=\"ctl-iso\"} 1"), "{m}");
+    assert!(
+        m.contains("tend_reconciles_total{trigger=\"startup\",result=\"partial\"} 1"),
+        "{m}"
+    );
+    r.stop().await;
+}

@@ -48,7 +48,10 @@ pub fn fast_pool() -> Pool {
 }
 
 pub fn fast_opts() -> ApplyOptions {
-    ApplyOptions { observe_timeout: Duration::from_secs(15), ..ApplyOptions::default() }
+    ApplyOptions {
+        observe_timeout: Duration::from_secs(15),
+        ..ApplyOptions::default()
+    }
 }
 
 /// One busybox httpd service in a manifests dir.
@@ -117,8 +120,13 @@ pub fn all_records(h: &TestHost, root: &str) -> BTreeMap<String, Record> {
         .exec_ok(&format!("ls -1 {root}/records 2>/dev/null || true"))
         .unwrap_or_default();
     let mut out = BTreeMap::new();
-    for f in ls.lines().filter(|f| f.ends_with(".rec") && !f.starts_with('.')) {
-        let text = h.exec_ok(&format!("cat {root}/records/{f}")).expect("read record");
+    for f in ls
+        .lines()
+        .filter(|f| f.ends_with(".rec") && !f.starts_with('.'))
+    {
+        let text = h
+            .exec_ok(&format!("cat {root}/records/{f}"))
+            .expect("read record");
         let rec = Record::parse(&text)
             .unwrap_or_else(|e| panic!("{}: record {f} does not parse ({e}):\n{text}", h.name));
         out.insert(f.trim_end_matches(".rec").to_string(), rec);
@@ -140,7 +148,9 @@ pub fn leftovers(h: &TestHost, root: &str) -> Vec<String> {
 /// exactly this httpd command line.
 pub fn httpds(h: &TestHost, port: u16) -> usize {
     let out = h
-        .exec_ok(&format!("pgrep -f -x 'busybox httpd -f -p {port} -h www' | wc -l"))
+        .exec_ok(&format!(
+            "pgrep -f -x 'busybox httpd -f -p {port} -h www' | wc -l"
+        ))
         .unwrap_or_default();
     out.trim().parse().unwrap_or(usize::MAX)
 }
@@ -161,18 +171,34 @@ pub fn cgroup_procs(h: &TestHost, svc: &str) -> usize {
 /// temporary is left under the root.
 pub fn assert_intact(h: &TestHost, root: &str, svc: &str, port: u16, version: &str, body: &str) {
     let recs = all_records(h, root);
-    let rec = recs.get(svc).unwrap_or_else(|| panic!("{}: no record of {svc}", h.name));
+    let rec = recs
+        .get(svc)
+        .unwrap_or_else(|| panic!("{}: no record of {svc}", h.name));
     assert_eq!(rec.version, version, "{}: {svc} version", h.name);
-    assert_eq!(httpds(h, port), 1, "{}: {svc}: exactly one httpd on {port}", h.name);
-    assert_eq!(cgroup_procs(h, svc), 1, "{}: {svc}: one process in its cgroup", h.name);
+    assert_eq!(
+        httpds(h, port),
+        1,
+        "{}: {svc}: exactly one httpd on {port}",
+        h.name
+    );
+    assert_eq!(
+        cgroup_procs(h, svc),
+        1,
+        "{}: {svc}: one process in its cgroup",
+        h.name
+    );
     let pid = rec.pid.expect("recorded pid");
-    h.exec_ok(&format!("kill -0 {pid}")).unwrap_or_else(|e| panic!("{svc}: recorded pid: {e}"));
+    h.exec_ok(&format!("kill -0 {pid}"))
+        .unwrap_or_else(|e| panic!("{svc}: recorded pid: {e}"));
     let current = h
         .exec_ok(&format!("readlink {root}/releases/{svc}/current"))
         .unwrap_or_default();
     assert_eq!(current.trim(), rec.release, "{}: {svc}: current", h.name);
-    h.exec_ok(&format!("test -f {root}/releases/{svc}/{}/.tend/complete", rec.release))
-        .unwrap_or_else(|e| panic!("{svc}: running release incomplete: {e}"));
+    h.exec_ok(&format!(
+        "test -f {root}/releases/{svc}/{}/.tend/complete",
+        rec.release
+    ))
+    .unwrap_or_else(|e| panic!("{svc}: running release incomplete: {e}"));
     assert_eq!(
         super::apply::get(h, port, "/health").as_deref(),
         Some(body),

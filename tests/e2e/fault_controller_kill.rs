@@ -59,10 +59,16 @@ fn apply_to_the_end(bin: &Path, dir: &Path) -> (i32, String) {
 
 #[test]
 fn a_controller_killed_at_22_points_of_an_apply_leaves_a_fleet_the_next_run_converges() {
-    let Some(f) = fleet("a_controller_killed_at_22_points_of_an_apply", 3) else { return };
+    let Some(f) = fleet("a_controller_killed_at_22_points_of_an_apply", 3) else {
+        return;
+    };
     let bin = tend_bin();
     let dir = tempfile::tempdir().unwrap();
-    let (h0, h1, h2) = (f.host(0).name.clone(), f.host(1).name.clone(), f.host(2).name.clone());
+    let (h0, h1, h2) = (
+        f.host(0).name.clone(),
+        f.host(1).name.clone(),
+        f.host(2).name.clone(),
+    );
     // Four services on three hosts; kb waits for ka (another host).
     let fleet_at = |v: usize| {
         let v = v.to_string();
@@ -85,9 +91,23 @@ fn a_controller_killed_at_22_points_of_an_apply_leaves_a_fleet_the_next_run_conv
         if mid_way {
             killed_at.insert(k);
         }
+        println!(
+            "round {k}: killed {} after {:?}",
+            if mid_way {
+                "mid-apply"
+            } else {
+                "after the end"
+            },
+            seen.last()
+        );
 
         let (code, text) = apply_to_the_end(&bin, dir.path());
-        assert_eq!(code, 0, "restart after a kill at line {k} ({:?}):\n{text}", seen.last());
+        assert_eq!(
+            code,
+            0,
+            "restart after a kill at line {k} ({:?}):\n{text}",
+            seen.last()
+        );
         for (i, s) in &svcs {
             assert_intact(f.host(*i), ROOT, &s.name, s.port, &s.version, &s.body());
         }
@@ -95,8 +115,11 @@ fn a_controller_killed_at_22_points_of_an_apply_leaves_a_fleet_the_next_run_conv
         for h in f.hosts() {
             let recs = super::fault_common::all_records(h, ROOT);
             let names: Vec<&String> = recs.keys().collect();
-            let want: Vec<String> =
-                svcs.iter().filter(|(i, _)| f.host(*i).name == h.name).map(|(_, s)| s.name.clone()).collect();
+            let want: Vec<String> = svcs
+                .iter()
+                .filter(|(i, _)| f.host(*i).name == h.name)
+                .map(|(_, s)| s.name.clone())
+                .collect();
             let want: Vec<&String> = want.iter().collect();
             assert_eq!(names, want, "{}: records", h.name);
         }

@@ -22,9 +22,14 @@ fn desired_on_small_root(f: &Fleet, s: Service) -> Desired {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_full_during_an_upgrade_keeps_the_running_release_and_reports_the_failure() {
-    let Some(f) = fleet("a_disk_full_during_an_upgrade", 1) else { return };
+    let Some(f) = fleet("a_disk_full_during_an_upgrade", 1) else {
+        return;
+    };
     let h = f.host(0);
-    h.exec_ok(&format!("mkdir -p {FULL_ROOT} && mount -t tmpfs -o size=2m tmpfs {FULL_ROOT}")).unwrap();
+    h.exec_ok(&format!(
+        "mkdir -p {FULL_ROOT} && mount -t tmpfs -o size=2m tmpfs {FULL_ROOT}"
+    ))
+    .unwrap();
     let pool = fast_pool();
     let v1 = httpd("df", &h.name, 19601, "1", "df 1\n");
     let r = apply::converge(&desired_on_small_root(&f, v1), &pool, &fast_opts(), None).await;
@@ -38,19 +43,43 @@ async fn a_disk_full_during_an_upgrade_keeps_the_running_release_and_reports_the
     let blob = "x".repeat(1 << 20);
     let mut v2 = httpd("df", &h.name, 19601, "2", "df 2\n");
     v2.delivery = source(&[("www/health", "df 2\n", false), ("www/blob", &blob, false)]);
-    let r = apply::converge(&desired_on_small_root(&f, v2.clone()), &pool, &fast_opts(), None).await;
+    let r = apply::converge(
+        &desired_on_small_root(&f, v2.clone()),
+        &pool,
+        &fast_opts(),
+        None,
+    )
+    .await;
     assert!(!r.converged());
-    let a = r.actions.iter().find(|a| a.action.service == "df").expect("the upgrade was tried");
-    let ActionOutcome::Failed(m) = &a.outcome else { panic!("expected a failure, got {:?}", a.outcome) };
+    let a = r
+        .actions
+        .iter()
+        .find(|a| a.action.service == "df")
+        .expect("the upgrade was tried");
+    let ActionOutcome::Failed(m) = &a.outcome else {
+        panic!("expected a failure, got {:?}", a.outcome)
+    };
     let said = format!("{m}\n{}", a.output.join("\n"));
-    assert_eq!(get(h, 19601, "/health").as_deref(), Some("df 1\n"), "the running release stopped");
+    assert_eq!(
+        get(h, 19601, "/health").as_deref(),
+        Some("df 1\n"),
+        "the running release stopped"
+    );
     assert_eq!(all_records(h, FULL_ROOT)["df"].version, "1");
 
     // Space freed: the next run upgrades, nothing of the failed try is left.
     h.exec_ok(&format!("rm -f {FULL_ROOT}/filler")).unwrap();
     let r = apply::converge(&desired_on_small_root(&f, v2), &pool, &fast_opts(), None).await;
-    assert!(r.converged(), "after freeing space: {:#?} locked: {:?}", r.actions, r.locked);
+    assert!(
+        r.converged(),
+        "after freeing space: {:#?} locked: {:?}",
+        r.actions,
+        r.locked
+    );
     assert_intact(h, FULL_ROOT, "df", 19601, "2", "df 2\n");
     // Last, as it is about the words only: the report says why it failed.
-    assert!(said.contains("No space left on device"), "the report does not say why: {said}");
+    assert!(
+        said.contains("No space left on device"),
+        "the report does not say why: {said}"
+    );
 }

@@ -22,18 +22,29 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .env("HOME", dir)
         .output()
         .expect("git");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn token(repo: &Repo) -> String {
-    let t = std::fs::read_to_string(repo.tmp.path().join("token")).expect("token written by config()");
+    let t =
+        std::fs::read_to_string(repo.tmp.path().join("token")).expect("token written by config()");
     format!("Bearer {}", t.trim())
 }
 
 async fn reconcile(r: &Running, auth: &str) -> serde_json::Value {
-    let (code, body) =
-        http(r.addr, "POST", "/reconcile?wait=true", &[("Authorization", auth)], b"").await;
+    let (code, body) = http(
+        r.addr,
+        "POST",
+        "/reconcile?wait=true",
+        &[("Authorization", auth)],
+        b"",
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
@@ -43,9 +54,16 @@ async fn in_sync_at(r: &Running, repo: &Repo, version: &str) -> serde_json::Valu
     eventually(120, &format!("in sync at {version}"), || async {
         let st = get_json(r.addr, "/status").await;
         let all = repo.services.keys().all(|name| {
-            st["hosts"].as_array().into_iter().flatten().flat_map(|h| h["services"].as_array().into_iter().flatten()).any(
-                |s| s["name"] == name.as_str() && s["status"] == "in_sync" && s["observed_version"] == version,
-            )
+            st["hosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|h| h["services"].as_array().into_iter().flatten())
+                .any(|s| {
+                    s["name"] == name.as_str()
+                        && s["status"] == "in_sync"
+                        && s["observed_version"] == version
+                })
         });
         all.then_some(st)
     })
@@ -113,7 +131,11 @@ async fn a_force_pushed_history_is_refused_and_the_revision_in_force_stays() {
     let st = get_json(r.addr, "/status").await;
     assert_eq!(st["source"]["revision"], good.as_str(), "{}", st["source"]);
     let why = st["source"]["fetch_error"].as_str().unwrap_or_default();
-    assert!(why.contains("rewritten") && why.contains(&good), "{}", st["source"]);
+    assert!(
+        why.contains("rewritten") && why.contains(&good),
+        "{}",
+        st["source"]
+    );
     in_sync_at(&r, &repo, "2").await;
     let m = metrics(&r).await;
     assert!(m.contains(&in_force_metric(&good)), "{m}");

@@ -30,26 +30,41 @@ fn payloads() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metacharacters_in_every_field_arrive_on_the_host_as_exactly_their_bytes() {
-    let Some(f) = fleet("metacharacters_in_every_field_arrive_on_the_host", 1) else { return };
+    let Some(f) = fleet("metacharacters_in_every_field_arrive_on_the_host", 1) else {
+        return;
+    };
     let h = f.host(0);
     let evil = payloads();
     let env_value = evil.join("|");
     // A version is one line of printable text; everything else is allowed.
     let version = "1.0-$(touch /tmp/pwned-8);`touch /tmp/pwned-9`'\"\\|&<>*?/..%2F".to_string();
     // An install step is a shell command by design: it runs once, as written.
-    let step_literal = evil.iter().map(|p| p.replace('\'', "")).collect::<Vec<_>>().join("|");
+    let step_literal = evil
+        .iter()
+        .map(|p| p.replace('\'', ""))
+        .collect::<Vec<_>>()
+        .join("|");
     let step = format!("printf '%s' '{step_literal}' > install.out");
 
-    let script = "printf '%s\\0' \"$@\" > argv.out; printf '%s' \"$EVIL\" > env.out; exec sleep 100000";
+    let script =
+        "printf '%s\\0' \"$@\" > argv.out; printf '%s' \"$EVIL\" > env.out; exec sleep 100000";
     let mut argv: Vec<&str> = vec!["sh", "-c", script, "tend-argv"];
     argv.extend(evil.iter().map(String::as_str));
     let mut s = service("inj", &h.name, &version, &argv);
-    s.env.insert("EVIL".into(), EnvValue::literal(env_value.clone()));
+    s.env
+        .insert("EVIL".into(), EnvValue::literal(env_value.clone()));
     s.install = vec![step];
-    let mut health_argv = vec!["sh".to_string(), "-c".into(), "printf '%s\\0' \"$@\" > health.out".into(), "h".into()];
+    let mut health_argv = vec![
+        "sh".to_string(),
+        "-c".into(),
+        "printf '%s\\0' \"$@\" > health.out".into(),
+        "h".into(),
+    ];
     health_argv.extend(evil.iter().cloned());
     s.health = Some(Health {
-        check: HealthCheck::Command { command: health_argv },
+        check: HealthCheck::Command {
+            command: health_argv,
+        },
         interval: Duration::from_millis(300),
         timeout: Duration::from_secs(5),
         retries: 10,
@@ -62,7 +77,11 @@ async fn metacharacters_in_every_field_arrive_on_the_host_as_exactly_their_bytes
     let cur = format!("{ROOT}/releases/inj/current");
     let read = |file: &str| -> Vec<u8> {
         let out = h.exec(&format!("cat {cur}/{file}")).unwrap();
-        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out.stdout
     };
     let nul_joined = |v: &[String]| -> Vec<u8> {
@@ -81,10 +100,15 @@ async fn metacharacters_in_every_field_arrive_on_the_host_as_exactly_their_bytes
     assert_eq!(rec.version, version, "version in the record");
 
     // Nothing was evaluated: no payload left a file, on the host or here.
-    let pwned = h.exec_ok("ls /tmp /srv /root / | grep -c pwned || true").unwrap();
+    let pwned = h
+        .exec_ok("ls /tmp /srv /root / | grep -c pwned || true")
+        .unwrap();
     assert_eq!(pwned.trim(), "0", "a payload ran on the host");
     assert!(
-        !std::fs::read_dir("/tmp").unwrap().flatten().any(|e| e.file_name().to_string_lossy().contains("pwned")),
+        !std::fs::read_dir("/tmp")
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().contains("pwned")),
         "a payload ran on the controller"
     );
     // The probe reads back what was written: nothing to do next time.

@@ -15,15 +15,25 @@ fn breakages() -> Vec<(&'static str, &'static str, &'static str)> {
         ("unknown runtime", "  runtime: procss", "  runtime: process"),
         ("unknown host", "  host: nowhere", "  host: HOST"),
         ("bad memory", "  memory: 32MeB", "  memory: 32MiB"),
-        ("unclosed list", "  command: [busybox, httpd", "  command: [busybox, httpd, -f, -p, \"19701\", -h, www]"),
+        (
+            "unclosed list",
+            "  command: [busybox, httpd",
+            "  command: [busybox, httpd, -f, -p, \"19701\", -h, www]",
+        ),
         ("tab indent", "\tmemory: 32MiB", "  memory: 32MiB"),
-        ("unknown dependency", "  dependsOn: [ghost]", "  dependsOn: []"),
+        (
+            "unknown dependency",
+            "  dependsOn: [ghost]",
+            "  dependsOn: []",
+        ),
     ]
 }
 
 #[test]
 fn invalid_manifests_reach_no_host_and_name_file_and_line() {
-    let Some(f) = fleet("invalid_manifests_reach_no_host", 1) else { return };
+    let Some(f) = fleet("invalid_manifests_reach_no_host", 1) else {
+        return;
+    };
     let bin = tend_bin();
     let h = f.host(0);
     for (what, bad, good) in breakages() {
@@ -32,7 +42,10 @@ fn invalid_manifests_reach_no_host_and_name_file_and_line() {
         let path = dir.path().join("fleet.yaml");
         let text = std::fs::read_to_string(&path).unwrap();
         let good = good.replace("HOST", &h.name);
-        assert!(text.contains(&good), "{what}: {good:?} not in the manifests");
+        assert!(
+            text.contains(&good),
+            "{what}: {good:?} not in the manifests"
+        );
         std::fs::write(&path, text.replacen(&good, bad, 1)).unwrap();
         let out = Command::new(&bin)
             .arg("apply")
@@ -49,7 +62,10 @@ fn invalid_manifests_reach_no_host_and_name_file_and_line() {
             .find_map(|l| l.strip_prefix("fleet.yaml:"))
             .and_then(|rest| rest.split(':').next())
             .and_then(|n| n.parse::<usize>().ok());
-        assert!(line.is_some_and(|n| n > 1), "{what}: no fleet.yaml:<line> in {err}");
+        assert!(
+            line.is_some_and(|n| n > 1),
+            "{what}: no fleet.yaml:<line> in {err}"
+        );
         assert_eq!(h.accepted_logins(), 0, "{what}: tend logged in to the host");
         let left = h.exec_ok("ls -A /var/lib/tend").unwrap();
         assert_eq!(left.trim(), "", "{what}: something reached the host");

@@ -10,7 +10,9 @@ use tend::plan::DriftReason;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_upgrade_is_rolled_back_and_the_old_release_keeps_serving() {
-    let Some(f) = fleet("a_failed_upgrade_is_rolled_back", 1) else { return };
+    let Some(f) = fleet("a_failed_upgrade_is_rolled_back", 1) else {
+        return;
+    };
     let h = f.host(0);
     let pool = fast_pool();
     let good = httpd("fr", &h.name, 19401, "1", "fr 1\n");
@@ -20,7 +22,9 @@ async fn a_failed_upgrade_is_rolled_back_and_the_old_release_keeps_serving() {
 
     // Version 2 listens on another port: its health gate never passes.
     let mut bad = httpd("fr", &h.name, 19401, "2", "fr 2\n");
-    bad.command = ["busybox", "httpd", "-f", "-p", "19402", "-h", "www"].map(String::from).to_vec();
+    bad.command = ["busybox", "httpd", "-f", "-p", "19402", "-h", "www"]
+        .map(String::from)
+        .to_vec();
     bad.health = http_health(19401, 3);
     let r = apply::converge(&desired(&f, vec![bad]), &pool, &fast_opts(), None).await;
     assert!(!r.converged());
@@ -37,11 +41,15 @@ async fn a_failed_upgrade_is_rolled_back_and_the_old_release_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_killed_on_its_host_is_restored_by_the_next_run() {
-    let Some(f) = fleet("a_service_killed_on_its_host_is_restored", 1) else { return };
+    let Some(f) = fleet("a_service_killed_on_its_host_is_restored", 1) else {
+        return;
+    };
     let h = f.host(0);
     let pool = fast_pool();
     let d = desired(&f, vec![httpd("fk", &h.name, 19411, "1", "fk\n")]);
-    assert!(apply::converge(&d, &pool, &fast_opts(), None).await.converged());
+    assert!(apply::converge(&d, &pool, &fast_opts(), None)
+        .await
+        .converged());
     let pid = all_records(h, ROOT)["fk"].pid.expect("pid");
     h.exec_ok(&format!("kill -9 {pid}; i=0; while kill -0 {pid} 2>/dev/null; do i=$((i+1)); [ $i -gt 200 ] && exit 1; sleep 0.05; done"))
         .unwrap();
@@ -57,9 +65,12 @@ async fn a_service_killed_on_its_host_is_restored_by_the_next_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_on_a_declared_port_is_drift_port_and_is_left_running() {
-    let Some(f) = fleet("a_stranger_on_a_declared_port_is_left_running", 1) else { return };
+    let Some(f) = fleet("a_stranger_on_a_declared_port_is_left_running", 1) else {
+        return;
+    };
     let h = f.host(0);
-    h.exec_ok("mkdir -p /srv/stranger && echo stranger > /srv/stranger/health").unwrap();
+    h.exec_ok("mkdir -p /srv/stranger && echo stranger > /srv/stranger/health")
+        .unwrap();
     let mut stranger = h
         .command("cd /srv/stranger && exec busybox httpd -f -p 19421 -h .")
         .stdin(std::process::Stdio::null())
@@ -72,12 +83,27 @@ async fn a_stranger_on_a_declared_port_is_drift_port_and_is_left_running() {
     let d = desired(&f, vec![httpd("fs", &h.name, 19421, "1", "fs\n")]);
     let r = apply::converge(&d, &pool, &fast_opts(), None).await;
     assert!(!r.converged());
-    let sp = r.plan.services.iter().find(|s| s.service == "fs").expect("fs planned");
+    let sp = r
+        .plan
+        .services
+        .iter()
+        .find(|s| s.service == "fs")
+        .expect("fs planned");
     assert!(sp.reasons.contains(&DriftReason::Port), "{sp:?}");
-    assert!(sp.blocked.as_deref().unwrap_or("").contains("19421"), "{sp:?}");
-    assert!(r.actions.iter().all(|a| a.action.service != "fs"), "{:#?}", r.actions);
+    assert!(
+        sp.blocked.as_deref().unwrap_or("").contains("19421"),
+        "{sp:?}"
+    );
+    assert!(
+        r.actions.iter().all(|a| a.action.service != "fs"),
+        "{:#?}",
+        r.actions
+    );
     // Left alone: same process, still serving its own content; tend put nothing there.
-    assert!(stranger.try_wait().unwrap().is_none(), "the stranger was killed");
+    assert!(
+        stranger.try_wait().unwrap().is_none(),
+        "the stranger was killed"
+    );
     assert_eq!(get(h, 19421, "/health").as_deref(), Some("stranger\n"));
     assert!(all_records(h, ROOT).is_empty());
     let _ = stranger.kill();

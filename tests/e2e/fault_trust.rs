@@ -14,12 +14,21 @@ use tend::model::{Address, Desired};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_with_an_unknown_or_changed_key_are_refused_and_never_touched() {
-    let Some(f) = fleet("hosts_with_an_unknown_or_changed_key_are_refused", 3) else { return };
+    let Some(f) = fleet("hosts_with_an_unknown_or_changed_key_are_refused", 3) else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     // host0: known_hosts knows only the others. host1: pinned to host2's key.
     let kh = tmp.path().join("known_hosts");
-    std::fs::write(&kh, format!("{}\n{}\n", f.host(1).known_hosts_line(), f.host(2).known_hosts_line()))
-        .unwrap();
+    std::fs::write(
+        &kh,
+        format!(
+            "{}\n{}\n",
+            f.host(1).known_hosts_line(),
+            f.host(2).known_hosts_line()
+        ),
+    )
+    .unwrap();
     let mut hosts = f.tend_hosts();
     if let Address::Ssh(t) = &mut hosts[0].address {
         t.host_keys.clear();
@@ -28,7 +37,15 @@ async fn hosts_with_an_unknown_or_changed_key_are_refused_and_never_touched() {
     if let Address::Ssh(t) = &mut hosts[1].address {
         t.host_keys = vec![f.host(2).host_key_line.clone()];
     }
-    let svcs = (0..3).map(|i| httpd(&format!("t{i}"), &f.host(i).name, 19501 + i as u16, "1", "t\n"));
+    let svcs = (0..3).map(|i| {
+        httpd(
+            &format!("t{i}"),
+            &f.host(i).name,
+            19501 + i as u16,
+            "1",
+            "t\n",
+        )
+    });
     let d = Desired {
         hosts: hosts.into_iter().map(|h| (h.name.clone(), h)).collect(),
         services: svcs.map(|s| (s.name.clone(), s)).collect(),
@@ -37,9 +54,18 @@ async fn hosts_with_an_unknown_or_changed_key_are_refused_and_never_touched() {
     assert!(!r.converged());
     for i in 0..2 {
         let h = f.host(i);
-        let why = r.plan.unreachable.get(&h.name).unwrap_or_else(|| panic!("{} not refused: {:?}", h.name, r.plan));
+        let why = r
+            .plan
+            .unreachable
+            .get(&h.name)
+            .unwrap_or_else(|| panic!("{} not refused: {:?}", h.name, r.plan));
         assert!(why.contains("host key"), "{}: {why}", h.name);
-        assert_eq!(h.accepted_logins(), 0, "{}: logged in to an untrusted host", h.name);
+        assert_eq!(
+            h.accepted_logins(),
+            0,
+            "{}: logged in to an untrusted host",
+            h.name
+        );
         let left = h.exec_ok(&format!("ls -A {ROOT}")).unwrap();
         assert_eq!(left.trim(), "", "{}: tend wrote {left}", h.name);
     }
@@ -57,14 +83,22 @@ async fn triggers_without_the_token_get_401_and_webhooks_with_a_wrong_signature_
     repo.commit(&repo.manifests("1", ""), "v1");
     let secret = repo.tmp.path().join("hook-secret");
     std::fs::write(&secret, "hook-s3cret\n").unwrap();
-    let cfg = Config { webhook_secret_file: Some(secret), ..repo.config("0 0 1 1 *") };
+    let cfg = Config {
+        webhook_secret_file: Some(secret),
+        ..repo.config("0 0 1 1 *")
+    };
     let r = controller::spawn(cfg).await.unwrap();
     let idle = || async {
         let st = get_json(r.addr, "/status").await;
-        (st["running"].is_null() && st["pending"].is_null()).then(|| st["reconciles"][0]["id"].as_u64().unwrap_or(0))
+        (st["running"].is_null() && st["pending"].is_null())
+            .then(|| st["reconciles"][0]["id"].as_u64().unwrap_or(0))
     };
     let before = eventually(120, "first reconcile done", idle).await;
-    for headers in [vec![], vec![("Authorization", "Bearer wrong")], vec![("Authorization", "Basic Zm9vOmJhcg==")]] {
+    for headers in [
+        vec![],
+        vec![("Authorization", "Bearer wrong")],
+        vec![("Authorization", "Basic Zm9vOmJhcg==")],
+    ] {
         let (code, body) = http(r.addr, "POST", "/reconcile", &headers, b"").await;
         assert_eq!(code, 401, "{headers:?}: {body}");
     }
@@ -72,7 +106,10 @@ async fn triggers_without_the_token_get_401_and_webhooks_with_a_wrong_signature_
     for headers in [
         vec![],
         vec![("X-Hub-Signature-256", "sha256=00ff")],
-        vec![("X-Hub-Signature-256", "sha256=3f2a9bbd6c5e6f0e0b4d0b9f4c3b4e4a9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d")],
+        vec![(
+            "X-Hub-Signature-256",
+            "sha256=3f2a9bbd6c5e6f0e0b4d0b9f4c3b4e4a9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d",
+        )],
         vec![("X-Gitea-Signature", "deadbeef")],
     ] {
         let (code, body) = http(r.addr, "POST", "/webhook", &headers, payload).await;
@@ -91,11 +128,15 @@ async fn ten_thousand_triggers_in_a_burst_cause_at_most_two_reconciles() {
     let r = controller::spawn(repo.config("0 0 1 1 *")).await.unwrap();
     let idle = || async {
         let st = get_json(r.addr, "/status").await;
-        (st["running"].is_null() && st["pending"].is_null()).then(|| st["reconciles"][0]["id"].as_u64().unwrap_or(0))
+        (st["running"].is_null() && st["pending"].is_null())
+            .then(|| st["reconciles"][0]["id"].as_u64().unwrap_or(0))
     };
     let before = eventually(120, "controller idle", idle).await;
     // v2's install step holds the reconcile until the burst is over.
-    let (started, gate) = (repo.tmp.path().join("started"), repo.tmp.path().join("gate"));
+    let (started, gate) = (
+        repo.tmp.path().join("started"),
+        repo.tmp.path().join("gate"),
+    );
     let extra = format!(
         "  install: [\"touch {}; while [ ! -e {} ]; do sleep 0.1; done\"]\n",
         started.display(),
@@ -103,16 +144,27 @@ async fn ten_thousand_triggers_in_a_burst_cause_at_most_two_reconciles() {
     );
     repo.commit(&repo.manifests("2", &extra), "v2");
     let auth = auth(&repo);
-    let (code, first) = http(r.addr, "POST", "/reconcile", &[("Authorization", &auth)], b"").await;
+    let (code, first) = http(
+        r.addr,
+        "POST",
+        "/reconcile",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await;
     assert_eq!(code, 202, "{first}");
-    eventually(120, "the install step runs", || async { started.exists().then_some(()) }).await;
+    eventually(120, "the install step runs", || async {
+        started.exists().then_some(())
+    })
+    .await;
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let (addr, auth) = (r.addr, auth.clone());
         tasks.push(tokio::spawn(async move {
             let mut ids = BTreeSet::new();
             for _ in 0..1250 {
-                let (code, body) = http(addr, "POST", "/reconcile", &[("Authorization", &auth)], b"").await;
+                let (code, body) =
+                    http(addr, "POST", "/reconcile", &[("Authorization", &auth)], b"").await;
                 assert_eq!(code, 202, "{body}");
                 let v: serde_json::Value = serde_json::from_str(&body).unwrap();
                 ids.insert(v["id"].as_u64().unwrap());
@@ -126,9 +178,20 @@ async fn ten_thousand_triggers_in_a_burst_cause_at_most_two_reconciles() {
     }
     std::fs::write(&gate, "").unwrap();
     let after = eventually(120, "controller idle after the burst", idle).await;
-    assert_eq!(ids.len(), 1, "the burst joined one pending reconcile: {ids:?}");
-    assert!(after - before <= 2, "{} reconciles for 10 001 triggers", after - before);
+    assert_eq!(
+        ids.len(),
+        1,
+        "the burst joined one pending reconcile: {ids:?}"
+    );
+    assert!(
+        after - before <= 2,
+        "{} reconciles for 10 001 triggers",
+        after - before
+    );
     let (_, m) = http(r.addr, "GET", "/metrics", &[], b"").await;
-    assert!(m.contains("tend_triggers_total{trigger=\"api\"} 10001"), "{m}");
+    assert!(
+        m.contains("tend_triggers_total{trigger=\"api\"} 10001"),
+        "{m}"
+    );
     r.stop().await;
 }

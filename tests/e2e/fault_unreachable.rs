@@ -39,7 +39,9 @@ async fn converge_with_fault(
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let task = {
         let (pool, d) = (pool.clone(), d.clone());
-        tokio::spawn(async move { apply::converge(&d, pool.as_ref(), &fast_opts(), Some(tx)).await })
+        tokio::spawn(
+            async move { apply::converge(&d, pool.as_ref(), &fast_opts(), Some(tx)).await },
+        )
     };
     let mut fault = Some(fault);
     while let Some(e) = rx.recv().await {
@@ -66,14 +68,22 @@ fn assert_all_intact(f: &Fleet, want: &[(usize, String, u16)]) {
 fn others_succeeded(r: &apply::ApplyReport, victim: &TestHost) {
     for a in &r.actions {
         if a.action.host != victim.name {
-            assert_eq!(a.outcome, ActionOutcome::Succeeded, "{}: {:?}", a.action.service, a.output);
+            assert_eq!(
+                a.outcome,
+                ActionOutcome::Succeeded,
+                "{}: {:?}",
+                a.action.service,
+                a.output
+            );
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_unreachable_before_an_apply_is_skipped_and_converges_once_it_is_back() {
-    let Some(f) = fleet("a_host_unreachable_before_an_apply_is_skipped", 3) else { return };
+    let Some(f) = fleet("a_host_unreachable_before_an_apply_is_skipped", 3) else {
+        return;
+    };
     let (d, want) = one_per_host(&f, 19201);
     let pool = fast_pool();
     let down = f.host(2);
@@ -81,20 +91,35 @@ async fn a_host_unreachable_before_an_apply_is_skipped_and_converges_once_it_is_
 
     let r = apply::converge(&d, &pool, &fast_opts(), None).await;
     assert!(!r.converged());
-    assert!(r.plan.unreachable.contains_key(&down.name), "{:?}", r.plan.unreachable);
-    assert!(r.actions.iter().all(|a| a.action.host != down.name), "{:#?}", r.actions);
+    assert!(
+        r.plan.unreachable.contains_key(&down.name),
+        "{:?}",
+        r.plan.unreachable
+    );
+    assert!(
+        r.actions.iter().all(|a| a.action.host != down.name),
+        "{:#?}",
+        r.actions
+    );
     others_succeeded(&r, down);
     assert_eq!(r.actions.len(), 2);
 
     down.link_up().unwrap();
     let r = apply::converge(&d, &pool, &fast_opts(), None).await;
-    assert!(r.converged(), "after the link is back: {:#?} {:?}", r.actions, r.locked);
+    assert!(
+        r.converged(),
+        "after the link is back: {:#?} {:?}",
+        r.actions,
+        r.locked
+    );
     assert_all_intact(&f, &want);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_cut_off_in_the_middle_of_an_apply_converges_on_the_next_run() {
-    let Some(f) = fleet("a_host_cut_off_in_the_middle_of_an_apply", 3) else { return };
+    let Some(f) = fleet("a_host_cut_off_in_the_middle_of_an_apply", 3) else {
+        return;
+    };
     let (d, want) = one_per_host(&f, 19211);
     let (pool, d) = (Arc::new(fast_pool()), Arc::new(d));
     let victim = f.host(1);
@@ -105,18 +130,33 @@ async fn a_host_cut_off_in_the_middle_of_an_apply_converges_on_the_next_run() {
     .await;
     assert!(!r.converged());
     others_succeeded(&r, victim);
-    let cut = r.actions.iter().find(|a| a.action.host == victim.name).expect("victim's action");
-    assert!(matches!(cut.outcome, ActionOutcome::Failed(_)), "{:?}", cut.outcome);
+    let cut = r
+        .actions
+        .iter()
+        .find(|a| a.action.host == victim.name)
+        .expect("victim's action");
+    assert!(
+        matches!(cut.outcome, ActionOutcome::Failed(_)),
+        "{:?}",
+        cut.outcome
+    );
 
     victim.link_up().unwrap();
     let r = apply::converge(&d, pool.as_ref(), &fast_opts(), None).await;
-    assert!(r.converged(), "after the link is back: {:#?} locked: {:?}", r.actions, r.locked);
+    assert!(
+        r.converged(),
+        "after the link is back: {:#?} locked: {:?}",
+        r.actions,
+        r.locked
+    );
     assert_all_intact(&f, &want);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sshd_killed_in_the_middle_of_an_action_converges_on_the_next_run() {
-    let Some(f) = fleet("sshd_killed_in_the_middle_of_an_action", 3) else { return };
+    let Some(f) = fleet("sshd_killed_in_the_middle_of_an_action", 3) else {
+        return;
+    };
     let (d, want) = one_per_host(&f, 19221);
     let (pool, d) = (Arc::new(fast_pool()), Arc::new(d));
     let victim = f.host(1);
@@ -127,11 +167,24 @@ async fn sshd_killed_in_the_middle_of_an_action_converges_on_the_next_run() {
     .await;
     assert!(!r.converged());
     others_succeeded(&r, victim);
-    let cut = r.actions.iter().find(|a| a.action.host == victim.name).expect("victim's action");
-    assert!(matches!(cut.outcome, ActionOutcome::Failed(_)), "{:?}", cut.outcome);
+    let cut = r
+        .actions
+        .iter()
+        .find(|a| a.action.host == victim.name)
+        .expect("victim's action");
+    assert!(
+        matches!(cut.outcome, ActionOutcome::Failed(_)),
+        "{:?}",
+        cut.outcome
+    );
 
     victim.start_sshd().unwrap();
     let r = apply::converge(&d, pool.as_ref(), &fast_opts(), None).await;
-    assert!(r.converged(), "after sshd is back: {:#?} locked: {:?}", r.actions, r.locked);
+    assert!(
+        r.converged(),
+        "after sshd is back: {:#?} locked: {:?}",
+        r.actions,
+        r.locked
+    );
     assert_all_intact(&f, &want);
 }

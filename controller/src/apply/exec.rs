@@ -71,17 +71,23 @@ impl<'a> Run<'a> {
     async fn script(&mut self, body: &str, stdin: &[u8]) -> Result<String, StepError> {
         let script = super::lock::wrap(&self.lock.prelude()?, body);
         let out = self.t.exec(&script, stdin).await?;
-        let text = self
-            .ctx
-            .redactor
-            .redact(&format!("{}{}", out.stdout_lossy(), out.stderr_lossy()));
+        let text =
+            self.ctx
+                .redactor
+                .redact(&format!("{}{}", out.stdout_lossy(), out.stderr_lossy()));
         self.output.push_str(&text);
         if out.status == Some(EXIT_LOCKED) {
-            let by = text.lines().find_map(|l| l.strip_prefix("tend-locked ")).unwrap_or("unknown");
+            let by = text
+                .lines()
+                .find_map(|l| l.strip_prefix("tend-locked "))
+                .unwrap_or("unknown");
             return Err(StepError::Locked(by.to_string()));
         }
         if !out.success() {
-            let status = out.status.map(|s| s.to_string()).unwrap_or_else(|| "a signal".into());
+            let status = out
+                .status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "a signal".into());
             let why = last_line(&text);
             return Err(StepError::Script(if why.is_empty() {
                 format!("script exited with {status}")
@@ -97,7 +103,9 @@ impl<'a> Run<'a> {
         let Ok(script) = rt.status(&self.lock.root, &self.action.service) else {
             return (false, false);
         };
-        let Ok(out) = self.t.exec(&script, &[]).await else { return (false, false) };
+        let Ok(out) = self.t.exec(&script, &[]).await else {
+            return (false, false);
+        };
         let text = out.stdout_lossy();
         let mut alive = false;
         let mut oom = false;
@@ -126,7 +134,10 @@ impl<'a> Run<'a> {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Record lines the deploy adds to the release's static record.
@@ -184,8 +195,15 @@ pub(crate) async fn run_action(
         service: a.service.clone(),
         kind: a.kind,
     });
-    let mut run =
-        Run { ctx, lock, t, action: a, output: String::new(), oom: false, release: None };
+    let mut run = Run {
+        ctx,
+        lock,
+        t,
+        action: a,
+        output: String::new(),
+        oom: false,
+        release: None,
+    };
     let outcome = match a.kind {
         ActionKind::Start | ActionKind::Upgrade | ActionKind::Restart => {
             match ctx.desired.services.get(&a.service) {
@@ -254,21 +272,45 @@ pub(crate) fn deploy_plan(
         keep.push(p.release.as_str());
     }
     body.push_str(&runtime::gc_releases(root, &s.name, &keep)?);
-    body.push_str(&stage(root, &s.name, &rel.name, &extra_lines(prev.as_ref(), None))?);
+    body.push_str(&stage(
+        root,
+        &s.name,
+        &rel.name,
+        &extra_lines(prev.as_ref(), None),
+    )?);
     body.push_str(&runtime::run_start(root, &s.name, &rel.name)?);
     let stdin = match &s.delivery {
         Delivery::Source(tree) => source_tar(tree).map_err(|e| StepError::Pack(e.to_string()))?,
         _ => Vec::new(),
     };
-    Ok(DeployPlan { release: rel.name, previous: prev, switching, body, stdin })
+    Ok(DeployPlan {
+        release: rel.name,
+        previous: prev,
+        switching,
+        body,
+        stdin,
+    })
 }
 
 async fn deploy_inner(run: &mut Run<'_>, s: &Service) -> Result<ActionOutcome, StepError> {
     let root = run.lock.root.clone();
     let rt = runtime::for_kind(s.runtime);
-    let recorded = run.ctx.observed(&run.action.host, &s.name).map(|o| o.record.clone());
-    let DeployPlan { release, previous: prev, switching, body, stdin } =
-        deploy_plan(&root, s, recorded.as_ref(), run.ctx.opts.revision.as_deref())?;
+    let recorded = run
+        .ctx
+        .observed(&run.action.host, &s.name)
+        .map(|o| o.record.clone());
+    let DeployPlan {
+        release,
+        previous: prev,
+        switching,
+        body,
+        stdin,
+    } = deploy_plan(
+        &root,
+        s,
+        recorded.as_ref(),
+        run.ctx.opts.revision.as_deref(),
+    )?;
     run.release = Some(release);
     run.script(&body, &stdin).await?;
     run.step("running");
@@ -297,7 +339,9 @@ async fn deploy_inner(run: &mut Run<'_>, s: &Service) -> Result<ActionOutcome, S
             let rolled = rollback(run, &p, &s.version, Some(s)).await;
             Ok(match rolled {
                 Ok(()) => ActionOutcome::RolledBack(format!("{why}; rolled back to {}", p.version)),
-                Err(e) => ActionOutcome::Failed(format!("{why}; rollback to {} failed: {e}", p.version)),
+                Err(e) => {
+                    ActionOutcome::Failed(format!("{why}; rollback to {} failed: {e}", p.version))
+                }
             })
         }
         _ => Ok(ActionOutcome::Failed(why)),
@@ -325,15 +369,22 @@ async fn rollback(
 ) -> Result<(), StepError> {
     let root = run.lock.root.clone();
     let svc = run.action.service.clone();
-    let current_rt = health_of
-        .map(|s| s.runtime)
-        .or_else(|| run.ctx.observed(&run.action.host, &svc).and_then(|o| o.record.runtime));
+    let current_rt = health_of.map(|s| s.runtime).or_else(|| {
+        run.ctx
+            .observed(&run.action.host, &svc)
+            .and_then(|o| o.record.runtime)
+    });
     let mut body = String::new();
     if let Some(k) = current_rt {
         body.push_str(&runtime::for_kind(k).stop(&root, &svc)?);
     }
     body.push_str(&runtime::switch(&root, &svc, &prev.release)?);
-    body.push_str(&stage(&root, &svc, &prev.release, &extra_lines(None, Some(failed)))?);
+    body.push_str(&stage(
+        &root,
+        &svc,
+        &prev.release,
+        &extra_lines(None, Some(failed)),
+    )?);
     body.push_str(&runtime::run_start(&root, &svc, &prev.release)?);
     run.release = Some(prev.release.clone());
     run.script(&body, &[]).await?;
@@ -385,7 +436,11 @@ async fn prune(run: &mut Run<'_>) -> ActionOutcome {
     let root = run.lock.root.clone();
     let svc = run.action.service.clone();
     // Only what tend installed: a record must be there.
-    let Some(kind) = run.ctx.observed(&run.action.host, &svc).map(|o| o.record.runtime) else {
+    let Some(kind) = run
+        .ctx
+        .observed(&run.action.host, &svc)
+        .map(|o| o.record.runtime)
+    else {
         return ActionOutcome::Skipped("no record of it on the host".into());
     };
     let mut body = String::new();

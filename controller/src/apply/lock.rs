@@ -21,11 +21,20 @@ pub struct Owner {
 
 impl Owner {
     pub fn me(controller: Option<&str>) -> Owner {
-        let controller = controller.map(str::to_string).unwrap_or_else(local_hostname);
+        let controller = controller
+            .map(str::to_string)
+            .unwrap_or_else(local_hostname);
         let pid = std::process::id();
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let token = format!("{}:{pid}:{}", sanitize(&controller), now.as_nanos());
-        Owner { controller, pid, since: now.as_secs(), token }
+        Owner {
+            controller,
+            pid,
+            since: now.as_secs(),
+            token,
+        }
     }
 
     pub fn line(&self) -> String {
@@ -41,7 +50,13 @@ impl Owner {
 
 fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -186,7 +201,9 @@ impl Claim {
         if !r.insert(key.to_string()) {
             return Err(LockError::Busy { host: host.into() });
         }
-        Ok(Claim { key: key.to_string() })
+        Ok(Claim {
+            key: key.to_string(),
+        })
     }
 }
 
@@ -210,7 +227,13 @@ pub struct HostLock {
 
 impl HostLock {
     pub fn prelude(&self) -> Result<String, RuntimeError> {
-        prelude(&self.root, &self.owner, self.takeover.as_deref(), self.lease, self.wait)
+        prelude(
+            &self.root,
+            &self.owner,
+            self.takeover.as_deref(),
+            self.lease,
+            self.wait,
+        )
     }
 
     /// Take the lease (taking over a dead local holder's).
@@ -251,13 +274,22 @@ impl HostLock {
                         continue;
                     }
                 }
-                return Err(LockError::Held { host: host.into(), by: holder.line });
+                return Err(LockError::Held {
+                    host: host.into(),
+                    by: holder.line,
+                });
             }
             let mut why = format!("{}{}", text, out.stderr_lossy());
             why.truncate(why.trim_end().len().min(400));
-            return Err(LockError::Failed { host: host.into(), why });
+            return Err(LockError::Failed {
+                host: host.into(),
+                why,
+            });
         }
-        Err(LockError::Failed { host: host.into(), why: "lease takeover did not stick".into() })
+        Err(LockError::Failed {
+            host: host.into(),
+            why: "lease takeover did not stick".into(),
+        })
     }
 
     /// Give the lease back (best effort: it expires anyway).
@@ -267,7 +299,10 @@ impl HostLock {
         if out.success() {
             Ok(())
         } else {
-            Err(LockError::Failed { host: self.host.clone(), why: out.stdout_lossy() })
+            Err(LockError::Failed {
+                host: self.host.clone(),
+                why: out.stdout_lossy(),
+            })
         }
     }
 }

@@ -134,7 +134,10 @@ impl ApplyReport {
             })
     }
     pub fn count(&self, kind: &str) -> usize {
-        self.actions.iter().filter(|a| a.outcome.as_str() == kind).count()
+        self.actions
+            .iter()
+            .filter(|a| a.outcome.as_str() == kind)
+            .count()
     }
 }
 
@@ -142,13 +145,32 @@ impl ApplyReport {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "snake_case", tag = "event")]
 pub enum Event {
-    HostLocked { host: String },
-    HostLockFailed { host: String, why: String },
-    HostObserved { host: String, reachable: bool },
-    Planned { actions: usize },
-    ActionStarted { host: String, service: String, kind: ActionKind },
+    HostLocked {
+        host: String,
+    },
+    HostLockFailed {
+        host: String,
+        why: String,
+    },
+    HostObserved {
+        host: String,
+        reachable: bool,
+    },
+    Planned {
+        actions: usize,
+    },
+    ActionStarted {
+        host: String,
+        service: String,
+        kind: ActionKind,
+    },
     /// A step inside an action: `running` (script done), `health`, `rolling_back`.
-    ActionStep { host: String, service: String, kind: ActionKind, step: String },
+    ActionStep {
+        host: String,
+        service: String,
+        kind: ActionKind,
+        step: String,
+    },
     ActionFinished {
         host: String,
         service: String,
@@ -157,7 +179,9 @@ pub enum Event {
         #[serde(with = "humantime_serde")]
         duration: Duration,
     },
-    HostReleased { host: String },
+    HostReleased {
+        host: String,
+    },
 }
 
 pub type EventSender = tokio::sync::mpsc::UnboundedSender<Event>;
@@ -190,7 +214,11 @@ pub async fn preview(desired: &Desired, transports: &dyn Transports, opts: &Appl
 
 fn selected_hosts(desired: &Desired, opts: &ApplyOptions) -> BTreeSet<String> {
     match &opts.hosts {
-        Some(h) => h.iter().filter(|n| desired.hosts.contains_key(*n)).cloned().collect(),
+        Some(h) => h
+            .iter()
+            .filter(|n| desired.hosts.contains_key(*n))
+            .cloned()
+            .collect(),
         None => desired.hosts.keys().cloned().collect(),
     }
 }
@@ -199,7 +227,11 @@ fn selected_hosts(desired: &Desired, opts: &ApplyOptions) -> BTreeSet<String> {
 /// a dependency's health is known).
 fn observe_set(desired: &Desired, selected: &BTreeSet<String>) -> Vec<String> {
     let mut set = selected.clone();
-    for s in desired.services.values().filter(|s| selected.contains(&s.host)) {
+    for s in desired
+        .services
+        .values()
+        .filter(|s| selected.contains(&s.host))
+    {
         for d in &s.depends_on {
             if let Some(dep) = desired.services.get(d) {
                 set.insert(dep.host.clone());
@@ -250,11 +282,16 @@ pub async fn converge(
     let mut runs: BTreeMap<String, HostRun> = BTreeMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     for name in &selected {
-        let Some(host) = desired.hosts.get(name) else { continue };
+        let Some(host) = desired.hosts.get(name) else {
+            continue;
+        };
         let claim = match Claim::take(name, &claim_key(host)) {
             Ok(c) => c,
             Err(e) => {
-                emit.send(Event::HostLockFailed { host: name.clone(), why: e.to_string() });
+                emit.send(Event::HostLockFailed {
+                    host: name.clone(),
+                    why: e.to_string(),
+                });
                 locked.insert(name.clone(), e.to_string());
                 continue;
             }
@@ -274,18 +311,33 @@ pub async fn converge(
         });
     }
     while let Some(done) = tasks.join_next().await {
-        let Ok((name, t, claim, r)) = done else { continue };
+        let Ok((name, t, claim, r)) = done else {
+            continue;
+        };
         match r {
             Ok(lock) => {
                 emit.send(Event::HostLocked { host: name.clone() });
-                runs.insert(name, HostRun { lock, t, _claim: claim });
+                runs.insert(
+                    name,
+                    HostRun {
+                        lock,
+                        t,
+                        _claim: claim,
+                    },
+                );
             }
             Err(LockError::Transport(e)) => {
-                emit.send(Event::HostLockFailed { host: name.clone(), why: e.to_string() });
+                emit.send(Event::HostLockFailed {
+                    host: name.clone(),
+                    why: e.to_string(),
+                });
                 unreachable.insert(name, e.to_string());
             }
             Err(e) => {
-                emit.send(Event::HostLockFailed { host: name.clone(), why: e.to_string() });
+                emit.send(Event::HostLockFailed {
+                    host: name.clone(),
+                    why: e.to_string(),
+                });
                 locked.insert(name, e.to_string());
             }
         }
@@ -312,7 +364,12 @@ pub async fn converge(
         });
     }
     for (h, why) in unreachable.iter().chain(locked.iter()) {
-        observed.insert(h.clone(), Observation::Unreachable { reason: why.clone() });
+        observed.insert(
+            h.clone(),
+            Observation::Unreachable {
+                reason: why.clone(),
+            },
+        );
     }
 
     // 3. Plan; act only where we hold the lock.
@@ -320,7 +377,9 @@ pub async fn converge(
     for h in locked.keys() {
         plan.unreachable.remove(h);
     }
-    emit.send(Event::Planned { actions: plan.actions.len() });
+    emit.send(Event::Planned {
+        actions: plan.actions.len(),
+    });
 
     let ctx = Arc::new(exec::Ctx {
         desired: desired.clone(),
@@ -349,7 +408,13 @@ pub async fn converge(
         }
     }
 
-    ApplyReport { plan, actions, locked, pruning: opts.prune, duration: started.elapsed() }
+    ApplyReport {
+        plan,
+        actions,
+        locked,
+        pruning: opts.prune,
+        duration: started.elapsed(),
+    }
 }
 
 trait CloneHandles {
@@ -358,7 +423,9 @@ trait CloneHandles {
 
 impl CloneHandles for BTreeMap<String, HostRun> {
     fn clone_handles(&self) -> HashMap<String, (HostLock, Arc<dyn Transport>)> {
-        self.iter().map(|(k, v)| (k.clone(), (v.lock.clone(), v.t.clone()))).collect()
+        self.iter()
+            .map(|(k, v)| (k.clone(), (v.lock.clone(), v.t.clone())))
+            .collect()
     }
 }
 
@@ -410,16 +477,26 @@ async fn schedule(
     let done_tx = Arc::new(done_tx);
     let limit = Arc::new(Semaphore::new(ctx.opts.parallelism.max(1)));
     // Position of each service's action in plan order.
-    let index: HashMap<String, usize> =
-        plan.actions.iter().enumerate().map(|(i, a)| (a.service.clone(), i)).collect();
-    let status: HashMap<String, Status> =
-        plan.services.iter().map(|s| (s.service.clone(), s.status)).collect();
+    let index: HashMap<String, usize> = plan
+        .actions
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.service.clone(), i))
+        .collect();
+    let status: HashMap<String, Status> = plan
+        .services
+        .iter()
+        .map(|s| (s.service.clone(), s.status))
+        .collect();
     let index = Arc::new(index);
     let status = Arc::new(status);
 
     let mut per_host: BTreeMap<String, Vec<(usize, Action)>> = BTreeMap::new();
     for (i, a) in plan.actions.iter().enumerate() {
-        per_host.entry(a.host.clone()).or_default().push((i, a.clone()));
+        per_host
+            .entry(a.host.clone())
+            .or_default()
+            .push((i, a.clone()));
     }
     let mut tasks = tokio::task::JoinSet::new();
     for (host, actions) in per_host {
@@ -507,7 +584,9 @@ async fn wait_for_deps(
                 Some(Status::InSync) | Some(Status::Suspended) | None => {}
                 Some(Status::Drifted) => return Err(format!("dependency {dep} is drifted")),
                 Some(Status::Unknown) => {
-                    return Err(format!("dependency {dep} is on a host that was not observed"))
+                    return Err(format!(
+                        "dependency {dep} is on a host that was not observed"
+                    ))
                 }
             },
         }

@@ -49,7 +49,12 @@ pub fn tail(text: &str, n: usize) -> Vec<String> {
 
 /// The last line worth showing as an error.
 pub fn last_line(text: &str) -> String {
-    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
 }
 
 #[cfg(test)]

@@ -158,21 +158,42 @@ fn progress_line(e: &Event) -> Option<String> {
     Some(match e {
         Event::HostLocked { host } => format!("{host}: locked"),
         Event::HostLockFailed { host, why } => format!("{host}: not locked: {why}"),
-        Event::HostObserved { host, reachable: false } => format!("{host}: unreachable"),
+        Event::HostObserved {
+            host,
+            reachable: false,
+        } => format!("{host}: unreachable"),
         Event::HostObserved { .. } => return None,
         Event::Planned { actions } => format!("{actions} actions planned"),
-        Event::ActionStarted { host, service, kind } => {
+        Event::ActionStarted {
+            host,
+            service,
+            kind,
+        } => {
             format!("{host}: {service}: {} started", kind.as_str())
         }
-        Event::ActionStep { host, service, kind, step } => {
+        Event::ActionStep {
+            host,
+            service,
+            kind,
+            step,
+        } => {
             format!("{host}: {service}: {} {step}", kind.as_str())
         }
-        Event::ActionFinished { host, service, kind, outcome, duration } => format!(
+        Event::ActionFinished {
+            host,
+            service,
+            kind,
+            outcome,
+            duration,
+        } => format!(
             "{host}: {service}: {} {} ({:.1}s){}",
             kind.as_str(),
             outcome.as_str(),
             duration.as_secs_f64(),
-            outcome.message().map(|m| format!(": {m}")).unwrap_or_default()
+            outcome
+                .message()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
         ),
         Event::HostReleased { host } => format!("{host}: released"),
     })
@@ -195,7 +216,10 @@ fn print_plan(plan: &Plan) {
             reasons.join(","),
             s.observed_version.as_deref().unwrap_or("-"),
             s.desired_version.as_deref().unwrap_or("-"),
-            s.blocked.as_deref().map(|b| format!(" (blocked: {b})")).unwrap_or_default()
+            s.blocked
+                .as_deref()
+                .map(|b| format!(" (blocked: {b})"))
+                .unwrap_or_default()
         );
     }
     if plan.actions.is_empty() {
@@ -208,7 +232,13 @@ fn print_plan(plan: &Plan) {
             } else {
                 format!(" after {}", a.after.join(","))
             };
-            println!("  {}. {} {} on {}{after}", i + 1, a.kind.as_str(), a.service, a.host);
+            println!(
+                "  {}. {} {} on {}{after}",
+                i + 1,
+                a.kind.as_str(),
+                a.service,
+                a.host
+            );
         }
     }
 }
@@ -221,7 +251,12 @@ fn print_summary(r: &ApplyReport) {
     for (host, actions) in by_host {
         for a in actions {
             if !matches!(a.outcome, ActionOutcome::Succeeded) {
-                println!("{host}: {}: {} {}", a.action.service, a.action.kind.as_str(), a.outcome.as_str());
+                println!(
+                    "{host}: {}: {} {}",
+                    a.action.service,
+                    a.action.kind.as_str(),
+                    a.outcome.as_str()
+                );
                 for l in &a.output {
                     println!("    | {l}");
                 }
@@ -241,6 +276,10 @@ fn print_summary(r: &ApplyReport) {
         r.count("rolled_back"),
         r.count("skipped"),
         r.duration.as_secs_f64(),
-        if r.converged() { "" } else { " — not converged" }
+        if r.converged() {
+            ""
+        } else {
+            " — not converged"
+        }
     );
 }

@@ -70,7 +70,12 @@ pub struct Release<'a> {
 
 impl<'a> Release<'a> {
     pub fn new(root: &'a str, service: &'a Service, revision: Option<&'a str>) -> Self {
-        Release { root, service, name: release_name(service), revision }
+        Release {
+            root,
+            service,
+            name: release_name(service),
+            revision,
+        }
     }
 
     /// The static record this release is written with (no previous, no deploy time).
@@ -151,7 +156,10 @@ pub fn render_env_file(
     let mut out = String::new();
     for (k, v) in env {
         if !valid_env_key(k) {
-            return Err(RuntimeError::EnvKey { service: service.into(), key: k.clone() });
+            return Err(RuntimeError::EnvKey {
+                service: service.into(),
+                key: k.clone(),
+            });
         }
         if v.value.contains('\0') {
             return Err(RuntimeError::Invalid {
@@ -251,7 +259,9 @@ pub fn install_release(rt: &dyn Runtime, r: &Release) -> Result<String, RuntimeE
     let mut o = vars(r.root, &s.name)?;
     let _ = writeln!(o, "rel={}", q(&r.name)?);
     o.push_str("r=\"$d/$rel\"\nmkdir -p \"$d\"\nrm -rf \"$d\"/.tmp-*\n");
-    o.push_str("if [ -f \"$r/.tend/complete\" ]; then\n  echo \"tend: release $rel is installed\"\nelse\n");
+    o.push_str(
+        "if [ -f \"$r/.tend/complete\" ]; then\n  echo \"tend: release $rel is installed\"\nelse\n",
+    );
     o.push_str("  rm -rf \"$r\"\n  t=\"$d/.tmp-$rel\"\n  mkdir -p \"$t\"\n");
     match &s.delivery {
         Delivery::None | Delivery::Image { .. } => {}
@@ -280,9 +290,21 @@ pub fn install_release(rt: &dyn Runtime, r: &Release) -> Result<String, RuntimeE
     }
     o.push_str("  mv \"$t\" \"$r\"\n  mkdir -p \"$r/.tend\"\n");
     let env = render_env_file(&s.name, &s.env)?;
-    let _ = writeln!(o, "  ( umask 077; printf '%s' {} > \"$r/.tend/env\" )", q(&env)?);
-    let _ = writeln!(o, "  printf '%s' {} > \"$r/.tend/start\"", q(&rt.start(r)?)?);
-    let _ = writeln!(o, "  printf '%s' {} > \"$r/.tend/record\"", q(&r.record().render_static())?);
+    let _ = writeln!(
+        o,
+        "  ( umask 077; printf '%s' {} > \"$r/.tend/env\" )",
+        q(&env)?
+    );
+    let _ = writeln!(
+        o,
+        "  printf '%s' {} > \"$r/.tend/start\"",
+        q(&rt.start(r)?)?
+    );
+    let _ = writeln!(
+        o,
+        "  printf '%s' {} > \"$r/.tend/record\"",
+        q(&r.record().render_static())?
+    );
     let prepare = rt.prepare(r)?;
     if !prepare.is_empty() {
         o.push_str(&prepare);
@@ -302,8 +324,10 @@ pub fn install_release(rt: &dyn Runtime, r: &Release) -> Result<String, RuntimeE
 fn artifact_file_name(url: &str) -> String {
     let path = url.split(['?', '#']).next().unwrap_or(url);
     let base = path.rsplit('/').next().unwrap_or("");
-    let safe: String =
-        base.chars().filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c)).collect();
+    let safe: String = base
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+        .collect();
     if safe.is_empty() || safe.starts_with('.') {
         "artifact".into()
     } else {

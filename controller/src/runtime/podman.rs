@@ -5,8 +5,8 @@
 //! rootfs:/abs/dir` runs a container from a directory (`--rootfs`). When
 //! `<root>/containers.conf` exists, podman is run with it (`CONTAINERS_CONF`).
 
-use super::{q, q_argv, vars, Release, Runtime, RuntimeError, FN_ALIVE, FN_WRITE_RECORD};
 use super::REMOVE_COMMON;
+use super::{q, q_argv, vars, Release, Runtime, RuntimeError, FN_ALIVE, FN_WRITE_RECORD};
 use crate::model::{Delivery, RuntimeKind};
 use std::fmt::Write as _;
 
@@ -88,7 +88,12 @@ impl Runtime for Podman {
             format!("tend.version={}", s.version),
         ];
         if let Some(m) = s.memory {
-            args.extend(["--memory".into(), m.to_string(), "--memory-swap".into(), m.to_string()]);
+            args.extend([
+                "--memory".into(),
+                m.to_string(),
+                "--memory-swap".into(),
+                m.to_string(),
+            ]);
         }
         // Ports are always P:P, so the host's network gives the same
         // addresses without a forwarder: the listener is then the recorded
@@ -97,7 +102,10 @@ impl Runtime for Podman {
         args.extend(["--network".into(), "host".into()]);
         for k in s.env.keys() {
             if !super::valid_env_key(k) {
-                return Err(RuntimeError::EnvKey { service: s.name.clone(), key: k.clone() });
+                return Err(RuntimeError::EnvKey {
+                    service: s.name.clone(),
+                    key: k.clone(),
+                });
             }
             // `--env KEY` takes the value from podman's environment: exact bytes,
             // newlines included, which `--env-file` cannot carry.

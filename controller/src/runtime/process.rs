@@ -26,7 +26,11 @@ impl Runtime for Process {
         let mut o = String::from("set -eu\n");
         o.push_str(&vars(r.root, &s.name)?);
         let _ = writeln!(o, "rel={}\nr=\"$d/$rel\"", q(&r.name)?);
-        let _ = writeln!(o, "mem={}", q(&s.memory.map(|m| m.to_string()).unwrap_or_default())?);
+        let _ = writeln!(
+            o,
+            "mem={}",
+            q(&s.memory.map(|m| m.to_string()).unwrap_or_default())?
+        );
         o.push_str(FN_ALIVE);
         o.push_str(FN_WRITE_RECORD);
         o.push_str(CGROUP_SETUP);

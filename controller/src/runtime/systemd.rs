@@ -11,7 +11,9 @@ pub struct Systemd {
 }
 
 impl Systemd {
-    pub const DEFAULT: Systemd = Systemd { unit_dir: "/etc/systemd/system" };
+    pub const DEFAULT: Systemd = Systemd {
+        unit_dir: "/etc/systemd/system",
+    };
 }
 
 pub fn unit_name(service: &str) -> String {
@@ -122,7 +124,11 @@ impl Runtime for Systemd {
             "pid=$(systemctl show -p MainPID --value \"$unit\" </dev/null 9>&-)\n",
             "case \"$pid\" in ''|0|*[!0-9]*) echo \"tend: $unit has no main process\" >&2; exit 1 ;; esac\n",
         ));
-        let _ = writeln!(o, "tend_write_record {} \"$pid\"", q(&unit_cgroup(&s.name))?);
+        let _ = writeln!(
+            o,
+            "tend_write_record {} \"$pid\"",
+            q(&unit_cgroup(&s.name))?
+        );
         Ok(o)
     }
 

@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 fn svc(runtime: RuntimeKind) -> Service {
     let mut env = BTreeMap::new();
-    env.insert("A".to_string(), EnvValue::literal("it's \"x\" $HOME `id` \\ \n2"));
+    env.insert(
+        "A".to_string(),
+        EnvValue::literal("it's \"x\" $HOME `id` \\ \n2"),
+    );
     env.insert("SECRET".to_string(), EnvValue::secret("s3cr3t"));
     Service {
         name: "web".into(),
@@ -14,7 +17,9 @@ fn svc(runtime: RuntimeKind) -> Service {
         runtime,
         version: "1.0 'beta' $(x)".into(),
         delivery: match runtime {
-            RuntimeKind::Podman => Delivery::Image { image: "rootfs:/srv/root fs".into() },
+            RuntimeKind::Podman => Delivery::Image {
+                image: "rootfs:/srv/root fs".into(),
+            },
             _ => Delivery::Source(SourceTree {
                 path: "s".into(),
                 digest: "d".into(),
@@ -26,7 +31,11 @@ fn svc(runtime: RuntimeKind) -> Service {
             }),
         },
         install: vec!["echo 'step' $(date)".into()],
-        command: vec!["/bin/sh".into(), "-c".into(), "exec sleep 1; # it's %h $X".into()],
+        command: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "exec sleep 1; # it's %h $X".into(),
+        ],
         env,
         ports: vec![8100],
         memory: Some(64 << 20),
@@ -42,13 +51,26 @@ fn svc(runtime: RuntimeKind) -> Service {
 }
 
 fn sh_n(script: &str) {
-    let out = Command::new("sh").arg("-n").arg("-c").arg(script).output().expect("sh runs");
-    assert!(out.status.success(), "sh -n: {}\n{script}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("sh")
+        .arg("-n")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("sh runs");
+    assert!(
+        out.status.success(),
+        "sh -n: {}\n{script}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn every_rendered_script_is_valid_sh() {
-    for kind in [RuntimeKind::Process, RuntimeKind::Systemd, RuntimeKind::Podman] {
+    for kind in [
+        RuntimeKind::Process,
+        RuntimeKind::Systemd,
+        RuntimeKind::Podman,
+    ] {
         let s = svc(kind);
         let r = Release::new("/var/lib/te nd'", &s, Some("abc"));
         let rt = for_kind(kind);
@@ -87,7 +109,10 @@ fn a_nul_byte_in_any_value_is_refused() {
 fn an_env_key_that_is_not_a_name_is_refused() {
     let mut s = svc(RuntimeKind::Process);
     s.env.insert("A-B".into(), EnvValue::literal("x"));
-    assert!(matches!(render_env_file("web", &s.env), Err(RuntimeError::EnvKey { .. })));
+    assert!(matches!(
+        render_env_file("web", &s.env),
+        Err(RuntimeError::EnvKey { .. })
+    ));
 }
 
 #[test]
@@ -114,7 +139,10 @@ fn a_systemd_unit_holds_the_limit_the_release_dir_and_escaped_argv() {
     let u = systemd::render_unit(&r).unwrap();
     assert!(u.contains("MemoryMax=67108864"), "{u}");
     // `%` (from the escaped version) is doubled: systemd would expand it.
-    let dir = format!("WorkingDirectory=/var/lib/tend/releases/web/{}", r.name.replace('%', "%%"));
+    let dir = format!(
+        "WorkingDirectory=/var/lib/tend/releases/web/{}",
+        r.name.replace('%', "%%")
+    );
     assert!(u.contains(&dir), "{u}");
     assert!(u.contains("EnvironmentFile=/var/lib/tend/env/web.env"));
     assert!(u.contains("Restart=on-failure") && u.contains("Type=simple"));
@@ -130,7 +158,11 @@ fn a_systemd_unit_holds_the_limit_the_release_dir_and_escaped_argv() {
 /// does not run as PID 1, so units are verified, not started).
 #[test]
 fn systemd_analyze_verifies_rendered_units() {
-    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         if std::env::var("TEND_E2E").as_deref() == Ok("required") {
             panic!("systemd-analyze is required (TEND_E2E=required)");
         }
@@ -140,14 +172,26 @@ fn systemd_analyze_verifies_rendered_units() {
     let root = tempfile::tempdir().unwrap();
     let rootp = root.path().to_str().unwrap();
     let mut s = svc(RuntimeKind::Systemd);
-    s.command = vec!["/bin/sh".into(), "-c".into(), "exec sleep 100 # %i $HOME 'q' \"d\"".into()];
+    s.command = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "exec sleep 100 # %i $HOME 'q' \"d\"".into(),
+    ];
     let r = Release::new(rootp, &s, None);
     std::fs::create_dir_all(r.dir()).unwrap();
     std::fs::create_dir_all(root.path().join("env")).unwrap();
-    std::fs::write(root.path().join("env/web.env"), render_env_file("web", &s.env).unwrap()).unwrap();
+    std::fs::write(
+        root.path().join("env/web.env"),
+        render_env_file("web", &s.env).unwrap(),
+    )
+    .unwrap();
     let unit = root.path().join(systemd::unit_name("web"));
     std::fs::write(&unit, systemd::render_unit(&r).unwrap()).unwrap();
-    let out = Command::new("systemd-analyze").arg("verify").arg(&unit).output().unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "verify failed: {err}");
     assert!(!err.contains("web.service:"), "verify complained: {err}");
@@ -155,9 +199,16 @@ fn systemd_analyze_verifies_rendered_units() {
     // And a broken one fails: a relative program that does not exist.
     let mut bad = s.clone();
     bad.command = vec!["/nonexistent/prog".into()];
-    std::fs::write(&unit, systemd::render_unit(&Release::new(rootp, &bad, None)).unwrap())
+    std::fs::write(
+        &unit,
+        systemd::render_unit(&Release::new(rootp, &bad, None)).unwrap(),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .output()
         .unwrap();
-    let out = Command::new("systemd-analyze").arg("verify").arg(&unit).output().unwrap();
     assert!(!out.status.success(), "a missing program passed verify");
 }
 

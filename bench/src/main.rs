@@ -13,7 +13,7 @@ mod tendside;
 mod util;
 mod workload;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Parser;
 use hosts::BenchHost;
 use stats::Measurement;
@@ -203,7 +203,10 @@ impl<'a> Ctx<'a> {
             controller_env: args
                 .controller_env
                 .iter()
-                .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                .filter_map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                })
                 .collect(),
             deadline,
         })
@@ -391,9 +394,34 @@ fn phase_floor(ctx: &Ctx) -> Vec<Measurement> {
     out
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Step {
+    Check,
+    Repair,
+    Converge,
+}
+
+/// Interleaved so that a `--deadline` leaves every scenario with samples:
+/// converge, check, repair, then the remaining checks, repairs, converges.
+fn schedule(runs: usize) -> Vec<Step> {
+    let mut v = vec![Step::Check, Step::Repair];
+    v.extend(std::iter::repeat_n(Step::Check, runs - 1));
+    v.extend(std::iter::repeat_n(Step::Repair, runs - 1));
+    v.extend(std::iter::repeat_n(Step::Converge, runs - 1));
+    v
+}
+
+#[derive(Default)]
+struct Series {
+    samples: Vec<f64>,
+    extra: Vec<f64>,
+    host_cpu: Vec<f64>,
+    ctl_cpu: Vec<f64>,
+    err: Option<String>,
+}
+
 fn phase_ansible(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
     let n = ctx.n;
-    let mut out = Vec::new();
     let a = match ansible::Ansible::prepare(
         bin.to_path_buf(),
         &ctx.work.join("ansible"),
@@ -413,179 +441,149 @@ fn phase_ansible(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
         }
     };
     let ports = ctx.ports();
-    let runs = ctx.ansible_runs;
+    let runs = ctx.ansible_runs.max(1);
     let settings = format!(
         "forks={}, pipelining=True, gather_facts=false, ControlPersist=60s",
         a.forks
     );
-    let stopped = |k: usize| format!("stopped at the --deadline after {k} of {runs} runs");
+    let victim = &ctx.test_hosts()[0];
+    let port = ports[0];
+    let svc = &ctx.wl.services[0].name;
 
-    // 2. converge from empty: the first run here, the others after the repairs.
     let converge_once = || -> Result<f64> {
         ctx.wipe_ansible().context("wipe")?;
         let r = a.playbook(false)?;
         util::all_healthy(ctx.test_hosts(), &ports).context("after ansible-playbook")?;
         Ok(r.seconds)
     };
-    let mut conv = Vec::new();
-    let mut conv_err = None;
-    match converge_once() {
-        Ok(s) => conv.push(s),
-        Err(e) => {
-            out.push(finish(
-                "converge",
-                "ansible-playbook",
-                n,
-                conv,
-                Some(format!("{e:#}")),
-                settings,
-            ));
-            return out;
-        }
-    }
-
-    // 1. no-op: --check on converged hosts
-    let mut noop = Vec::new();
-    let mut cpu = Vec::new();
-    let mut ctl_cpu = Vec::new();
-    let mut err = None;
-    for k in 0..runs {
-        if ctx.past_deadline() {
-            err = Some(stopped(k));
-            break;
-        }
+    let check_once = |s: &mut Series| -> Result<()> {
         let c0 = ctx.hosts_cpu_seconds().ok();
         let s0 = procfs::children_cpu_seconds();
-        match a.playbook(true) {
-            Ok(r) if r.recap.changed == 0 && r.recap.hosts == n => noop.push(r.seconds),
-            Ok(r) => {
-                err = Some(format!(
-                    "--check on converged hosts reported {r:?}",
-                    r = r.recap
-                ));
-                break;
-            }
-            Err(e) => {
-                err = Some(format!("{e:#}"));
-                break;
-            }
+        let r = a.playbook(true)?;
+        if r.recap.changed != 0 || r.recap.hosts != n {
+            bail!("--check on converged hosts reported {:?}", r.recap);
         }
-        ctl_cpu.push((procfs::children_cpu_seconds() - s0) * 1e3);
+        s.samples.push(r.seconds);
+        s.ctl_cpu.push((procfs::children_cpu_seconds() - s0) * 1e3);
         if let (Some(c0), Ok(c1)) = (c0, ctx.hosts_cpu_seconds()) {
-            cpu.push((c1 - c0) / n as f64 * 1e3);
+            s.host_cpu.push((c1 - c0) / n as f64 * 1e3);
         }
-    }
-    out.push(finish(
-        "noop",
-        "ansible-playbook --check",
-        n,
-        noop,
-        err,
-        settings.clone(),
-    ));
-    out.push(Measurement::new(
-        "noop host CPU per host",
-        "ansible-playbook --check",
-        n,
-        "ms",
-        cpu,
-        "cpuacct.usage of each host's cgroup, delta / hosts",
-    ));
-    out.push(Measurement::new(
-        "noop controller CPU",
-        "ansible-playbook --check",
-        n,
-        "ms",
-        ctl_cpu,
-        "user+sys of ansible-playbook and the children it waited for (not the ControlPersist masters)",
-    ));
-
-    // 3. repair one killed service on one host
-    let mut repair = Vec::new();
-    let mut total = Vec::new();
-    let mut err = None;
-    let victim = &ctx.test_hosts()[0];
-    let port = ports[0];
-    let svc = &ctx.wl.services[0].name;
-    for k in 0..runs {
-        if ctx.past_deadline() {
-            err = Some(stopped(k));
-            break;
-        }
+        Ok(())
+    };
+    let repair_once = |s: &mut Series| -> Result<()> {
         let kill = format!("kill -9 \"$(cat /srv/ansible-bench/{svc}/app.pid)\"");
-        if let Err(e) = victim
-            .exec_ok(&kill)
-            .and_then(|_| util::wait_closed(&victim.ip, port, Duration::from_secs(10)))
-        {
-            err = Some(format!("kill: {e:#}"));
-            break;
-        }
+        victim.exec_ok(&kill).context("kill")?;
+        util::wait_closed(&victim.ip, port, Duration::from_secs(10))?;
         let t0 = Instant::now();
-        let r = std::thread::scope(|s| {
-            let run = s.spawn(|| a.playbook(false));
+        let (healthy, ran) = std::thread::scope(|sc| {
+            let run = sc.spawn(|| a.playbook(false));
             let healthy =
-                util::wait_http(&victim.ip, port, Duration::from_secs(900)).map(|_| t0.elapsed());
-            let ran = run
-                .join()
-                .map_err(|_| anyhow::anyhow!("ansible thread panicked"));
-            (healthy, ran)
+                util::wait_http(&victim.ip, port, Duration::from_secs(1800)).map(|_| t0.elapsed());
+            (
+                healthy,
+                run.join()
+                    .map_err(|_| anyhow::anyhow!("ansible thread panicked")),
+            )
         });
-        match r {
-            (Ok(h), Ok(Ok(run))) => {
-                repair.push(h.as_secs_f64());
-                total.push(run.seconds);
-            }
-            (Err(e), _) | (_, Err(e)) | (_, Ok(Err(e))) => {
-                err = Some(format!("{e:#}"));
-                break;
-            }
-        }
-    }
-    out.push(finish(
-        "repair",
-        "ansible-playbook",
-        n,
-        repair,
-        err,
-        format!(
-            "kill -9 one service on one host; from starting the playbook to HTTP 200; {settings}"
-        ),
-    ));
-    out.push(Measurement::new(
-        "repair (whole run)",
-        "ansible-playbook",
-        n,
-        "s",
-        total,
-        "the same runs, until ansible-playbook exits",
-    ));
+        let run = ran??;
+        s.samples.push(healthy?.as_secs_f64());
+        s.extra.push(run.seconds);
+        Ok(())
+    };
 
-    // 2. the remaining converge runs
-    for k in 1..runs {
-        if ctx.past_deadline() {
-            conv_err = Some(stopped(k));
-            break;
+    let mut conv = Series::default();
+    let mut check = Series::default();
+    let mut repair = Series::default();
+    let mut state_ok = match converge_once() {
+        Ok(x) => {
+            conv.samples.push(x);
+            true
         }
-        match converge_once() {
-            Ok(s) => conv.push(s),
-            Err(e) => {
-                conv_err = Some(format!("{e:#}"));
-                break;
-            }
+        Err(e) => {
+            conv.err = Some(format!("{e:#}"));
+            false
+        }
+    };
+    let mut planned = [0usize; 3];
+    for step in schedule(runs) {
+        planned[step as usize] += 1;
+        if !state_ok || ctx.past_deadline() {
+            continue;
+        }
+        let series = match step {
+            Step::Check => &mut check,
+            Step::Repair => &mut repair,
+            Step::Converge => &mut conv,
+        };
+        if series.err.is_some() {
+            continue;
+        }
+        let res = match step {
+            Step::Check => check_once(series),
+            Step::Repair => repair_once(series),
+            Step::Converge => converge_once().map(|x| series.samples.push(x)),
+        };
+        if let Err(e) = res {
+            series.err = Some(format!("{e:#}"));
+            // A failed run may leave the hosts half converged: converge again.
+            state_ok = converge_once().is_ok();
         }
     }
-    out.insert(
-        0,
+    // Converge has one run more than its schedule entries (the first).
+    planned[Step::Converge as usize] += 1;
+    let cut = |s: &mut Series, k: usize| {
+        if s.err.is_none() && s.samples.len() < k {
+            s.err = Some(format!(
+                "stopped at the --deadline after {} of {k} runs{}",
+                s.samples.len(),
+                if state_ok {
+                    ""
+                } else {
+                    " (hosts could not be converged again)"
+                }
+            ));
+        }
+    };
+    cut(&mut conv, planned[Step::Converge as usize]);
+    cut(&mut check, planned[Step::Check as usize]);
+    cut(&mut repair, planned[Step::Repair as usize]);
+    let partial = |s: &Series| s.err.clone();
+    vec![
+        finish("converge", "ansible-playbook", n, conv.samples.clone(), partial(&conv), format!("from empty hosts; {settings}")),
+        finish("noop", "ansible-playbook --check", n, check.samples.clone(), partial(&check), settings.clone()),
+        Measurement::new(
+            "noop host CPU per host",
+            "ansible-playbook --check",
+            n,
+            "ms",
+            check.host_cpu,
+            "cpuacct.usage of each host's cgroup, delta / hosts",
+        ),
+        Measurement::new(
+            "noop controller CPU",
+            "ansible-playbook --check",
+            n,
+            "ms",
+            check.ctl_cpu,
+            "user+sys of ansible-playbook and the children it waited for (not the ControlPersist masters)",
+        ),
         finish(
-            "converge",
+            "repair",
             "ansible-playbook",
             n,
-            conv,
-            conv_err,
-            format!("from empty hosts; {settings}"),
+            repair.samples.clone(),
+            partial(&repair),
+            format!("kill -9 one service on one host; from starting the playbook to HTTP 200; {settings}"),
         ),
-    );
-    out
+        Measurement::new(
+            "repair (whole run)",
+            "ansible-playbook",
+            n,
+            "s",
+            repair.extra,
+            "the same runs, until ansible-playbook exits",
+        ),
+    ]
 }
 
 pub fn finish(

@@ -41,31 +41,66 @@ fn local_loop(ctx: &Ctx, runner: &str, file: &str) -> Result<(f64, f64)> {
     Ok((cpu, wall))
 }
 
-pub fn probe_profile(ctx: &Ctx, rt: &tokio::runtime::Runtime, pool: &Pool, desired: &Arc<Desired>) -> Vec<Measurement> {
+pub fn probe_profile(
+    ctx: &Ctx,
+    rt: &tokio::runtime::Runtime,
+    pool: &Pool,
+    desired: &Arc<Desired>,
+) -> Vec<Measurement> {
     match run(ctx, rt, pool, desired) {
         Ok(m) => m,
-        Err(e) => vec![Measurement::failed("probe profile", "tend", ctx.n, "ms", vec![], format!("{e:#}"))],
+        Err(e) => vec![Measurement::failed(
+            "probe profile",
+            "tend",
+            ctx.n,
+            "ms",
+            vec![],
+            format!("{e:#}"),
+        )],
     }
 }
 
-fn run(ctx: &Ctx, rt: &tokio::runtime::Runtime, pool: &Pool, desired: &Arc<Desired>) -> Result<Vec<Measurement>> {
+fn run(
+    ctx: &Ctx,
+    rt: &tokio::runtime::Runtime,
+    pool: &Pool,
+    desired: &Arc<Desired>,
+) -> Result<Vec<Measurement>> {
     let n = ctx.n;
     let h = &ctx.test_hosts()[0];
-    let host = desired.hosts.get(&h.name).context("host0 not in the manifests")?;
+    let host = desired
+        .hosts
+        .get(&h.name)
+        .context("host0 not in the manifests")?;
     let opts = tend::observe::options_for(desired, &h.name);
     let full = tend::observe::probe_script_with(&host.root, &opts)?;
     let mut auto_opts = opts.clone();
     auto_opts.listen_source = tend::observe::ListenSource::Auto;
     let auto = tend::observe::probe_script_with(&host.root, &auto_opts)?;
-    let Some(facts) = cut(&full, "L=") else { bail!("probe has no `L=` line") };
-    let Some(listeners) = cut(&full, "SCAN=") else { bail!("probe has no `SCAN=` line") };
-    let Some(records) = cut(&full, "OWN=") else { bail!("probe has no `OWN=` line") };
+    let Some(facts) = cut(&full, "L=") else {
+        bail!("probe has no `L=` line")
+    };
+    let Some(listeners) = cut(&full, "SCAN=") else {
+        bail!("probe has no `SCAN=` line")
+    };
+    let Some(records) = cut(&full, "OWN=") else {
+        bail!("probe has no `OWN=` line")
+    };
     let variants: Vec<(&str, String)> = vec![
         ("`true` (empty script)", "true\n".into()),
-        ("probe up to facts (hostname, boot_id, meminfo, cgroup)", facts),
+        (
+            "probe up to facts (hostname, boot_id, meminfo, cgroup)",
+            facts,
+        ),
         ("probe up to listeners (+ /proc/net/tcp{,6})", listeners),
-        ("probe up to records (+ records, /proc/PID/stat, cgroups)", records),
-        ("full probe (+ socket owners via /proc/PID/fd)", full.clone()),
+        (
+            "probe up to records (+ records, /proc/PID/stat, cgroups)",
+            records,
+        ),
+        (
+            "full probe (+ socket owners via /proc/PID/fd)",
+            full.clone(),
+        ),
         ("full probe, LISTEN_SRC=auto (ss)", auto),
     ];
     let mut out = Vec::new();
@@ -89,8 +124,15 @@ fn run(ctx: &Ctx, rt: &tokio::runtime::Runtime, pool: &Pool, desired: &Arc<Desir
         ));
     }
     // The login shell sshd puts in front of every exec (root's shell runs `sh -c …`).
-    let shell = h.exec_ok("getent passwd root | cut -d: -f7")?.trim().to_string();
-    let (c, _) = local_loop(ctx, &format!("{shell} -c 'sh \"$0\"'"), "/tmp/tend-bench-probe0.sh")?;
+    let shell = h
+        .exec_ok("getent passwd root | cut -d: -f7")?
+        .trim()
+        .to_string();
+    let (c, _) = local_loop(
+        ctx,
+        &format!("{shell} -c 'sh \"$0\"'"),
+        "/tmp/tend-bench-probe0.sh",
+    )?;
     out.push(Measurement::new(
         "probe profile: host CPU per run",
         leak(format!("{shell} -c 'sh -c true' (sshd's login-shell hop)")),
@@ -101,7 +143,10 @@ fn run(ctx: &Ctx, rt: &tokio::runtime::Runtime, pool: &Pool, desired: &Arc<Desir
     ));
     // The same through sshd on the pool's kept-open connection.
     let t = pool.get(host)?;
-    for (label, script) in [("exec `true`", "true".to_string()), ("exec full probe", full)] {
+    for (label, script) in [
+        ("exec `true`", "true".to_string()),
+        ("exec full probe", full),
+    ] {
         let c0 = cgroup_cpu(ctx, &h.name)?;
         let t0 = Instant::now();
         let k = 50;

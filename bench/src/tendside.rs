@@ -190,6 +190,8 @@ fn noop_in_process(ctx: &Ctx) -> Vec<Measurement> {
         Ok(r) => r,
         Err(e) => return fail(format!("tokio: {e}")),
     };
+    let me = std::process::id();
+    let anon0 = procfs::status_bytes(me, "RssAnon").ok();
     let pool = Pool::new(PoolOptions::default());
     let hosts: Vec<String> = desired.hosts.keys().cloned().collect();
     let logins0 = ctx.logins();
@@ -254,6 +256,17 @@ fn noop_in_process(ctx: &Ctx) -> Vec<Measurement> {
     });
     let conns = pool.total_stats().connections();
     let logins1 = ctx.logins();
+    let anon1 = procfs::status_bytes(me, "RssAnon").ok();
+    if let (Some(a0), Some(a1)) = (anon0, anon1) {
+        out.push(Measurement::new(
+            "memory (profile)",
+            "tend pool + observe, in this process",
+            n,
+            "KiB per host",
+            vec![(a1 as f64 - a0 as f64) / 1024.0 / n as f64],
+            "growth of the benchmark's RssAnon from before the pool to after all observe runs, / hosts (glibc malloc, default arenas)",
+        ));
+    }
     out.push(finish(
         "noop",
         tool,
@@ -684,9 +697,15 @@ fn controller(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
         std::thread::sleep(Duration::from_millis(500));
     }
     let mib = |f: &'static str| {
-        procfs::status_bytes(pid, f).map(|b| format!("{:.1}", b as f64 / (1 << 20) as f64)).unwrap_or("?".into())
+        procfs::status_bytes(pid, f)
+            .map(|b| format!("{:.1}", b as f64 / (1 << 20) as f64))
+            .unwrap_or("?".into())
     };
-    let split = format!("RssAnon {} MiB, RssFile {} MiB", mib("RssAnon"), mib("RssFile"));
+    let split = format!(
+        "RssAnon {} MiB, RssFile {} MiB",
+        mib("RssAnon"),
+        mib("RssFile")
+    );
     out.push(Measurement::new(
         "idle RSS",
         "tend run",

@@ -310,8 +310,7 @@ fn bytes_that_are_not_utf8_are_refused_with_the_line_they_are_on() {
     for at in [0usize, 40, 300] {
         let input = apply(&[Mutation::InvalidUtf8(at)]);
         let d = load_tree(&tree(input.clone()), "fleet", Secrets::Resolve)
-            .err()
-            .expect("not UTF-8 is refused");
+            .expect_err("not UTF-8 is refused");
         assert_clear(&d, &input).unwrap();
     }
 }

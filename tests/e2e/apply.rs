@@ -306,6 +306,23 @@ async fn a_failed_upgrade_rolls_back_and_the_old_version_still_serves() {
         .exec_ok(&format!("readlink {ROOT}/releases/api/current"))
         .unwrap();
     assert_eq!(current.trim(), before.release);
+
+    // The failed version is not retried; a crash of the old one restarts the
+    // old one in place (it never installs version 2 again).
+    f.host(0)
+        .exec_ok(&format!("kill -9 {}", after.pid.unwrap()))
+        .unwrap();
+    let r = converge(&pool, &desired(&f, vec![bad]), &opts).await;
+    assert_eq!(r.actions.len(), 1, "{:?}", r.actions);
+    assert_eq!(r.actions[0].action.kind, ActionKind::Restart);
+    assert_eq!(r.actions[0].outcome, ActionOutcome::Succeeded);
+    assert!(!r.converged(), "version 2 is still not running");
+    assert_eq!(get(f.host(0), 18400, "/health").as_deref(), Some("api 1\n"));
+    let again = record(f.host(0), "api").unwrap();
+    assert_eq!(
+        (again.version.as_str(), again.failed_version.as_deref()),
+        ("1", Some("2"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -511,4 +528,67 @@ async fn one_controller_never_converges_a_host_twice_at_once() {
     let why = b.locked.get(&h).expect("the second apply was refused");
     assert!(why.contains("this controller"), "{why}");
     assert_eq!(procs(f.host(0), "slow"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn values_with_quotes_substitutions_and_newlines_reach_the_host_over_ssh_exactly() {
+    let Some(f) = fleet("values_reach_the_host_over_ssh_exactly", 1) else {
+        return;
+    };
+    let h = f.host(0).name.clone();
+    let nasty = [
+        "it's",
+        "$(touch /tmp/pwned)",
+        "`touch /tmp/pwned`",
+        "a\nb\n",
+        "\"\\$x'\\''",
+        "üñí\ttab",
+    ];
+    let mut services = Vec::new();
+    for (i, v) in nasty.iter().enumerate() {
+        let mut s = service(
+            &format!("q{i}"),
+            &h,
+            &format!("1 {v}"),
+            &[
+                "sh",
+                "-c",
+                "printf '%s' \"$V\" > out.env; printf '%s' \"$1\" > out.arg; exec sleep 600",
+                "tend-q",
+                v,
+            ],
+        );
+        s.env.insert("V".into(), EnvValue::literal(*v));
+        s.install = vec![format!(
+            "printf '%s' '{}' > out.step",
+            v.replace('\'', "'\\''")
+        )];
+        services.push(s);
+    }
+    let d = desired(&f, services);
+    let r = converge(&pool(), &d, &ApplyOptions::default()).await;
+    assert_converged(&r);
+    for (i, v) in nasty.iter().enumerate() {
+        let dir = format!("{ROOT}/releases/q{i}/current");
+        let read = |file: &str| {
+            let mut out = Vec::new();
+            for _ in 0..100 {
+                out = f.host(0).exec(&format!("cat {dir}/{file}")).unwrap().stdout;
+                if !out.is_empty() || v.is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            out
+        };
+        assert_eq!(read("out.env"), v.as_bytes(), "env of q{i}");
+        assert_eq!(read("out.arg"), v.as_bytes(), "argv of q{i}");
+        assert_eq!(read("out.step"), v.as_bytes(), "install step of q{i}");
+        assert_eq!(
+            record(f.host(0), &format!("q{i}")).unwrap().version,
+            format!("1 {v}")
+        );
+    }
+    let pwned = f.host(0).exec("test -e /tmp/pwned").unwrap();
+    assert!(!pwned.status.success(), "a value was run as a command");
 }

@@ -149,6 +149,34 @@ async fn the_readme_demo_starts_converges_follows_an_edit_and_stops() {
     let (_, hello) = http(web, "GET", "/", &[], b"").await;
     assert!(hello.contains("hello from tend"), "{hello}");
 
+    // The clients: `tend trigger` (token from the demo's .tend/token) and `tend status`.
+    let url = format!("http://{addr}");
+    let tend = |args: &[&str]| {
+        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["run", "--quiet", "--manifest-path"])
+            .arg(&manifest)
+            .args(["-p", "tend", "--"])
+            .args(args)
+            .current_dir(&repo)
+            .output()
+            .expect("cargo run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = tend(&["trigger", "--wait", "--url", &url]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("queued reconcile #"), "{out}");
+    assert!(out.contains(": success in "), "{out}");
+    let (code, out) = tend(&["status", "--url", &url]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("demo") && l.contains("demo-web") && l.contains("in sync")),
+        "{out}"
+    );
+
     // Edit a demo manifest: the watcher (or the next tick) converges it.
     let file = repo.join("manifests/demo/demo.yaml");
     let text = std::fs::read_to_string(&file).unwrap();

@@ -205,6 +205,9 @@ pub(crate) async fn run_action(
         release: None,
     };
     let outcome = match a.kind {
+        ActionKind::Restart if ctx.observed(&a.host, &a.service).is_some() => {
+            restart(&mut run).await
+        }
         ActionKind::Start | ActionKind::Upgrade | ActionKind::Restart => {
             match ctx.desired.services.get(&a.service) {
                 Some(s) if s.host == a.host => deploy(&mut run, s).await,
@@ -394,6 +397,66 @@ async fn rollback(
             .map_err(|e| StepError::Script(format!("{} is unhealthy too: {e}", prev.version)))?;
     }
     Ok(())
+}
+
+/// Restart the recorded release in place (memory limit or health drift, or
+/// a stopped service whose desired version was rolled back): never installs.
+async fn restart(run: &mut Run<'_>) -> ActionOutcome {
+    match restart_inner(run).await {
+        Ok(o) => o,
+        Err(e) => fail(e),
+    }
+}
+
+async fn restart_inner(run: &mut Run<'_>) -> Result<ActionOutcome, StepError> {
+    let root = run.lock.root.clone();
+    let svc = run.action.service.clone();
+    let Some(o) = run.ctx.observed(&run.action.host, &svc) else {
+        return Ok(ActionOutcome::Skipped("no record on the host".into()));
+    };
+    let rec = o.record.clone();
+    let kind = rec.runtime.unwrap_or(crate::model::RuntimeKind::Process);
+    let rt = runtime::for_kind(kind);
+    let mut body = rt.stop(&root, &svc)?;
+    body.push_str(&runtime::switch(&root, &svc, &rec.release)?);
+    body.push_str(&stage(
+        &root,
+        &svc,
+        &rec.release,
+        &extra_lines(rec.previous.as_ref(), rec.failed_version.as_deref()),
+    )?);
+    body.push_str(&runtime::run_start(&root, &svc, &rec.release)?);
+    run.release = Some(rec.release.clone());
+    run.script(&body, &[]).await?;
+    run.step("running");
+    // The desired health check applies when the recorded release is the desired one.
+    let desired = run.ctx.desired.services.get(&svc).cloned();
+    let health = desired
+        .as_ref()
+        .filter(|s| s.version == rec.version && s.config_hash() == rec.config_hash)
+        .and_then(|s| s.health.clone());
+    if let Some(h) = health {
+        run.step("health");
+        if let Err(e) = crate::health::wait_healthy(run.t, &root, &svc, &h).await {
+            let (_, oom) = run.status(rt).await;
+            let mut why = format!("{} is unhealthy after a restart: {e}", rec.version);
+            if oom {
+                why.push_str("; the kernel OOM-killed it");
+            }
+            return Ok(ActionOutcome::Failed(why));
+        }
+        return Ok(ActionOutcome::Succeeded);
+    }
+    let (alive, oom) = run.status(rt).await;
+    Ok(if alive {
+        ActionOutcome::Succeeded
+    } else {
+        ActionOutcome::Failed(if oom {
+            "the kernel OOM-killed it".into()
+        } else {
+            "it is not running (see its log)".into()
+        })
+    })
 }
 
 async fn explicit_rollback(run: &mut Run<'_>) -> ActionOutcome {

@@ -4,6 +4,7 @@
 //! action failed, was rolled back or skipped, a host was unreachable or
 //! locked, the manifests did not load); 2 nothing was done because it was
 //! refused (no `--yes` without a terminal) or declined at the prompt.
+//! `--dry-run` exits like `tend plan`: 0 in sync, 2 drift.
 
 use super::Output;
 use clap::Args;

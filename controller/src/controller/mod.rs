@@ -90,6 +90,8 @@ struct State {
     backoff: BTreeMap<String, Backoff>,
     /// Revision whose refusal was already notified (one message per bad commit).
     notified_invalid: Option<String>,
+    /// Result of the previous reconcile: failures are notified once, not every tick.
+    last_result: Option<String>,
 }
 
 /// Shared by the loop and the HTTP server.
@@ -136,6 +138,7 @@ impl Context {
                 history: VecDeque::new(),
                 backoff: BTreeMap::new(),
                 notified_invalid: None,
+                last_result: None,
             }),
             ready: AtomicBool::new(false),
             finished: watch::channel(0).0,
@@ -845,7 +848,8 @@ impl Worker {
             result,
             (result == "success").then(now_unix),
         );
-        if result == "failure" {
+        let previous = ctx.lock().last_result.replace(result.to_string());
+        if result == "failure" && previous.as_deref() != Some("failure") {
             ctx.notify(Event {
                 kind: EventKind::Failure,
                 controller: ctx.config.ident.clone(),

@@ -92,13 +92,16 @@ impl Holder {
         }
     }
 
-    /// The holder ran on this machine and is gone: its lease can be taken.
+    /// The holder ran on this machine and is gone, or is an earlier apply of
+    /// this very process (which holds the host's [`Claim`] now, so that
+    /// apply is over — e.g. it lost the host before it could unlock): its
+    /// lease can be taken.
     pub fn is_dead_local(&self, me: &Owner) -> bool {
-        match (&self.controller, self.pid) {
-            (Some(c), Some(pid)) => {
+        match (&self.controller, self.pid, &self.token) {
+            (Some(c), Some(pid), Some(tok)) => {
                 *c == sanitize(&me.controller)
-                    && pid != me.pid
-                    && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                    && *tok != me.token
+                    && (pid == me.pid || !std::path::Path::new(&format!("/proc/{pid}")).exists())
             }
             _ => false,
         }

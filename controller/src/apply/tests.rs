@@ -207,6 +207,9 @@ fn a_stale_lease_of_a_dead_local_controller_can_be_taken_over() {
     assert!(!alive.is_dead_local(&me));
     let elsewhere = super::lock::Holder::parse("controller=other pid=999999999 since=1 token=t");
     assert!(!elsewhere.is_dead_local(&me));
+    let earlier_self =
+        super::lock::Holder::parse(&format!("controller=ctl pid={} since=1 token=old", me.pid));
+    assert!(earlier_self.is_dead_local(&me), "an earlier apply of this process");
 }
 
 /// Serve `body` to every GET on 127.0.0.1 (the artifact's origin).

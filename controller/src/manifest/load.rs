@@ -311,8 +311,14 @@ fn parse_file(file: &str, bytes: &[u8], r: &mut Report) -> Vec<ParsedDoc> {
     let err = |r: &mut Report, at: At, field: &str, msg: String| {
         r.errors.push(Diagnostic::new(file, at, field, msg));
     };
-    if std::str::from_utf8(bytes).is_err() {
-        err(r, At::default(), "", "not UTF-8 text".into());
+    if let Err(e) = std::str::from_utf8(bytes) {
+        // Point at the first bad byte: line and column (1-based) of where it sits.
+        let good = &bytes[..e.valid_up_to()];
+        let line = 1 + good.iter().filter(|&&b| b == b'\n').count();
+        let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let column = 1 + String::from_utf8_lossy(&good[line_start..]).chars().count();
+        let msg = format!("not UTF-8 text (byte {} of the file)", e.valid_up_to() + 1);
+        err(r, At { line, column }, "", msg);
         return Vec::new();
     }
 

@@ -71,6 +71,19 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("mkdir {}", args.out.display()))?;
     let out = std::fs::canonicalize(&args.out).context("canonicalize --out")?;
     let mut rows: Vec<Measurement> = Vec::new();
+    // Other work on the machine shows in the load average: sample it all along.
+    let load_log = out.join("loadavg.log");
+    std::thread::spawn(move || loop {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&load_log)
+        {
+            let _ = writeln!(f, "{} {}", now_utc(), util::loadavg());
+        }
+        std::thread::sleep(Duration::from_secs(30));
+    });
     let mut env = Vec::new();
     env.push(format!("started: {}", now_utc()));
     env.push(format!("loadavg at start: {}", util::loadavg()));

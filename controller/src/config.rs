@@ -210,11 +210,22 @@ impl Config {
                     .location()
                     .map(|l| (l.line(), l.column()))
                     .unwrap_or((0, 0));
+                // The library's message repeats the position and adds a snippet: keep the gist.
+                let full = e.to_string();
+                let first = full
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim_start_matches("error: ");
+                let why = match first.split_once(": ") {
+                    Some((pos, rest)) if pos.starts_with("line ") => rest.to_string(),
+                    _ => first.to_string(),
+                };
                 ConfigError::Syntax {
                     file: name.into(),
                     line,
                     column,
-                    why: e.to_string(),
+                    why,
                 }
             })?
         };

@@ -209,7 +209,10 @@ fn a_stale_lease_of_a_dead_local_controller_can_be_taken_over() {
     assert!(!elsewhere.is_dead_local(&me));
     let earlier_self =
         super::lock::Holder::parse(&format!("controller=ctl pid={} since=1 token=old", me.pid));
-    assert!(earlier_self.is_dead_local(&me), "an earlier apply of this process");
+    assert!(
+        earlier_self.is_dead_local(&me),
+        "an earlier apply of this process"
+    );
 }
 
 /// Serve `body` to every GET on 127.0.0.1 (the artifact's origin).
@@ -236,7 +239,10 @@ async fn serve(body: &'static [u8]) -> u16 {
 fn an_artifact_is_fetched_and_refused_when_its_sha256_differs() {
     use sha2::{Digest, Sha256};
     const BODY: &[u8] = b"#!/bin/sh\necho tool ran\n";
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let port = serve(BODY).await;
         let base = tempfile::tempdir().unwrap();
@@ -266,18 +272,36 @@ fn an_artifact_is_fetched_and_refused_when_its_sha256_differs() {
         let good = mk(hex::encode(Sha256::digest(BODY)));
         let p = deploy_plan(&root, &good, None, None).unwrap();
         run(&t, &lock, &p.body, &p.stdin).await;
-        let tool = base.path().join("releases").join(&name).join(&p.release).join("tool");
+        let tool = base
+            .path()
+            .join("releases")
+            .join(&name)
+            .join(&p.release)
+            .join("tool");
         assert_eq!(std::fs::read(&tool).unwrap(), BODY);
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&tool).unwrap().permissions().mode() & 0o777, 0o755);
+        assert_eq!(
+            std::fs::metadata(&tool).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
 
         let bad = mk("0".repeat(64));
         let p = deploy_plan(&root, &bad, None, None).unwrap();
-        let out = t.exec(&wrap(&lock.prelude().unwrap(), &p.body), &p.stdin).await.unwrap();
+        let out = t
+            .exec(&wrap(&lock.prelude().unwrap(), &p.body), &p.stdin)
+            .await
+            .unwrap();
         assert!(!out.success());
-        assert!(out.stdout_lossy().contains("sha256"), "{}", out.stdout_lossy());
+        assert!(
+            out.stdout_lossy().contains("sha256"),
+            "{}",
+            out.stdout_lossy()
+        );
         let rel = base.path().join("releases").join(&name).join(&p.release);
-        assert!(!rel.join(".tend/complete").exists(), "a bad artifact was installed");
+        assert!(
+            !rel.join(".tend/complete").exists(),
+            "a bad artifact was installed"
+        );
         let body = runtime::process::Process.remove(&root, &name).unwrap();
         run(&t, &lock, &body, &[]).await;
     });

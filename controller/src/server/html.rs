@@ -81,7 +81,11 @@ schedule <code>{}</code>{}</p>",
         crate::source::SourceInfo::Git { url, branch } => format!("git {url} ({branch})"),
         crate::source::SourceInfo::Dir { path } => format!("directory {path} (watched)"),
     };
-    let _ = write!(h, "<tr><th>location</th><td><code>{}</code></td></tr>", esc(&location));
+    let _ = write!(
+        h,
+        "<tr><th>location</th><td><code>{}</code></td></tr>",
+        esc(&location)
+    );
     let _ = write!(
         h,
         "<tr><th>in force</th><td><code>{}</code> {}</td></tr>",

@@ -19,6 +19,13 @@ fn cut(script: &str, marker: &str) -> Option<String> {
     Some(format!("{}\nprintf 'end %s\\n' \"$n\"\n", &script[..at]))
 }
 
+/// `script` without the lines from `from` up to (not including) `to`.
+fn without(script: &str, from: &str, to: &str) -> Option<String> {
+    let a = script.find(&format!("\n{from}"))?;
+    let b = script.find(&format!("\n{to}"))?;
+    (a < b).then(|| format!("{}{}", &script[..a], &script[b..]))
+}
+
 fn cgroup_cpu(ctx: &Ctx, host: &str) -> Result<f64> {
     let dir = Path::new("/sys/fs/cgroup/cpuacct")
         .join("tend-testbed")
@@ -86,6 +93,9 @@ fn run(
     let Some(records) = cut(&full, "OWN=") else {
         bail!("probe has no `OWN=` line")
     };
+    let Some(no_listeners) = without(&full, "L=", "SCAN=") else {
+        bail!("probe has no listener block")
+    };
     let variants: Vec<(&str, String)> = vec![
         ("`true` (empty script)", "true\n".into()),
         (
@@ -102,6 +112,10 @@ fn run(
             full.clone(),
         ),
         ("full probe, LISTEN_SRC=auto (ss)", auto),
+        (
+            "full probe without the listener block (so no socket owners either)",
+            no_listeners,
+        ),
     ];
     let mut out = Vec::new();
     for (i, (label, text)) in variants.iter().enumerate() {
@@ -123,6 +137,16 @@ fn run(
             format!("{LOOPS} runs of `sh FILE` in host0 via nsenter (no ssh), 3 batches; wall {:.2} ms/run", wall[1]),
         ));
     }
+    // A persistent remote shell would run each probe in a subshell of itself.
+    let (c, w) = local_loop(ctx, "( .", "/tmp/tend-bench-probe4.sh )")?;
+    out.push(Measurement::new(
+        "probe profile: host CPU per run",
+        "full probe as `( . FILE )` in one long-lived sh (persistent-channel model)",
+        n,
+        "ms",
+        vec![c],
+        format!("{LOOPS} runs in one sh in host0 via nsenter; wall {w:.2} ms/run"),
+    ));
     // The login shell sshd puts in front of every exec (root's shell runs `sh -c …`).
     let shell = h
         .exec_ok("getent passwd root | cut -d: -f7")?

@@ -381,6 +381,16 @@ async fn prune_runs_only_when_on_within_its_share_or_forced() {
         vec![sleeper("pa"), sleeper("pb"), sleeper("pc"), sleeper("pd")],
     );
     assert_converged(&converge(&pool, &all, &ApplyOptions::default()).await);
+    // Services start with no signal ignored (HUP and PIPE are theirs to handle).
+    let pid = record(f.host(0), "pa").unwrap().pid.unwrap();
+    let ign = f
+        .host(0)
+        .exec_ok(&format!(
+            "sed -n 's/^SigIgn:[[:space:]]*//p' /proc/{pid}/status"
+        ))
+        .unwrap();
+    let mask = u64::from_str_radix(ign.trim(), 16).unwrap();
+    assert_eq!(mask & ((1 << 0) | (1 << 12)), 0, "SigIgn {ign}");
 
     // Off: nothing removed, and that is no failure.
     let three_gone = desired(&f, vec![sleeper("pd")]);

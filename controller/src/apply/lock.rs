@@ -137,7 +137,9 @@ impl LockError {
 /// The lines every mutating script starts with: take the flock (waiting up to
 /// `wait` for another script to finish), check the lease, renew ours.
 /// Everything the rest prints goes to a file on the host first, so a
-/// controller that dies mid-script cannot cut a script short.
+/// controller that dies mid-script cannot cut a script short (nothing is
+/// written to the dead channel until the end). No signal is ignored here:
+/// the services started would inherit it, and sh cannot undo that.
 pub fn prelude(
     root: &str,
     owner: &Owner,
@@ -147,7 +149,6 @@ pub fn prelude(
 ) -> Result<String, RuntimeError> {
     Ok(format!(
         r#"set -eu
-trap '' HUP PIPE
 root={root}
 mkdir -p "$root/records" "$root/releases" "$root/env" "$root/logs"
 exec 9>>"$root/lock"

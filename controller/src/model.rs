@@ -145,7 +145,10 @@ impl Service {
         }
         put(
             "memory",
-            self.memory.map(|m| m.to_string()).unwrap_or_default().as_bytes(),
+            self.memory
+                .map(|m| m.to_string())
+                .unwrap_or_default()
+                .as_bytes(),
         );
         match &self.delivery {
             Delivery::None => put("delivery", b"none"),
@@ -203,10 +206,16 @@ pub struct EnvValue {
 
 impl EnvValue {
     pub fn literal(v: impl Into<String>) -> Self {
-        EnvValue { value: v.into(), secret: false }
+        EnvValue {
+            value: v.into(),
+            secret: false,
+        }
     }
     pub fn secret(v: impl Into<String>) -> Self {
-        EnvValue { value: v.into(), secret: true }
+        EnvValue {
+            value: v.into(),
+            secret: true,
+        }
     }
     /// What may be shown to people.
     pub fn display(&self) -> &str {

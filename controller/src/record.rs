@@ -170,9 +170,8 @@ impl Record {
                 "version" => r.version = v,
                 "config_hash" => r.config_hash = v,
                 "runtime" => {
-                    r.runtime = Some(
-                        RuntimeKind::parse(&v).ok_or_else(|| bad(format!("runtime {v:?}")))?,
-                    )
+                    r.runtime =
+                        Some(RuntimeKind::parse(&v).ok_or_else(|| bad(format!("runtime {v:?}")))?)
                 }
                 "release" => r.release = v,
                 "cgroup" => r.cgroup = Some(v).filter(|c| !c.is_empty()),
@@ -191,9 +190,7 @@ impl Record {
                 "previous_release" => pr = Some(v),
                 "failed_version" => r.failed_version = Some(v),
                 "pid" => {
-                    r.pid = Some(
-                        u32::try_from(num(&v)?).map_err(|e| bad(format!("pid: {e}")))?,
-                    )
+                    r.pid = Some(u32::try_from(num(&v)?).map_err(|e| bad(format!("pid: {e}")))?)
                 }
                 "start_time" => r.start_time = Some(num(&v)?),
                 "boot_id" => r.boot_id = Some(v),
@@ -208,7 +205,11 @@ impl Record {
             return Err(RecordError::Missing("version"));
         }
         if let (Some(version), Some(config_hash), Some(release)) = (pv, ph, pr) {
-            r.previous = Some(PreviousRelease { version, config_hash, release });
+            r.previous = Some(PreviousRelease {
+                version,
+                config_hash,
+                release,
+            });
         }
         Ok(r)
     }
@@ -251,7 +252,10 @@ mod tests {
 
     #[test]
     fn a_record_without_its_header_is_refused() {
-        assert_eq!(Record::parse("name=x\nversion=1\n"), Err(RecordError::Header));
+        assert_eq!(
+            Record::parse("name=x\nversion=1\n"),
+            Err(RecordError::Header)
+        );
     }
 
     #[test]
@@ -263,7 +267,10 @@ mod tests {
     #[test]
     fn a_garbled_number_names_its_line() {
         let text = format!("{HEADER}\nname=x\nversion=1\npid=12x\n");
-        assert!(matches!(Record::parse(&text), Err(RecordError::Line { line: 4, .. })));
+        assert!(matches!(
+            Record::parse(&text),
+            Err(RecordError::Line { line: 4, .. })
+        ));
     }
 
     proptest! {

@@ -10,7 +10,11 @@ mod run;
 mod validate;
 
 #[derive(Debug, Parser)]
-#[command(name = "tend", version, about = "GitOps reconcile controller for plain servers")]
+#[command(
+    name = "tend",
+    version,
+    about = "GitOps reconcile controller for plain servers"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -181,9 +181,12 @@ rm -f "$root"/.tmp-out-*
 /// `prelude` + `body`, the body run in a subshell with its output kept in a
 /// file and printed at the end. The subshell is a plain command (not part of
 /// an `||` list), so its own `set -e` holds.
+/// The body's output goes to a file first so the script outlives a dropped
+/// connection; the file lives in the host's temp dir, not under `root`, so a
+/// full root disk still lets the script say why it failed.
 pub fn wrap(prelude: &str, body: &str) -> String {
     format!(
-        "{prelude}tend_out=\"$root/.tmp-out-$$\"\nset +e\n( set -eu\n{body}\n) >\"$tend_out\" 2>&1\ntend_rc=$?\nset -e\ncat \"$tend_out\"\nrm -f \"$tend_out\"\nexit $tend_rc\n"
+        "{prelude}tend_out=$(mktemp \"${{TMPDIR:-/tmp}}/tend-out.XXXXXX\" 2>/dev/null) || tend_out=\"$root/.tmp-out-$$\"\nset +e\n( set -eu\n{body}\n) >\"$tend_out\" 2>&1\ntend_rc=$?\nset -e\ncat \"$tend_out\"\nrm -f \"$tend_out\"\nexit $tend_rc\n"
     )
 }
 

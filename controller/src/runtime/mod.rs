@@ -265,7 +265,17 @@ pub fn install_release(rt: &dyn Runtime, r: &Release) -> Result<String, RuntimeE
     o.push_str("  rm -rf \"$r\"\n  t=\"$d/.tmp-$rel\"\n  mkdir -p \"$t\"\n");
     match &s.delivery {
         Delivery::None | Delivery::Image { .. } => {}
-        Delivery::Source(_) => o.push_str("  tar -x -f - -C \"$t\" --no-same-owner\n"),
+        Delivery::Source(_) => o.push_str(concat!(
+            "  tar -x -f - -C \"$t\" --no-same-owner || {\n",
+            // tar words a full disk as a short write: say it plainly.
+            "    free=$(df -Pk \"$d\" 2>/dev/null | awk 'NR == 2 { print $4 }')\n",
+            "    rm -rf \"$t\"\n",
+            "    if [ -n \"$free\" ] && [ \"$free\" -lt 1024 ]; then\n",
+            "      echo \"tend: No space left on device under $d ($free KiB free)\" >&2\n",
+            "    fi\n",
+            "    exit 1\n",
+            "  }\n",
+        )),
         Delivery::Artifact { url, sha256 } => {
             let file = artifact_file_name(url);
             let _ = writeln!(o, "  a=\"$t\"/{}", q(&file)?);

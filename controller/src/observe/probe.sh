@@ -35,7 +35,14 @@ if { read -r v < /sys/fs/cgroup/cgroup.controllers; } 2>/dev/null; then
   case " $v " in *" memory "*) CG=v2 ;; esac
 fi
 [ $CG = none ] && [ -e /sys/fs/cgroup/memory/cgroup.procs ] && CG=v1
-o "cgroup $CG"
+# Report the mode tend can use: a hierarchy it cannot write (not root) cannot
+# enforce limits, so the plan must not ask for restarts to fix them.
+CGW=$CG
+case $CG in
+  v2) [ -w /sys/fs/cgroup/tend ] || [ -w /sys/fs/cgroup ] || CGW=none ;;
+  v1) [ -w /sys/fs/cgroup/memory/tend ] || [ -w /sys/fs/cgroup/memory ] || CGW=none ;;
+esac
+o "cgroup $CGW"
 L=; LI=
 lst() { # port inode
   case $1$2 in ''|*[!0-9]*) return ;; esac

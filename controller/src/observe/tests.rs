@@ -851,3 +851,35 @@ fn a_host_without_a_memory_controller_reports_none() {
     };
     assert_eq!(st.facts.cgroup, CgroupMode::None);
 }
+
+/// A user who cannot write the memory hierarchy cannot enforce limits, so the
+/// probe must say `none` (else the plan restarts services forever to fix them).
+#[test]
+fn a_memory_hierarchy_the_probe_user_cannot_write_reports_no_cgroup() {
+    let is_root = unsafe { libc::geteuid() } == 0;
+    let writable = std::path::Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists();
+    if !is_root || !writable || Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: needs root, setpriv and a cgroup v1 memory hierarchy");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = probe_script(&dir.path().to_string_lossy(), &[]).unwrap();
+    let run = |argv: &[&str]| {
+        let out = Command::new(argv[0])
+            .args(&argv[1..])
+            .arg(&s)
+            .output()
+            .unwrap();
+        parse(&out.stdout).unwrap().facts.cgroup
+    };
+    assert_eq!(run(&["sh", "-c"]), CgroupMode::V1);
+    let nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "sh",
+        "-c",
+    ];
+    assert_eq!(run(&nobody), CgroupMode::None);
+}

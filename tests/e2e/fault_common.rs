@@ -156,10 +156,11 @@ pub fn httpds(h: &TestHost, port: u16) -> usize {
 }
 
 /// The service's memory cgroup members (v1 or v2 hierarchy).
-pub fn cgroup_procs(h: &TestHost, svc: &str) -> usize {
+pub fn cgroup_procs(h: &TestHost, root: &str, svc: &str) -> usize {
+    let cg = tend::runtime::cgroup_name(root, svc);
     let out = h
         .exec_ok(&format!(
-            "cat /sys/fs/cgroup/memory/tend/{svc}/cgroup.procs /sys/fs/cgroup/tend/{svc}/cgroup.procs 2>/dev/null || true"
+            "cat /sys/fs/cgroup/memory/tend/{cg}/cgroup.procs /sys/fs/cgroup/tend/{cg}/cgroup.procs 2>/dev/null || true"
         ))
         .unwrap_or_default();
     out.lines().filter(|l| !l.trim().is_empty()).count()
@@ -182,7 +183,7 @@ pub fn assert_intact(h: &TestHost, root: &str, svc: &str, port: u16, version: &s
         h.name
     );
     assert_eq!(
-        cgroup_procs(h, svc),
+        cgroup_procs(h, root, svc),
         1,
         "{}: {svc}: one process in its cgroup",
         h.name

@@ -157,9 +157,10 @@ impl Drop for Leftovers {
                     }
                 }
             }
+            let name = tend::runtime::cgroup_name(&self.root.to_string_lossy(), svc);
             for cg in [
-                format!("/sys/fs/cgroup/memory/tend/{svc}"),
-                format!("/sys/fs/cgroup/tend/{svc}"),
+                format!("/sys/fs/cgroup/memory/tend/{name}"),
+                format!("/sys/fs/cgroup/tend/{name}"),
             ] {
                 let _ = std::fs::remove_dir(cg);
             }

@@ -220,10 +220,23 @@ pub(crate) const FN_WRITE_RECORD: &str = r#"tend_write_record() {
 /// Header of every stored script: where things are.
 pub(crate) fn vars(root: &str, service: &str) -> Result<String, RuntimeError> {
     Ok(format!(
-        "root={}\nsvc={}\nd=\"$root/releases/$svc\"\n",
+        "root={}\nsvc={}\ncgname={}\nd=\"$root/releases/$svc\"\n",
         q(root)?,
-        q(service)?
+        q(service)?,
+        q(&cgroup_name(root, service))?
     ))
+}
+
+/// The service's cgroup name under `tend/`. Two tend roots on one machine
+/// (local hosts, tests) must not share a cgroup: stopping one would kill the
+/// other's processes. The default root keeps the plain, readable name.
+pub fn cgroup_name(root: &str, service: &str) -> String {
+    if root == crate::model::DEFAULT_ROOT {
+        return service.to_string();
+    }
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(root.as_bytes());
+    format!("{service}-{}", hex::encode(&h[..4]))
 }
 
 /// Default status: the recorded process, and the cgroup's OOM count.
@@ -379,8 +392,8 @@ pub fn gc_releases(root: &str, service: &str, keep: &[&str]) -> Result<String, R
 
 /// Remove what every runtime shares: releases, env, cgroup dirs; the record last.
 pub(crate) const REMOVE_COMMON: &str = r#"rm -rf "$d" "$root/env/$svc.env" "$root/env/.tmp-$svc.env"
-rmdir "/sys/fs/cgroup/tend/$svc" 2>/dev/null || true
-rmdir "/sys/fs/cgroup/memory/tend/$svc" 2>/dev/null || true
+rmdir "/sys/fs/cgroup/tend/$cgname" 2>/dev/null || true
+rmdir "/sys/fs/cgroup/memory/tend/$cgname" 2>/dev/null || true
 rm -f "$root/records/.tmp-$svc.static" "$root/records/.tmp-$svc.rec"
 rm -f "$root/records/$svc.rec"
 echo "tend: removed $svc"

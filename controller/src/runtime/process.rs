@@ -73,9 +73,9 @@ if [ -r /sys/fs/cgroup/cgroup.controllers ] && grep -qw memory /sys/fs/cgroup/cg
   mkdir -p /sys/fs/cgroup/tend
   grep -qw memory /sys/fs/cgroup/cgroup.subtree_control || echo +memory > /sys/fs/cgroup/cgroup.subtree_control
   grep -qw memory /sys/fs/cgroup/tend/cgroup.subtree_control || echo +memory > /sys/fs/cgroup/tend/cgroup.subtree_control
-  cgdir="/sys/fs/cgroup/tend/$svc"
+  cgdir="/sys/fs/cgroup/tend/$cgname"
 elif [ -d /sys/fs/cgroup/memory ] && [ -w /sys/fs/cgroup/memory ]; then
-  cgdir="/sys/fs/cgroup/memory/tend/$svc"
+  cgdir="/sys/fs/cgroup/memory/tend/$cgname"
 fi
 if [ -n "$cgdir" ]; then
   rmdir "$cgdir" 2>/dev/null || true
@@ -87,7 +87,7 @@ if [ -n "$cgdir" ]; then
     echo "${mem:--1}" > "$cgdir/memory.limit_in_bytes"
     if [ -n "$mem" ] && [ -f "$cgdir/memory.memsw.limit_in_bytes" ]; then echo "$mem" > "$cgdir/memory.memsw.limit_in_bytes" 2>/dev/null || true; fi
   fi
-  cgrel="/tend/$svc"
+  cgrel="/tend/$cgname"
 elif [ -n "$mem" ]; then
   echo "tend: no memory cgroup on this host: the limit of $svc is not enforced" >&2
 fi
@@ -96,7 +96,7 @@ fi
 /// TERM every process of the service (its cgroup, its process group, the
 /// recorded pid), wait up to 10 s, then KILL what is left.
 const STOP_BODY: &str = r#"tend_pids() {
-  for f in "/sys/fs/cgroup/tend/$svc/cgroup.procs" "/sys/fs/cgroup/memory/tend/$svc/cgroup.procs"; do
+  for f in "/sys/fs/cgroup/tend/$cgname/cgroup.procs" "/sys/fs/cgroup/memory/tend/$cgname/cgroup.procs"; do
     if [ -r "$f" ]; then cat "$f"; fi
   done
   tend_recorded_pid

@@ -115,9 +115,21 @@ async fn triggers_without_the_token_get_401_and_webhooks_with_a_wrong_signature_
         let (code, body) = http(r.addr, "POST", "/webhook", &headers, payload).await;
         assert_eq!(code, 403, "{headers:?}: {body}");
     }
-    // None of them started anything.
-    let after = eventually(60, "idle", idle).await;
-    assert_eq!(after, before, "a refused trigger ran a reconcile");
+    // None of them started anything. (The controller may retry on its own,
+    // e.g. after a slow first reconcile on a loaded machine: those say so.)
+    eventually(60, "idle", idle).await;
+    let st = get_json(r.addr, "/status").await;
+    let by_request: Vec<_> = st["reconciles"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|x| x["id"].as_u64().unwrap_or(0) > before)
+        .filter(|x| matches!(x["trigger"].as_str(), Some("api" | "webhook" | "cli")))
+        .collect();
+    assert!(
+        by_request.is_empty(),
+        "a refused trigger ran a reconcile: {by_request:?}"
+    );
     r.stop().await;
 }
 

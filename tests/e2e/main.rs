@@ -3,6 +3,7 @@ mod apply_cli;
 mod apply_podman;
 mod controller;
 mod controller_demo;
+mod controller_health;
 mod deploy;
 mod fault_common;
 mod fault_controller_kill;

@@ -44,6 +44,37 @@ pub struct ApplyOptions {
     /// How long a script waits for another's `flock` to go.
     pub lock_wait: Duration,
     pub observe_timeout: Duration,
+    /// Health verdicts the caller already holds, by (host, service): the
+    /// controller's HTTP checks, which the probe does not run. Applied to the
+    /// observation under the lock where the probe left `healthy` unset and
+    /// the process is still the one the verdict is about.
+    pub health: BTreeMap<(String, String), HealthVerdict>,
+}
+
+/// One service's health as its caller judged it, and of which process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthVerdict {
+    pub pid: Option<u32>,
+    pub start_time: Option<u64>,
+    pub healthy: bool,
+}
+
+/// Set the caller's verdicts on the services the probe did not judge.
+fn apply_verdicts(
+    observed: &mut BTreeMap<String, Observation>,
+    verdicts: &BTreeMap<(String, String), HealthVerdict>,
+) {
+    for ((host, service), v) in verdicts {
+        let Some(Observation::Reachable(st)) = observed.get_mut(host) else {
+            continue;
+        };
+        if let Some(o) = st.services.get_mut(service) {
+            let same = o.record.pid == v.pid && o.record.start_time == v.start_time;
+            if o.running && same && o.healthy.is_none() {
+                o.healthy = Some(v.healthy);
+            }
+        }
+    }
 }
 
 impl Default for ApplyOptions {
@@ -59,6 +90,7 @@ impl Default for ApplyOptions {
             lease: Duration::from_secs(900),
             lock_wait: Duration::from_secs(30),
             observe_timeout: crate::observe::DEFAULT_TIMEOUT,
+            health: BTreeMap::new(),
         }
     }
 }
@@ -357,6 +389,7 @@ pub async fn converge(
         crate::observe::DEFAULT_CONCURRENCY,
     )
     .await;
+    apply_verdicts(&mut observed, &opts.health);
     for (h, o) in &observed {
         emit.send(Event::HostObserved {
             host: h.clone(),

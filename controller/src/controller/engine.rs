@@ -1,16 +1,18 @@
 //! The seam between the loop and the stages that touch hosts: `observe`
 //! (one probe per host, read-only, no lock) and `apply::converge` (lock,
 //! observe again under the lock, plan, act) — called only when the plan has
-//! actions, so a no-op tick costs one round trip per host.
+//! actions, so a no-op tick costs one round trip per host — plus a tunnel
+//! per HTTP health check that is due (`check_health`).
 
-use crate::apply::{self, ApplyOptions};
+use crate::apply::{self, ApplyOptions, HealthVerdict};
 use crate::config::Config;
-use crate::model::{Desired, Host, Observation};
+use crate::health::HealthError;
+use crate::model::{Desired, Health, Host, Observation};
 use crate::observe;
 use crate::plan::{ActionKind, Plan};
 use crate::transport::pool::{Pool, PoolOptions};
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// How one action ended.
@@ -103,14 +105,42 @@ impl Engine {
         observe::observe_host_with(t.as_ref(), host, &opts).await
     }
 
+    /// One health check of `service` on `host` through its transport (an
+    /// HTTP check opens a tunnel, not an exec), bounded by its timeout.
+    pub async fn check_health(
+        &self,
+        host: &Host,
+        service: &str,
+        health: &Health,
+    ) -> Result<(), HealthError> {
+        let t = self.pool.get(host)?;
+        crate::health::check_once(
+            t.as_ref(),
+            &host.root,
+            service,
+            &health.check,
+            health.timeout,
+        )
+        .await
+    }
+
     /// Converge the hosts that have actions in `plan`. `apply` locks each host,
     /// observes it again under the lock and plans from that, so what runs is
-    /// what the host needs now, not what it needed a moment ago.
-    pub async fn apply(&self, plan: &Plan, desired: &Desired, revision: &str) -> Applied {
+    /// what the host needs now, not what it needed a moment ago; `health`
+    /// carries the loop's HTTP health verdicts into that observation (the
+    /// probe does not make HTTP checks).
+    pub async fn apply(
+        &self,
+        plan: &Plan,
+        desired: &Desired,
+        revision: &str,
+        health: BTreeMap<(String, String), HealthVerdict>,
+    ) -> Applied {
         let hosts: BTreeSet<String> = plan.actions.iter().map(|a| a.host.clone()).collect();
         let opts = ApplyOptions {
             hosts: Some(hosts.into_iter().collect()),
             revision: Some(revision.to_string()),
+            health,
             ..self.opts.clone()
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -157,5 +187,78 @@ impl Engine {
             })
             .collect();
         Applied { outcomes, problems }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Address, HealthCheck};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn local() -> Host {
+        Host {
+            name: "here".into(),
+            labels: Default::default(),
+            address: Address::Local,
+            root: "/nonexistent".into(),
+            capacity: None,
+            reserved: 0,
+        }
+    }
+
+    fn http(port: u16, timeout: Duration) -> Health {
+        Health {
+            check: HealthCheck::Http {
+                port,
+                path: "/health".into(),
+            },
+            interval: Duration::from_secs(1),
+            timeout,
+            retries: 1,
+        }
+    }
+
+    /// Answers every request with `status`, or never answers (`None`).
+    async fn server(status: Option<&'static str>) -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut b = [0u8; 1024];
+                let _ = s.read(&mut b).await;
+                match status {
+                    Some(st) => {
+                        let reply = format!("HTTP/1.1 {st}\r\nContent-Length: 0\r\n\r\n");
+                        let _ = s.write_all(reply.as_bytes()).await;
+                    }
+                    None => held.push(s),
+                }
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn an_http_check_is_a_tunnel_not_an_exec_and_a_hang_fails_at_its_timeout() {
+        let e = Engine::new(&Config::default());
+        let h = local();
+        let ok = server(Some("200 OK")).await;
+        let bad = server(Some("500 Oops")).await;
+        let hang = server(None).await;
+        let short = Duration::from_millis(300);
+        assert!(e.check_health(&h, "web", &http(ok, short)).await.is_ok());
+        assert!(matches!(
+            e.check_health(&h, "web", &http(bad, short)).await,
+            Err(HealthError::Status(500))
+        ));
+        assert!(matches!(
+            e.check_health(&h, "web", &http(hang, short)).await,
+            Err(HealthError::Timeout(_))
+        ));
+        let t = e.pool.get(&h).unwrap();
+        assert_eq!((t.stats().tunnels(), t.stats().execs()), (3, 0));
     }
 }

@@ -2,6 +2,7 @@
 //! metrics, status and notifications. One reconcile at a time; each host in
 //! its own task with its own timeout and backoff.
 
+pub mod checks;
 pub mod coalesce;
 pub mod engine;
 pub mod schedule;
@@ -10,7 +11,7 @@ pub mod status;
 use crate::config::{Config, SourceSpec};
 use crate::manifest::{self, Secrets};
 use crate::metrics::{HostSample, Metrics, ServiceSample};
-use crate::model::{Desired, Host, Observation};
+use crate::model::{Desired, Host, HostState, Observation};
 use crate::notify::{Event, EventAction, EventKind, Notifier};
 use crate::plan::{self, Plan, Status};
 use crate::source::{self, Poll, Source};
@@ -92,6 +93,8 @@ struct State {
     notified_invalid: Option<String>,
     /// Result of the previous reconcile: failures are notified once, not every tick.
     last_result: Option<String>,
+    /// Last HTTP health check of each running service and its verdict.
+    health: checks::Cache,
 }
 
 /// Shared by the loop and the HTTP server.
@@ -139,6 +142,7 @@ impl Context {
                 backoff: BTreeMap::new(),
                 notified_invalid: None,
                 last_result: None,
+                health: checks::Cache::default(),
             }),
             ready: AtomicBool::new(false),
             finished: watch::channel(0).0,
@@ -417,6 +421,7 @@ impl Worker {
 
         let desired = shard(&good.desired, &ctx.config.selector);
         self.engine.retain_hosts(&desired);
+        ctx.lock().health.retain_hosts(&desired);
         let hosts: Vec<Host> = desired.hosts.values().cloned().collect();
         // A person asking for a reconcile wants every host tried now.
         let retry_all = matches!(q.trigger, Trigger::Api | Trigger::Cli | Trigger::Webhook);
@@ -431,9 +436,15 @@ impl Worker {
 
         let mut outcomes = Vec::new();
         if !the_plan.actions.is_empty() {
+            // What needs repair is visible while the repair runs.
+            self.publish(&desired, &observed, &the_plan);
             {
                 let _t = ctx.metrics.phase_timer("apply");
-                let applied = self.engine.apply(&the_plan, &desired, &good.revision).await;
+                let verdicts = ctx.lock().health.verdicts();
+                let applied = self
+                    .engine
+                    .apply(&the_plan, &desired, &good.revision, verdicts)
+                    .await;
                 outcomes = applied.outcomes;
                 problems.extend(applied.problems);
             }
@@ -592,7 +603,8 @@ impl Worker {
     }
 
     /// Observe hosts concurrently, each bounded by the host timeout; hosts in
-    /// backoff are not contacted.
+    /// backoff are not contacted. A reachable host's due HTTP health checks
+    /// run after its probe (see [`checks`]).
     async fn observe(
         &self,
         hosts: &[Host],
@@ -628,6 +640,10 @@ impl Worker {
                 let _permit = sem.acquire().await;
                 let o = match tokio::time::timeout(timeout, self.engine.observe(&h, &desired)).await
                 {
+                    Ok(Observation::Reachable(mut st)) => {
+                        self.check_http(&h, &desired, &mut st).await;
+                        Observation::Reachable(st)
+                    }
                     Ok(o) => o,
                     Err(_) => Observation::Unreachable {
                         reason: format!("no answer within {}", humantime::format_duration(timeout)),
@@ -654,6 +670,47 @@ impl Worker {
             out.insert(name, o);
         }
         out
+    }
+
+    /// Run `host`'s due HTTP health checks (at most [`checks::PER_HOST`] at
+    /// once, each bounded by its timeout) and set `healthy` from the verdicts.
+    async fn check_http(&self, host: &Host, desired: &Desired, st: &mut HostState) {
+        let ctx = &self.ctx;
+        let now = tokio::time::Instant::now();
+        let due = ctx.lock().health.due(desired, &host.name, st, now);
+        if !due.is_empty() {
+            let sem = Semaphore::new(checks::PER_HOST);
+            let results = join_all(
+                due.iter()
+                    .map(|d| async {
+                        let _permit = sem.acquire().await;
+                        self.engine.check_health(host, &d.service, &d.health).await
+                    })
+                    .collect(),
+            )
+            .await;
+            let mut s = ctx.lock();
+            for (d, r) in due.iter().zip(results) {
+                let why = r.as_ref().err().map(|e| e.to_string());
+                match s
+                    .health
+                    .record(&host.name, d, r.map_err(|e| e.to_string()), now)
+                {
+                    checks::Change::BecameUnhealthy => tracing::warn!(
+                        host = %host.name,
+                        service = %d.service,
+                        retries = d.health.retries,
+                        "unhealthy: {}",
+                        why.unwrap_or_default()
+                    ),
+                    checks::Change::BecameHealthy => {
+                        tracing::info!(host = %host.name, service = %d.service, "healthy again")
+                    }
+                    checks::Change::None => {}
+                }
+            }
+        }
+        ctx.lock().health.apply(desired, &host.name, st);
     }
 
     fn record_outcomes(&self, id: u64, outcomes: &[ActionOutcome]) {

@@ -4,29 +4,12 @@
 
 use super::apply::{fleet, get, procs, record, ROOT};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use tend_e2e::testbed::Fleet;
 
-/// target/debug/tend, next to this test's own binary (target/debug/deps/e2e-*).
-/// Built first, so it matches the library under test.
-fn tend_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("tend"))
-        .expect("target dir");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-q", "-p", "tend", "--bin", "tend"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo build runs");
-    assert!(status.success(), "cargo build -p tend failed");
-    assert!(bin.exists(), "{} missing", bin.display());
-    bin
-}
+/// The `tend` binary, built once per run (shared with the fault suite).
+use super::fault_common::tend_bin;
 
 /// A manifests dir: every test host, and `services` (YAML documents).
 fn manifests(f: &Fleet, services: &[(&str, String)]) -> tempfile::TempDir {

@@ -265,20 +265,7 @@ fn memory_table(plan: &Plan) -> String {
             m.mem_available.map(format_bytes).unwrap_or_else(dash),
         ]);
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in &rows {
-        let cells: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<width$}", width = *w))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    super::columns(&rows)
 }
 
 #[cfg(test)]

@@ -277,6 +277,20 @@ pub struct HostState {
     pub services: BTreeMap<String, ObservedService>,
     /// Listening TCP ports on the host and who holds them.
     pub listeners: BTreeMap<u16, Listener>,
+    /// The listening sockets tend services hold, as the next probe can
+    /// check them without walking the kernel's socket table.
+    #[serde(skip)]
+    pub held: Vec<HeldSocket>,
+}
+
+/// A listening socket held by a service process: fd `fd` of `pid` is
+/// socket `inode`, listening on `port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldSocket {
+    pub port: u16,
+    pub inode: u64,
+    pub pid: u32,
+    pub fd: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

@@ -18,3 +18,4 @@ mod plan;
 mod status_page;
 mod testbed_smoke;
 mod transport;
+mod transport_query;

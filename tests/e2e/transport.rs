@@ -623,6 +623,10 @@ fn any_quoted_string_arrives_on_the_host_as_exactly_its_bytes() {
             let script = format!("printf %s {}", tend::shell::quote(&s).unwrap());
             let out = rt.block_on(t.exec(&script, b"")).unwrap();
             prop_assert_eq!(out.stdout, s.as_bytes().to_vec());
+            // The kept shell quotes the script once more, into `eval`.
+            let out = rt.block_on(t.query(&script)).unwrap();
+            prop_assert_eq!(out.stdout, s.as_bytes().to_vec());
+            prop_assert_eq!(out.status, Some(0));
             Ok(())
         })
         .unwrap();

@@ -7,11 +7,13 @@
 //! versioned and framed; anything truncated or foreign is an error, never a
 //! silent "in sync".
 
+mod known;
 mod parse;
 mod probe;
 #[cfg(test)]
 mod tests;
 
+pub use known::SocketCache;
 pub use parse::parse;
 pub use probe::{probe_script, probe_script_with, CommandCheck, ListenSource, ProbeOptions};
 
@@ -106,7 +108,7 @@ pub async fn try_observe(
     opts: &ProbeOptions,
 ) -> Result<crate::model::HostState, ObserveError> {
     let script = probe_script_with(&host.root, opts)?;
-    let out = t.exec(&script, b"").await?;
+    let out = t.query(&script).await?;
     if !out.success() {
         let status = out
             .status

@@ -15,19 +15,30 @@
 //! proc PID STATE STARTTIME           (the recorded pid, if it exists)
 //! memory USAGE LIMIT OOM_KILLS       (the record's cgroup: "-"/"max" when none)
 //! procs PID...                       (the cgroup's processes)
-//! sock PID INODE COMM                (a holder of a listener's socket)
+//! listeners known                    (listen lines are the known sockets only)
+//! sock PID INODE FD COMM             (a holder of a listener's socket)
 //! check SERVICE EXIT                 ("-": not run)
 //! end N                              (N = lines before this one)
 //! ```
 
 use super::ObserveError;
-use crate::model::{CgroupMode, HostFacts, HostState, Listener, ObservedService, RuntimeKind};
+use crate::model::{
+    CgroupMode, HeldSocket, HostFacts, HostState, Listener, ObservedService, RuntimeKind,
+};
 use crate::record::Record;
 use std::collections::{BTreeMap, HashMap};
 
 const HEADER: &str = "tend-probe 1";
 /// cgroup v1 reports "no limit" as a huge page-aligned number.
 const V1_UNLIMITED: u64 = 1 << 62;
+
+/// One `sock` line: fd `fd` of `pid` is socket `ino`.
+struct Sock {
+    pid: u32,
+    ino: u64,
+    fd: Option<u32>,
+    comm: String,
+}
 
 #[derive(Default)]
 struct RawRecord {
@@ -69,7 +80,7 @@ pub fn parse(stdout: &[u8]) -> Result<HostState, ObserveError> {
     let mut cgroup = None;
     let mut listens: Vec<(u16, u64)> = Vec::new();
     let mut records: Vec<RawRecord> = Vec::new();
-    let mut socks: Vec<(u32, u64, String)> = Vec::new();
+    let mut socks: Vec<Sock> = Vec::new();
     let mut checks: HashMap<String, Option<bool>> = HashMap::new();
 
     for (i, line) in lines[1..lines.len() - 1].iter().enumerate() {
@@ -183,14 +194,21 @@ pub fn parse(stdout: &[u8]) -> Result<HostState, ObserveError> {
                 }
             }
             "sock" => {
-                let mut it = rest.splitn(3, ' ');
+                let mut it = rest.splitn(4, ' ');
                 let pid = it.next().and_then(|w| w.parse::<u32>().ok());
                 let ino = it.next().and_then(|w| w.parse::<u64>().ok());
-                let (Some(pid), Some(ino)) = (pid, ino) else {
+                let fd = it.next();
+                let (Some(pid), Some(ino), Some(fd)) = (pid, ino, fd) else {
                     return Err(bad(format!("sock: {line:?}")));
                 };
-                socks.push((pid, ino, it.next().unwrap_or("").to_string()));
+                socks.push(Sock {
+                    pid,
+                    ino,
+                    fd: fd.parse().ok(),
+                    comm: it.next().unwrap_or("").to_string(),
+                });
             }
+            "listeners" if rest == "known" => {}
             "check" => {
                 let Some((name, rc)) = rest.rsplit_once(' ') else {
                     return Err(bad(format!("check: {line:?}")));
@@ -276,14 +294,28 @@ pub fn parse(stdout: &[u8]) -> Result<HostState, ObserveError> {
     }
 
     let mut listeners: BTreeMap<u16, Listener> = BTreeMap::new();
+    let mut held = Vec::new();
     for (port, ino) in listens {
-        let holders: Vec<&(u32, u64, String)> = socks.iter().filter(|s| s.1 == ino).collect();
+        let holders: Vec<&Sock> = socks.iter().filter(|s| s.ino == ino).collect();
         let pick = holders
             .iter()
-            .find(|s| owner.contains_key(&s.0))
+            .find(|s| owner.contains_key(&s.pid))
             .or(holders.first());
+        if let Some(Sock {
+            pid, fd: Some(fd), ..
+        }) = pick
+        {
+            if owner.contains_key(pid) {
+                held.push(HeldSocket {
+                    port,
+                    inode: ino,
+                    pid: *pid,
+                    fd: *fd,
+                });
+            }
+        }
         let l = match pick {
-            Some((pid, _, comm)) => Listener {
+            Some(Sock { pid, comm, .. }) => Listener {
                 pid: Some(*pid),
                 service: owner.get(pid).cloned(),
                 comm: Some(comm.clone()).filter(|c| !c.is_empty()),
@@ -310,6 +342,7 @@ pub fn parse(stdout: &[u8]) -> Result<HostState, ObserveError> {
         facts,
         services,
         listeners,
+        held,
     })
 }
 

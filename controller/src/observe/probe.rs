@@ -1,6 +1,7 @@
 //! The probe script: fixed text (`probe.sh`) plus quoted parameters.
 
 use super::ObserveError;
+use crate::model::HeldSocket;
 use crate::shell::quote;
 use std::time::Duration;
 
@@ -36,6 +37,9 @@ pub struct ProbeOptions {
     /// Services with a `tcp` health check: healthy when their port listens.
     pub tcp_checks: Vec<(String, u16)>,
     pub listen_source: ListenSource,
+    /// Sockets services held at the last probe: when all are still open the
+    /// probe skips the listener table (see [`super::known_sockets`]).
+    pub known: Vec<HeldSocket>,
 }
 
 /// The probe for a host whose tend directory is `root`, running the given
@@ -70,6 +74,12 @@ pub fn probe_script_with(root: &str, opts: &ProbeOptions) -> Result<String, Obse
         ListenSource::Proc => "proc",
     };
     s.push_str(&format!("LISTEN_SRC={src}\n"));
+    let known: Vec<String> = opts
+        .known
+        .iter()
+        .map(|k| format!("{}:{}:{}:{}", k.port, k.inode, k.pid, k.fd))
+        .collect();
+    s.push_str(&format!("KNOWN='{}'\n", known.join(" ")));
     s.push_str(BODY);
     for c in &opts.checks {
         if c.argv.is_empty() {

@@ -14,7 +14,8 @@ scan() {
       i=${line##*socket:\[}; i=${i%]}
       case $want in *" $i "*)
         c=; { read -r c < "/proc/$cur/comm"; } 2>/dev/null
-        o "sock $cur $i $c"
+        fd=${line% -> *}; fd=${fd##* }
+        o "sock $cur $i $fd $c"
         OWN="$OWN $i " ;;
       esac ;;
     esac
@@ -43,31 +44,6 @@ case $CG in
   v1) [ -w /sys/fs/cgroup/memory/tend ] || [ -w /sys/fs/cgroup/memory ] || CGW=none ;;
 esac
 o "cgroup $CGW"
-L=; LI=
-lst() { # port inode
-  case $1$2 in ''|*[!0-9]*) return ;; esac
-  o "listen $1 $2"; L="$L $1:$2"; LI="$LI $2 "
-}
-# sock_diag asks the kernel for listeners only (one exec); /proc/net/tcp
-# needs no tool but walks the connection hash. Chosen by the controller.
-if [ "$LISTEN_SRC" = auto ] && v=$(ss -Hltne 2>/dev/null); then
-  while read -r st rq sq la rest; do
-    i=${rest#*ino:}; lst "${la##*:}" "${i%% *}"
-  done <<SS_EOF
-$v
-SS_EOF
-else
-  for f in /proc/net/tcp /proc/net/tcp6; do
-    [ -r $f ] || continue
-    while read -r sl la ra st q tm rt uid to ino rest; do
-      # Listeners come first; stop before walking established connections.
-      case $st in 0A) ;; st) continue ;; *) break ;; esac
-      p=${la##*:}
-      case $p in ''|*[!0-9A-Fa-f]*) continue ;; esac
-      lst $((0x$p)) "$ino"
-    done < $f
-  done
-fi
 SCAN=
 set +f
 for f in "$ROOT"/records/*.rec; do
@@ -121,7 +97,57 @@ for f in "$ROOT"/records/*.rec; do
   if [ -n "$procs" ]; then SCAN="$SCAN$procs"; elif [ -n "$alive" ]; then SCAN="$SCAN $alive "; fi
 done
 set -f
+L=; LI=
+lst() { # port inode
+  case $1$2 in ''|*[!0-9]*) return ;; esac
+  o "listen $1 $2"; L="$L $1:$2"; LI="$LI $2 "
+}
 OWN=
+# Fast path: the controller names the listening sockets services held at
+# the last probe (port:inode:pid:fd). When each is still open in a live
+# service process, nothing can have taken those ports: skip the table walk,
+# which reads the kernel's whole connection hash.
+KNOWN_OK=
+if [ -n "$KNOWN" ]; then
+  KNOWN_OK=1
+  for k in $KNOWN; do
+    IFS=:; set -- $k; IFS=$OIFS
+    case $SCAN in *" $3 "*) ;; *) KNOWN_OK=; break ;; esac
+    i=
+    { while read -r a b; do [ "$a" = ino: ] && { i=$b; break; }; done < "/proc/$3/fdinfo/$4"; } 2>/dev/null
+    [ "$i" = "$2" ] || { KNOWN_OK=; break; }
+  done
+fi
+if [ -n "$KNOWN_OK" ]; then
+  o "listeners known"
+  for k in $KNOWN; do
+    IFS=:; set -- $k; IFS=$OIFS
+    c=; { read -r c < "/proc/$3/comm"; } 2>/dev/null
+    lst "$1" "$2"; o "sock $3 $2 $4 $c"; OWN="$OWN $2 "
+  done
+  LI=
+else
+  # sock_diag asks the kernel for listeners only (one exec); /proc/net/tcp
+  # needs no tool but walks the connection hash. Chosen by the controller.
+  if [ "$LISTEN_SRC" = auto ] && v=$(ss -Hltne 2>/dev/null); then
+    while read -r st rq sq la rest; do
+      i=${rest#*ino:}; lst "${la##*:}" "${i%% *}"
+    done <<SS_EOF
+$v
+SS_EOF
+  else
+    for f in /proc/net/tcp /proc/net/tcp6; do
+      [ -r $f ] || continue
+      while read -r sl la ra st q tm rt uid to ino rest; do
+        # Listeners come first; stop before walking established connections.
+        case $st in 0A) ;; st) continue ;; *) break ;; esac
+        p=${la##*:}
+        case $p in ''|*[!0-9A-Fa-f]*) continue ;; esac
+        lst $((0x$p)) "$ino"
+      done < $f
+    done
+  fi
+fi
 # Socket inodes from fdinfo: builtins only. Kernels before 5.14 lack its ino
 # line: then one ls for all.
 FDLS=
@@ -136,7 +162,7 @@ if [ -n "$LI" ]; then
       [ -n "$i" ] || { FDLS=1; break 2; }
       case $LI in *" $i "*)
         [ -n "$c" ] || { { read -r c < "/proc/$p/comm"; } 2>/dev/null; }
-        o "sock $p $i $c"; OWN="$OWN $i " ;;
+        o "sock $p $i ${f##*/} $c"; OWN="$OWN $i " ;;
       esac
     done
   done

@@ -1,5 +1,7 @@
 use super::*;
-use crate::model::{Address, CgroupMode, Host, HostState, Listener, Observation, RuntimeKind};
+use crate::model::{
+    Address, CgroupMode, HeldSocket, Host, HostState, Listener, Observation, RuntimeKind,
+};
 use crate::record::Record;
 use crate::transport::local::LocalTransport;
 use proptest::prelude::*;
@@ -55,7 +57,7 @@ fn sample() -> String {
         "listen 8100 111\nlisten 8100 112\nlisten 5432 222\nlisten 22 333",
         &format!("{a}\nproc 100 S 5000\nmemory 1048576 67108864 0\nprocs 100 101 "),
         &format!("{b}\nproc 200 S 6000\nmemory 2097152 9223372036854771712 2\nprocs 200 "),
-        "sock 101 111 gunicorn\nsock 200 222 postgres\ncheck api 0\ncheck db 1",
+        "sock 101 111 3 gunicorn\nsock 200 222 5 postgres\ncheck api 0\ncheck db 1",
     ])
 }
 
@@ -174,7 +176,7 @@ fn a_stranger_beats_the_service_on_the_same_port() {
         &facts(),
         "listen 8100 1\nlisten 8100 2",
         &format!("{}\nproc 100 S 5000", framed(&r)),
-        "sock 100 1 api\nsock 999 2 nc",
+        "sock 100 1 4 api\nsock 999 2 4 nc",
     ]);
     let l = &ok(&text).listeners[&8100];
     assert_eq!(
@@ -545,6 +547,82 @@ async fn a_services_listener_is_attributed_to_it_via_ss() {
 #[tokio::test]
 async fn a_services_listener_is_attributed_to_it_via_proc_net_tcp() {
     listener_is_attributed(ListenSource::Proc).await;
+}
+
+#[tokio::test]
+async fn the_sockets_one_probe_saw_let_the_next_skip_the_table_and_see_the_same() {
+    let mut f = Fixture::new();
+    let (pid, port) = f.http_server();
+    f.write(&live_record("web", pid, vec![port], None));
+    let opts = ProbeOptions {
+        ports: vec![port],
+        ..ProbeOptions::default()
+    };
+    let full = f.observe(&opts).await;
+    assert_eq!(full.held.len(), 1, "{:?}", full.held);
+    assert_eq!((full.held[0].port, full.held[0].pid), (port, pid));
+    let fast = f
+        .observe(&ProbeOptions {
+            known: full.held.clone(),
+            ..opts.clone()
+        })
+        .await;
+    assert_eq!(fast.listeners[&port], full.listeners[&port]);
+    assert_eq!(fast.held, full.held);
+    assert_eq!(fast.services, full.services);
+    // The probe trusts a socket it verified as still open: named on a port
+    // nothing listens on, it is reported there, so the table was not read.
+    let lie = HeldSocket {
+        port: 1,
+        ..full.held[0]
+    };
+    let trusted = f
+        .observe(&ProbeOptions {
+            known: vec![lie],
+            ..opts
+        })
+        .await;
+    assert_eq!(trusted.listeners[&1].service.as_deref(), Some("web"));
+    assert!(!trusted.listeners.contains_key(&port));
+}
+
+#[tokio::test]
+async fn a_known_socket_that_is_no_longer_open_means_the_full_walk() {
+    let mut f = Fixture::new();
+    let (pid, port) = f.http_server();
+    let other = f.spawn(&["sleep", "1000"]);
+    f.write(&live_record("web", pid, vec![port], None));
+    let opts = ProbeOptions {
+        ports: vec![port],
+        ..ProbeOptions::default()
+    };
+    let held = f.observe(&opts).await.held[0];
+    for stale in [
+        HeldSocket {
+            port: 1,
+            inode: held.inode + 1,
+            ..held
+        },
+        HeldSocket {
+            port: 1,
+            fd: held.fd + 100,
+            ..held
+        },
+        HeldSocket {
+            port: 1,
+            pid: other,
+            ..held
+        },
+    ] {
+        let st = f
+            .observe(&ProbeOptions {
+                known: vec![stale],
+                ..opts.clone()
+            })
+            .await;
+        assert!(!st.listeners.contains_key(&1), "{stale:?} was trusted");
+        assert_eq!(st.listeners[&port].service.as_deref(), Some("web"));
+    }
 }
 
 #[tokio::test]

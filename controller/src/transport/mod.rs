@@ -5,6 +5,7 @@
 //! scripts, stages decide what to run.
 
 pub mod hostkey;
+mod kept_shell;
 pub mod local;
 pub mod pool;
 pub mod ssh;
@@ -73,6 +74,13 @@ pub trait Transport: Send + Sync {
     /// Run `script` with `sh -s` semantics: the script text is the program,
     /// `stdin` is fed to it after the script (see each transport for how).
     async fn exec(&self, script: &str, stdin: &[u8]) -> Result<ExecOutput, TransportError>;
+
+    /// Run a read-only `script` that needs no stdin (the probe). A transport
+    /// may run it in a shell kept open between calls, and may run it again
+    /// after a connection was lost mid-way.
+    async fn query(&self, script: &str) -> Result<ExecOutput, TransportError> {
+        self.exec(script, b"").await
+    }
 
     /// Open a TCP stream to 127.0.0.1:`port` as seen from the host.
     async fn connect_tcp(&self, port: u16) -> Result<Box<dyn Stream>, TransportError>;

@@ -8,6 +8,7 @@
 //! started is never re-run.
 
 use super::hostkey::{self, Trust};
+use super::kept_shell::{KeptShell, ShellFailure};
 use super::{ExecOutput, Stream, Transport, TransportError, TransportStats};
 use crate::model::SshTarget;
 use async_trait::async_trait;
@@ -54,7 +55,7 @@ const MAX_INLINE_SCRIPT: usize = 96 * 1024;
 /// How often a refused channel open is retried on a live connection.
 const MAX_REFUSALS: u32 = 50;
 
-struct Conn {
+pub(super) struct Conn {
     handle: Handle<Client>,
     channels: Arc<Semaphore>,
 }
@@ -67,6 +68,8 @@ pub struct SshTransport {
     identity: Option<PathBuf>,
     opts: SshOptions,
     conn: Mutex<Option<Arc<Conn>>>,
+    /// The kept-open shell for queries; taken out while one runs.
+    shell: Mutex<Option<KeptShell>>,
     last_failure: StdMutex<Option<(Instant, TransportError)>>,
     stats: TransportStats,
 }
@@ -118,6 +121,7 @@ impl SshTransport {
             identity,
             opts,
             conn: Mutex::new(None),
+            shell: Mutex::new(None),
             last_failure: StdMutex::new(None),
             stats: TransportStats::default(),
         })
@@ -426,6 +430,57 @@ impl SshTransport {
         Ok(out)
     }
 
+    /// A query on the kept shell: reused while its connection lives, opened
+    /// anew once when it proves dead (a query is read-only, so running it
+    /// again is safe). A second query at the same time takes an exec channel.
+    async fn run_query(&self, script: &str) -> Result<ExecOutput, TransportError> {
+        let Ok(mut slot) = self.shell.try_lock() else {
+            return self.run(script, b"").await;
+        };
+        let mut fresh_tried = false;
+        loop {
+            let conn = self.connection().await?;
+            let kept = slot
+                .take()
+                .filter(|k| Arc::ptr_eq(&k.conn, &conn) && !conn.handle.is_closed());
+            let fresh = kept.is_none();
+            let shell = match kept {
+                Some(k) => k,
+                None => {
+                    fresh_tried = true;
+                    let (conn, permit, channel) = self.open_session().await?;
+                    KeptShell::open(conn, permit, channel)
+                        .await
+                        .map_err(|ShellFailure::Dead(why)| self.lost(why))?
+                }
+            };
+            // Dropped mid-query (timeout, cancel): the channel is closed, not reused.
+            let mut guard = Abandon(Some(shell));
+            let Some(shell) = guard.0.as_mut() else {
+                return Err(self.lost("the kept shell vanished".into()));
+            };
+            match shell.query(script).await {
+                Ok(out) => {
+                    *slot = guard.0.take();
+                    return Ok(out);
+                }
+                Err(ShellFailure::Dead(why)) => {
+                    if fresh || fresh_tried {
+                        return Err(self.lost(why));
+                    }
+                    tracing::debug!(host = %self.name, %why, "kept shell ended; opening another");
+                }
+            }
+        }
+    }
+
+    fn lost(&self, why: String) -> TransportError {
+        TransportError::Lost {
+            host: self.name.clone(),
+            why,
+        }
+    }
+
     fn io(&self, why: String) -> TransportError {
         TransportError::Io {
             host: self.name.clone(),
@@ -441,6 +496,16 @@ impl Transport for SshTransport {
         match self.opts.exec_timeout {
             None => self.run(script, stdin).await,
             Some(t) => tokio::time::timeout(t, self.run(script, stdin))
+                .await
+                .map_err(|_| self.timeout_err(t))?,
+        }
+    }
+
+    async fn query(&self, script: &str) -> Result<ExecOutput, TransportError> {
+        self.stats.execs.fetch_add(1, Ordering::Relaxed);
+        match self.opts.exec_timeout {
+            None => self.run_query(script).await,
+            Some(t) => tokio::time::timeout(t, self.run_query(script))
                 .await
                 .map_err(|_| self.timeout_err(t))?,
         }
@@ -486,6 +551,30 @@ impl Transport for SshTransport {
 
     fn stats(&self) -> &TransportStats {
         &self.stats
+    }
+}
+
+impl Conn {
+    /// Run a small script on a fresh channel and drain it, outside any
+    /// transport (cleanup after an abandoned query).
+    pub(super) async fn exec_detached(&self, script: &str) -> Result<(), russh::Error> {
+        let _permit = self.channels.acquire().await;
+        let mut ch = self.handle.channel_open_session().await?;
+        ch.exec(true, script.as_bytes()).await?;
+        let _ = ch.eof().await;
+        while ch.wait().await.is_some() {}
+        Ok(())
+    }
+}
+
+/// Holds a kept shell while a query runs; closes it if the query never ends.
+struct Abandon(Option<KeptShell>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if let Some(mut k) = self.0.take() {
+            k.close_in_background();
+        }
     }
 }
 

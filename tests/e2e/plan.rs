@@ -448,3 +448,66 @@ async fn tend_plan_prints_the_diff_and_exits_by_whether_the_selected_hosts_are_i
     assert_eq!(code, 1, "an unobservable host is an error: {out}");
     assert!(out.contains("? unreachable"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_probes_verify_the_known_sockets_and_still_find_a_stranger_after_a_kill() {
+    if !skip_unless_e2e(
+        "later_probes_verify_the_known_sockets_and_still_find_a_stranger_after_a_kill",
+    ) {
+        return;
+    }
+    let fleet = Fleet::start(2).unwrap();
+    let (d, pids) = converged_fleet(&fleet);
+    let pool = pool();
+    let (first, p) = observe_and_plan(&pool, &d).await;
+    assert!(p.in_sync(), "{p:#?}");
+    for h in fleet.hosts() {
+        let opts = tend::observe::options_for(&d, &h.name);
+        assert!(
+            !pool.sockets().known(&h.name, &opts).is_empty(),
+            "nothing to verify next time on {}",
+            h.name
+        );
+    }
+    let (second, p) = observe_and_plan(&pool, &d).await;
+    assert!(p.in_sync(), "{p:#?}");
+    for (i, h) in fleet.hosts().iter().enumerate() {
+        let port = 8100 + i as u16;
+        let (Observation::Reachable(a), Observation::Reachable(b)) =
+            (&first[&h.name], &second[&h.name])
+        else {
+            panic!("{} unreachable", h.name)
+        };
+        assert_eq!(a.listeners[&port], b.listeners[&port]);
+        assert_eq!(a.services, b.services);
+    }
+    // web1 dies and a stranger takes its port: the known socket is gone, so
+    // the probe walks the table again and names the stranger.
+    let h = fleet.host(1);
+    h.exec_ok(&format!(
+        "kill {p}; i=0; while [ -d /proc/{p} ] && ! grep -q '^State:.*Z' /proc/{p}/status; do \
+         i=$((i+1)); [ $i -gt 200 ] && exit 1; sleep 0.05; done",
+        p = pids[1]
+    ))
+    .unwrap();
+    let stranger = start(
+        h,
+        None,
+        "python3 -m http.server 8101 --bind 127.0.0.1",
+        8101,
+    );
+    let (_, p) = observe_and_plan(&pool, &d).await;
+    assert_eq!(
+        reasons_of(&p, "web1"),
+        [DriftReason::Stopped, DriftReason::Port]
+    );
+    let sp = p.services.iter().find(|s| s.service == "web1").unwrap();
+    assert!(
+        sp.blocked
+            .as_deref()
+            .unwrap_or_default()
+            .contains(&format!("port 8101 held by pid {stranger}")),
+        "{sp:#?}"
+    );
+    assert!(p.actions.is_empty(), "{:#?}", p.actions);
+}

@@ -60,8 +60,6 @@ pub struct Applied {
 pub struct Engine {
     pool: Arc<Pool>,
     opts: ApplyOptions,
-    /// Listening sockets seen by each host's last probe (see observe::known).
-    sockets: observe::SocketCache,
 }
 
 impl Engine {
@@ -85,14 +83,12 @@ impl Engine {
         Engine {
             pool: Arc::new(pool),
             opts,
-            sockets: observe::SocketCache::default(),
         }
     }
 
     /// Forget transports of hosts that left Git.
     pub fn retain_hosts(&self, desired: &Desired) {
         self.pool.retain(|h| desired.hosts.contains_key(h));
-        self.sockets.retain(|h| desired.hosts.contains_key(h));
     }
 
     /// One probe of one host. The caller bounds it with the host timeout.
@@ -105,11 +101,8 @@ impl Engine {
                 }
             }
         };
-        let mut opts = observe::options_for(desired, &host.name);
-        opts.known = self.sockets.known(&host.name, &opts);
-        let o = observe::observe_host_with(t.as_ref(), host, &opts).await;
-        self.sockets.update(&host.name, &o);
-        o
+        let opts = observe::options_for(desired, &host.name);
+        observe::observe_host_cached(t.as_ref(), host, &opts, Some(self.pool.sockets())).await
     }
 
     /// One health check of `service` on `host` through its transport (an

@@ -9,11 +9,12 @@
 use super::ProbeOptions;
 use crate::model::{HeldSocket, Observation};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-#[derive(Debug, Default)]
+/// Shared by clones (probes of many hosts run as separate tasks).
+#[derive(Debug, Clone, Default)]
 pub struct SocketCache {
-    hosts: Mutex<HashMap<String, Held>>,
+    hosts: Arc<Mutex<HashMap<String, Held>>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -58,9 +59,9 @@ impl SocketCache {
         }
     }
 
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+    pub fn forget(&self, host: &str) {
         let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        hosts.retain(|h, _| keep(h));
+        hosts.remove(host);
     }
 }
 

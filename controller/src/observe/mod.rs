@@ -101,6 +101,24 @@ pub async fn observe_host_with(t: &dyn Transport, host: &Host, opts: &ProbeOptio
     }
 }
 
+/// Probe one host, naming the sockets `cache` remembers (see [`known`]) and
+/// remembering what this probe saw.
+pub async fn observe_host_cached(
+    t: &dyn Transport,
+    host: &Host,
+    opts: &ProbeOptions,
+    cache: Option<&SocketCache>,
+) -> Observation {
+    let Some(cache) = cache else {
+        return observe_host_with(t, host, opts).await;
+    };
+    let mut opts = opts.clone();
+    opts.known = cache.known(&host.name, &opts);
+    let o = observe_host_with(t, host, &opts).await;
+    cache.update(&host.name, &o);
+    o
+}
+
 /// Probe one host, keeping the error's kind (for metrics).
 pub async fn try_observe(
     t: &dyn Transport,
@@ -139,11 +157,18 @@ fn apply_tcp_checks(st: &mut crate::model::HostState, opts: &ProbeOptions) {
 /// Where `observe_all` gets each host's transport (the pool in production).
 pub trait Transports: Send + Sync {
     fn transport(&self, host: &Host) -> Result<Arc<dyn Transport>, TransportError>;
+    /// Where probes remember each host's sockets (None: always walk the table).
+    fn sockets(&self) -> Option<&SocketCache> {
+        None
+    }
 }
 
 impl Transports for Pool {
     fn transport(&self, host: &Host) -> Result<Arc<dyn Transport>, TransportError> {
         self.get(host)
+    }
+    fn sockets(&self) -> Option<&SocketCache> {
+        Some(Pool::sockets(self))
     }
 }
 
@@ -192,17 +217,16 @@ pub async fn observe_all_with(
         let host = host.clone();
         let opts = options_for(desired, name);
         let limit = limit.clone();
+        let cache = transports.sockets().cloned();
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            let obs =
-                match tokio::time::timeout(timeout, observe_host_with(t.as_ref(), &host, &opts))
-                    .await
-                {
-                    Ok(o) => o,
-                    Err(_) => Observation::Unreachable {
-                        reason: ObserveError::Timeout(timeout).to_string(),
-                    },
-                };
+            let probe = observe_host_cached(t.as_ref(), &host, &opts, cache.as_ref());
+            let obs = match tokio::time::timeout(timeout, probe).await {
+                Ok(o) => o,
+                Err(_) => Observation::Unreachable {
+                    reason: ObserveError::Timeout(timeout).to_string(),
+                },
+            };
             (host.name, obs)
         });
     }

@@ -4,6 +4,7 @@ use super::local::LocalTransport;
 use super::ssh::{SshOptions, SshTransport};
 use super::{Transport, TransportError, TransportStats};
 use crate::model::{Address, Host};
+use crate::observe::SocketCache;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -48,6 +49,9 @@ pub struct Pool {
     entries: Mutex<HashMap<String, Entry>>,
     /// Counters of transports replaced or dropped, so totals never go down.
     retired: TransportStats,
+    /// What the last probe of each host learned about its sockets: it lives
+    /// as long as the connections do, and is dropped with them.
+    sockets: SocketCache,
 }
 
 impl Pool {
@@ -56,7 +60,12 @@ impl Pool {
             opts,
             entries: Mutex::new(HashMap::new()),
             retired: TransportStats::default(),
+            sockets: SocketCache::default(),
         }
+    }
+
+    pub fn sockets(&self) -> &SocketCache {
+        &self.sockets
     }
 
     pub fn options(&self) -> &PoolOptions {
@@ -88,6 +97,7 @@ impl Pool {
             },
         ) {
             self.retire(old.transport.stats());
+            self.sockets.forget(&host.name);
         }
         Ok(transport)
     }
@@ -97,6 +107,7 @@ impl Pool {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let gone: Vec<String> = entries.keys().filter(|k| !keep(k)).cloned().collect();
         for k in gone {
+            self.sockets.forget(&k);
             if let Some(e) = entries.remove(&k) {
                 self.retire(e.transport.stats());
             }

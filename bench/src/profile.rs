@@ -84,29 +84,34 @@ fn run(
     let mut auto_opts = opts.clone();
     auto_opts.listen_source = tend::observe::ListenSource::Auto;
     let auto = tend::observe::probe_script_with(&host.root, &auto_opts)?;
-    let Some(facts) = cut(&full, "L=") else {
-        bail!("probe has no `L=` line")
-    };
-    let Some(listeners) = cut(&full, "SCAN=") else {
+    // The probe's order: facts, records, listeners (table walk or known
+    // sockets), socket owners, checks.
+    let Some(facts) = cut(&full, "SCAN=") else {
         bail!("probe has no `SCAN=` line")
     };
-    let Some(records) = cut(&full, "OWN=") else {
-        bail!("probe has no `OWN=` line")
+    let Some(records) = cut(&full, "L=; LI=") else {
+        bail!("probe has no `L=; LI=` line")
     };
-    let Some(no_listeners) = without(&full, "L=", "SCAN=") else {
+    let Some(listeners) = cut(&full, "# Socket inodes") else {
+        bail!("probe has no socket owner block")
+    };
+    let Some(no_listeners) = without(&full, "L=; LI=", "# Socket inodes") else {
         bail!("probe has no listener block")
     };
-    let variants: Vec<(&str, String)> = vec![
+    let mut known_opts = opts.clone();
+    known_opts.known = pool.sockets().known(&h.name, &opts);
+    let known = tend::observe::probe_script_with(&host.root, &known_opts)?;
+    let mut variants: Vec<(&str, String)> = vec![
         ("`true` (empty script)", "true\n".into()),
         (
             "probe up to facts (hostname, boot_id, meminfo, cgroup)",
             facts,
         ),
-        ("probe up to listeners (+ /proc/net/tcp{,6})", listeners),
         (
             "probe up to records (+ records, /proc/PID/stat, cgroups)",
             records,
         ),
+        ("probe up to listeners (+ /proc/net/tcp{,6})", listeners),
         (
             "full probe (+ socket owners via /proc/PID/fd)",
             full.clone(),
@@ -117,6 +122,12 @@ fn run(
             no_listeners,
         ),
     ];
+    if !known_opts.known.is_empty() {
+        variants.push((
+            "full probe verifying the known sockets (what a reconcile runs)",
+            known,
+        ));
+    }
     let mut out = Vec::new();
     for (i, (label, text)) in variants.iter().enumerate() {
         let inside = format!("/tmp/tend-bench-probe{i}.sh");

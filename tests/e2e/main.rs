@@ -1,6 +1,7 @@
 mod apply;
 mod apply_cli;
 mod apply_podman;
+mod apply_systemd;
 mod controller;
 mod controller_demo;
 mod controller_health;

@@ -145,3 +145,36 @@ async fn queries_survive_sshd_restarts_by_reconnecting() {
     assert_ne!(again, pid);
     assert_eq!(t.stats().connections(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prelude_is_defined_once_per_kept_shell() {
+    if !skip_unless_e2e("a_prelude_is_defined_once_per_kept_shell") {
+        return;
+    }
+    let fleet = Fleet::start(1).unwrap();
+    let pool = pool();
+    let h = fleet.host(0);
+    let t = pool.get(&h.tend_host()).unwrap();
+    // A prelude should only define functions; this one also counts its runs.
+    let prelude = "echo run >> /srv/prelude-runs; greet() { printf 'hi %s' \"$1\"; }";
+    for who in ["a", "b", "c"] {
+        let out = t
+            .query_prepared(prelude, &format!("greet {who}"))
+            .await
+            .unwrap();
+        assert_eq!(out.stdout_lossy(), format!("hi {who}"));
+    }
+    assert_eq!(h.exec_ok("cat /srv/prelude-runs").unwrap(), "run\n");
+    let other = "echo other >> /srv/prelude-runs; greet() { printf 'hello %s' \"$1\"; }";
+    let out = t.query_prepared(other, "greet d").await.unwrap();
+    assert_eq!(out.stdout_lossy(), "hello d");
+    // A new shell defines it again.
+    let pid = shell_pid(t.as_ref()).await;
+    h.exec_ok(&format!("kill -9 {pid}")).unwrap();
+    let out = t.query_prepared(other, "greet e").await.unwrap();
+    assert_eq!(out.stdout_lossy(), "hello e");
+    assert_eq!(
+        h.exec_ok("cat /srv/prelude-runs").unwrap(),
+        "run\nother\nother\n"
+    );
+}

@@ -125,8 +125,8 @@ pub async fn try_observe(
     host: &Host,
     opts: &ProbeOptions,
 ) -> Result<crate::model::HostState, ObserveError> {
-    let script = probe_script_with(&host.root, opts)?;
-    let out = t.query(&script).await?;
+    let (prelude, call) = probe::probe_call(&host.root, opts)?;
+    let out = t.query_prepared(prelude, &call).await?;
     if !out.success() {
         let status = out
             .status

@@ -275,6 +275,14 @@ pub fn parse(stdout: &[u8]) -> Result<HostState, ObserveError> {
             ),
             None => (None, None, false),
         };
+        // systemd removes a unit's cgroup (and the kernel's count) when it
+        // stops; the unit's ExecStopPost hook keeps the count in the record.
+        let oom_killed = oom_killed
+            || raw.text.lines().any(|l| {
+                l.strip_prefix("oom_kills=")
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|n| n > 0)
+            });
         let healthy = if running {
             checks.get(&record.name).copied().flatten()
         } else {

@@ -62,7 +62,20 @@ pub fn probe_script(
     probe_script_with(root, &opts)
 }
 
+/// The probe as one standalone script.
 pub fn probe_script_with(root: &str, opts: &ProbeOptions) -> Result<String, ObserveError> {
+    render(root, opts, BODY)
+}
+
+/// The probe as a fixed prelude defining `tend_probe` (a kept shell
+/// defines it once) and the per-host call with its parameters.
+pub fn probe_call(root: &str, opts: &ProbeOptions) -> Result<(&'static str, String), ObserveError> {
+    static PRELUDE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let prelude = PRELUDE.get_or_init(|| format!("tend_probe() {{\n{BODY}}}\n"));
+    Ok((prelude, render(root, opts, "tend_probe\n")?))
+}
+
+fn render(root: &str, opts: &ProbeOptions, body: &str) -> Result<String, ObserveError> {
     let root = root.trim_end_matches('/');
     let root = if root.is_empty() { "/" } else { root };
     let watch: String = opts.ports.iter().map(|p| format!(" {p} ")).collect();
@@ -80,7 +93,7 @@ pub fn probe_script_with(root: &str, opts: &ProbeOptions) -> Result<String, Obse
         .map(|k| format!("{}:{}:{}:{}", k.port, k.inode, k.pid, k.fd))
         .collect();
     s.push_str(&format!("KNOWN='{}'\n", known.join(" ")));
-    s.push_str(BODY);
+    s.push_str(body);
     for c in &opts.checks {
         if c.argv.is_empty() {
             continue;

@@ -1,5 +1,16 @@
 //! A systemd unit `tend-<svc>.service` per service, rewritten on every start
 //! so it always names the running release. Memory limit: `MemoryMax=`.
+//!
+//! systemd restarts a failed service itself (`Restart=on-failure`), so the
+//! unit keeps tend's record true between applies with two hooks:
+//! - `ExecStartPost=` writes the new main pid (and its start time) into the
+//!   record: after systemd's own restart the record names the process that
+//!   runs, not a dead one;
+//! - `ExecStopPost=` adds the kernel's OOM kills to the record
+//!   (`oom_kills=N`): systemd removes the unit's cgroup, and with it the
+//!   kernel's counter, as soon as the service stops, so on cgroup v1 (where
+//!   systemd cannot tell an OOM kill from any SIGKILL) that is the only
+//!   moment the count can be read. On v2 `$SERVICE_RESULT` says `oom-kill`.
 
 use super::{q, vars, Release, Runtime, RuntimeError, FN_ALIVE, FN_WRITE_RECORD, REMOVE_COMMON};
 use crate::model::RuntimeKind;
@@ -91,6 +102,22 @@ pub fn render_unit(r: &Release) -> Result<String, RuntimeError> {
         unit_path(&s.name, &format!("{}/env/{}.env", r.root, s.name))?
     );
     let _ = writeln!(u, "ExecStart={}", words.join(" "));
+    let hook_vars = format!(
+        "rec={}\ntmp={}\n",
+        q(&format!("{}/records/{}.rec", r.root, s.name))?,
+        q(&format!("{}/records/.tmp-{}.hook", r.root, s.name))?
+    );
+    // `-`: a failing hook never fails the service.
+    let _ = writeln!(
+        u,
+        "ExecStartPost=-/bin/sh -c {} tend-hook",
+        exec_word(&format!("{hook_vars}{HOOK_START}"))
+    );
+    let _ = writeln!(
+        u,
+        "ExecStopPost=-/bin/sh -c {} tend-hook",
+        exec_word(&format!("{hook_vars}{HOOK_STOP}"))
+    );
     if let Some(m) = s.memory {
         let _ = writeln!(u, "MemoryMax={m}\nMemorySwapMax=0");
     }
@@ -117,18 +144,8 @@ impl Runtime for Systemd {
             "mkdir -p \"$ud\"\nprintf '%s' {} > \"$ud/.tmp-$unit\"\nmv -f \"$ud/.tmp-$unit\" \"$ud/$unit\"",
             q(&render_unit(r)?)?
         );
-        o.push_str(concat!(
-            "systemctl daemon-reload </dev/null 9>&-\n",
-            "systemctl enable \"$unit\" </dev/null >/dev/null 2>&1 9>&- || true\n",
-            "systemctl restart \"$unit\" </dev/null 9>&-\n",
-            "pid=$(systemctl show -p MainPID --value \"$unit\" </dev/null 9>&-)\n",
-            "case \"$pid\" in ''|0|*[!0-9]*) echo \"tend: $unit has no main process\" >&2; exit 1 ;; esac\n",
-        ));
-        let _ = writeln!(
-            o,
-            "tend_write_record {} \"$pid\"",
-            q(&unit_cgroup(&s.name))?
-        );
+        let _ = writeln!(o, "cg={}", q(&unit_cgroup(&s.name))?);
+        o.push_str(START_BODY);
         Ok(o)
     }
 
@@ -145,8 +162,10 @@ impl Runtime for Systemd {
         let _ = writeln!(o, "ud={}", q(self.unit_dir)?);
         o.push_str(concat!(
             "systemctl disable \"tend-$svc.service\" </dev/null >/dev/null 2>&1 9>&- || true\n",
-            "rm -f \"$ud/tend-$svc.service\"\n",
+            "rm -f \"$ud/tend-$svc.service\" \"$root/records/.tmp-$svc.hook\"\n",
             "systemctl daemon-reload </dev/null >/dev/null 2>&1 9>&- || true\n",
+            // A unit that failed stays listed (failed, not-found) until reset.
+            "systemctl reset-failed \"tend-$svc.service\" </dev/null >/dev/null 2>&1 9>&- || true\n",
         ));
         o.push_str(REMOVE_COMMON);
         Ok(o)
@@ -154,10 +173,70 @@ impl Runtime for Systemd {
 
     fn status(&self, root: &str, service: &str) -> Result<String, RuntimeError> {
         let mut o = super::status_from_record(root, service)?;
-        // systemd restarts with new pids: the unit's state is what counts.
-        o.push_str(
-            "if systemctl is-active --quiet \"tend-$svc.service\" </dev/null 9>&-; then echo alive=1; fi\n",
-        );
+        o.push_str(STATUS_BODY);
         Ok(o)
     }
 }
+
+/// After `vars`, `rel`, `ud`, `unit`, `cg` and the record functions: install
+/// the unit, (re)start it, record its main pid. A service that exits at once
+/// is recorded without a pid: the health gate (or status) then sees it is not
+/// running and the release can be rolled back; failing here would not.
+const START_BODY: &str = r#"systemctl daemon-reload </dev/null 9>&-
+systemctl enable "$unit" </dev/null >/dev/null 2>&1 9>&- || true
+# Applies restart a unit more often than systemd's start limit allows
+# (upgrade, failed upgrade, rollback): the limit is for crash loops.
+systemctl reset-failed "$unit" </dev/null >/dev/null 2>&1 9>&- || true
+systemctl restart "$unit" </dev/null 9>&- || echo "tend: systemctl restart $unit failed" >&2
+pid=$(systemctl show -p MainPID --value "$unit" </dev/null 9>&-) || pid=
+case "$pid" in ''|0|*[!0-9]*) pid= ;; esac
+if [ -n "$pid" ] && ! tend_starttime "$pid" >/dev/null 2>&1; then pid=; fi
+if [ -n "$pid" ]; then
+  tend_write_record "$cg" "$pid"
+else
+  echo "tend: $unit has no main process (it exited; see journalctl -u $unit)" >&2
+  {
+    cat "$root/records/.tmp-$svc.static"
+    printf 'cgroup=%s\nboot_id=%s\n' "$cg" "$(cat /proc/sys/kernel/random/boot_id)"
+  } > "$root/records/.tmp-$svc.rec"
+  mv -f "$root/records/.tmp-$svc.rec" "$root/records/$svc.rec"
+  rm -f "$root/records/.tmp-$svc.static"
+fi
+"#;
+
+/// `ExecStartPost=` (after `rec`, `tmp`): the record names systemd's main pid.
+pub(crate) const HOOK_START: &str = r#"[ -f "$rec" ] && grep -qx runtime=systemd "$rec" || exit 0
+case "${MAINPID:-}" in ''|0|*[!0-9]*) exit 0 ;; esac
+st=$(awk '{ sub(/.*\) /, ""); print $20 }' "/proc/$MAINPID/stat") || exit 0
+{
+  grep -v -e '^pid=' -e '^start_time=' -e '^boot_id=' "$rec"
+  printf 'pid=%s\nstart_time=%s\nboot_id=%s\n' "$MAINPID" "$st" "$(cat /proc/sys/kernel/random/boot_id)"
+} > "$tmp" && mv -f "$tmp" "$rec"
+"#;
+
+/// `ExecStopPost=` (after `rec`, `tmp`), still in the unit's cgroup: add the
+/// OOM kills of this run to the record.
+pub(crate) const HOOK_STOP: &str = r#"n=0
+[ "${SERVICE_RESULT:-}" = oom-kill ] && n=1
+f=
+cg=$(sed -n 's/^[0-9]*:memory:\(.*\)$/\1/p' /proc/self/cgroup | head -n 1)
+if [ -n "$cg" ]; then f="/sys/fs/cgroup/memory$cg/memory.oom_control"
+else f="/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup | head -n 1)/memory.events"; fi
+k=$(awk '$1 == "oom_kill" { print $2 }' "$f" 2>/dev/null) || k=
+case "$k" in ''|*[!0-9]*) ;; *) [ "$k" -gt "$n" ] && n=$k ;; esac
+[ "$n" -gt 0 ] && [ -f "$rec" ] || exit 0
+old=$(sed -n 's/^oom_kills=//p' "$rec" | tail -n 1)
+case "$old" in ''|*[!0-9]*) old=0 ;; esac
+{ grep -v '^oom_kills=' "$rec"; printf 'oom_kills=%s\n' $((old + n)); } > "$tmp" && mv -f "$tmp" "$rec"
+"#;
+
+/// After the default status: OOM kills the hooks recorded, and liveness from
+/// systemd. A unit systemd had to restart since tend started it is not
+/// counted alive: it crashed (the deploy reports that rather than "running").
+const STATUS_BODY: &str = r#"n=$(sed -n 's/^oom_kills=//p' "$root/records/$svc.rec" 2>/dev/null | tail -n 1)
+case "$n" in ''|0|*[!0-9]*) ;; *) echo "oom_kill=$n" ;; esac
+u=$(systemctl show -p ActiveState -p NRestarts "tend-$svc.service" </dev/null 2>/dev/null 9>&-) || u=
+a=0
+if printf '%s\n' "$u" | grep -qx ActiveState=active && printf '%s\n' "$u" | grep -qx NRestarts=0; then a=1; fi
+echo "alive=$a"
+"#;

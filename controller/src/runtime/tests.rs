@@ -219,3 +219,94 @@ fn exec_words_escape_what_systemd_would_expand() {
     assert_eq!(systemd::exec_word("q\"\\\n"), "\"q\\\"\\\\\\n\"");
     assert_eq!(systemd::exec_word(";"), "\\;");
 }
+
+#[test]
+fn the_unit_runs_the_record_hooks_after_start_and_stop() {
+    let s = svc(RuntimeKind::Systemd);
+    let u = systemd::render_unit(&Release::new("/var/lib/tend", &s, None)).unwrap();
+    for (key, hook) in [
+        ("ExecStartPost=-/bin/sh -c ", systemd::HOOK_START),
+        ("ExecStopPost=-/bin/sh -c ", systemd::HOOK_STOP),
+    ] {
+        let line = u.lines().find(|l| l.starts_with(key)).expect(key);
+        let word = systemd::exec_word(&format!(
+            "rec={}\ntmp={}\n{hook}",
+            q("/var/lib/tend/records/web.rec").unwrap(),
+            q("/var/lib/tend/records/.tmp-web.hook").unwrap()
+        ));
+        assert_eq!(line, format!("{key}{word} tend-hook"));
+        sh_n(hook);
+    }
+}
+
+/// Runs a hook as systemd would (its variables set) on a record in a temp dir.
+fn run_hook(hook: &str, rec: &std::path::Path, env: &[(&str, &str)]) -> String {
+    let script = format!(
+        "rec={}\ntmp={}\n{hook}",
+        q(rec.to_str().unwrap()).unwrap(),
+        q(&format!("{}.tmp", rec.display())).unwrap()
+    );
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(rec).unwrap()
+}
+
+#[test]
+fn the_start_hook_records_the_new_main_pid_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("web.rec");
+    let old = "tend-record 1\nname=web\nversion=1\nconfig_hash=ab\nruntime=systemd\nrelease=1-ab\npid=1\nstart_time=2\nboot_id=x\noom_kills=3\n";
+    std::fs::write(&rec, old).unwrap();
+    let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+    let pid = child.id().to_string();
+    let text = run_hook(systemd::HOOK_START, &rec, &[("MAINPID", &pid)]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let r = crate::record::Record::parse(&text).unwrap();
+    assert_eq!(r.pid, Some(child.id()));
+    assert!(r.start_time.unwrap() > 0);
+    assert!(
+        text.contains("oom_kills=3\n") && text.contains("release=1-ab\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches("pid=").count(), 1, "{text}");
+    // Another runtime's record, or no main pid: untouched.
+    let other = old.replace("runtime=systemd", "runtime=process");
+    std::fs::write(&rec, &other).unwrap();
+    assert_eq!(
+        run_hook(systemd::HOOK_START, &rec, &[("MAINPID", &pid)]),
+        other
+    );
+    std::fs::write(&rec, old).unwrap();
+    assert_eq!(
+        run_hook(systemd::HOOK_START, &rec, &[("MAINPID", "0")]),
+        old
+    );
+}
+
+#[test]
+fn the_stop_hook_adds_an_oom_kill_to_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("web.rec");
+    std::fs::write(&rec, "tend-record 1\nname=web\noom_kills=3\n").unwrap();
+    let text = run_hook(systemd::HOOK_STOP, &rec, &[("SERVICE_RESULT", "oom-kill")]);
+    let n: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kills="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // At least this kill (the hook also reads its own cgroup's counter).
+    assert!(n >= 4, "{text}");
+    assert_eq!(text.matches("oom_kills=").count(), 1, "{text}");
+    assert!(text.starts_with("tend-record 1\nname=web\n"), "{text}");
+}

@@ -29,6 +29,8 @@ pub(super) struct KeptShell {
     mark: String,
     /// The shell's pid, which is also its process group (sshd's setsid).
     pid: u32,
+    /// The prelude this shell has defined (see `query_prepared`), by hash.
+    defined: Option<u64>,
     /// The shell holds one of the connection's channel slots for its life.
     _permit: OwnedSemaphorePermit,
 }
@@ -60,6 +62,7 @@ impl KeptShell {
             tx: Some(tx),
             mark,
             pid: 0,
+            defined: None,
             _permit: permit,
         };
         let out = k.query("echo $$").await?;
@@ -74,14 +77,46 @@ impl KeptShell {
         Ok(k)
     }
 
+    /// Run `script` after defining `prelude` in the shell itself, once.
+    pub async fn query_prepared(
+        &mut self,
+        prelude: &str,
+        script: &str,
+    ) -> Result<ExecOutput, ShellFailure> {
+        let h = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            prelude.hash(&mut h);
+            h.finish()
+        };
+        if self.defined != Some(h) {
+            // Not in a subshell: the definitions must outlive this query.
+            let out = self.run("", prelude).await?;
+            if !out.success() {
+                return Err(ShellFailure::Dead(format!(
+                    "the prelude failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )));
+            }
+            self.defined = Some(h);
+        }
+        self.query(script).await
+    }
+
     /// Run one query. On any failure the shell must be dropped, not reused.
     pub async fn query(&mut self, script: &str) -> Result<ExecOutput, ShellFailure> {
+        self.run("( ", script).await
+    }
+
+    /// `open` is "( " for a subshell, "" to run in the kept shell itself.
+    async fn run(&mut self, open: &str, script: &str) -> Result<ExecOutput, ShellFailure> {
         let quoted = crate::shell::quote(script)
             .map_err(|e| ShellFailure::Dead(format!("cannot quote the script: {e}")))?;
         let mark = crate::shell::quote(&self.mark)
             .map_err(|e| ShellFailure::Dead(format!("cannot quote the mark: {e}")))?;
+        let close = if open.is_empty() { "" } else { " )" };
         let line = format!(
-            "( eval {quoted} ) </dev/null; printf '%s%s\\n' {mark} \"$?\"; printf '%s\\n' {mark} >&2\n"
+            "{open}eval {quoted}{close} </dev/null; printf '%s%s\\n' {mark} \"$?\"; printf '%s\\n' {mark} >&2\n"
         );
         let Some(tx) = self.tx.as_ref() else {
             return Err(ShellFailure::Dead("the kept shell was closed".into()));

@@ -82,6 +82,16 @@ pub trait Transport: Send + Sync {
         self.exec(script, b"").await
     }
 
+    /// [`Transport::query`] of `script` after `prelude`, a fixed text that
+    /// only defines functions: a kept shell defines it once, not per query.
+    async fn query_prepared(
+        &self,
+        prelude: &str,
+        script: &str,
+    ) -> Result<ExecOutput, TransportError> {
+        self.query(&format!("{prelude}\n{script}")).await
+    }
+
     /// Open a TCP stream to 127.0.0.1:`port` as seen from the host.
     async fn connect_tcp(&self, port: u16) -> Result<Box<dyn Stream>, TransportError>;
 

@@ -433,9 +433,16 @@ impl SshTransport {
     /// A query on the kept shell: reused while its connection lives, opened
     /// anew once when it proves dead (a query is read-only, so running it
     /// again is safe). A second query at the same time takes an exec channel.
-    async fn run_query(&self, script: &str) -> Result<ExecOutput, TransportError> {
+    async fn run_query(
+        &self,
+        prelude: Option<&str>,
+        script: &str,
+    ) -> Result<ExecOutput, TransportError> {
         let Ok(mut slot) = self.shell.try_lock() else {
-            return self.run(script, b"").await;
+            return match prelude {
+                Some(p) => self.run(&format!("{p}\n{script}"), b"").await,
+                None => self.run(script, b"").await,
+            };
         };
         let mut fresh_tried = false;
         loop {
@@ -459,7 +466,11 @@ impl SshTransport {
             let Some(shell) = guard.0.as_mut() else {
                 return Err(self.lost("the kept shell vanished".into()));
             };
-            match shell.query(script).await {
+            let res = match prelude {
+                Some(p) => shell.query_prepared(p, script).await,
+                None => shell.query(script).await,
+            };
+            match res {
                 Ok(out) => {
                     *slot = guard.0.take();
                     return Ok(out);
@@ -471,6 +482,20 @@ impl SshTransport {
                     tracing::debug!(host = %self.name, %why, "kept shell ended; opening another");
                 }
             }
+        }
+    }
+
+    async fn bounded_query(
+        &self,
+        prelude: Option<&str>,
+        script: &str,
+    ) -> Result<ExecOutput, TransportError> {
+        self.stats.execs.fetch_add(1, Ordering::Relaxed);
+        match self.opts.exec_timeout {
+            None => self.run_query(prelude, script).await,
+            Some(t) => tokio::time::timeout(t, self.run_query(prelude, script))
+                .await
+                .map_err(|_| self.timeout_err(t))?,
         }
     }
 
@@ -502,13 +527,15 @@ impl Transport for SshTransport {
     }
 
     async fn query(&self, script: &str) -> Result<ExecOutput, TransportError> {
-        self.stats.execs.fetch_add(1, Ordering::Relaxed);
-        match self.opts.exec_timeout {
-            None => self.run_query(script).await,
-            Some(t) => tokio::time::timeout(t, self.run_query(script))
-                .await
-                .map_err(|_| self.timeout_err(t))?,
-        }
+        self.bounded_query(None, script).await
+    }
+
+    async fn query_prepared(
+        &self,
+        prelude: &str,
+        script: &str,
+    ) -> Result<ExecOutput, TransportError> {
+        self.bounded_query(Some(prelude), script).await
     }
 
     async fn connect_tcp(&self, port: u16) -> Result<Box<dyn Stream>, TransportError> {

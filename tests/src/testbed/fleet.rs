@@ -12,7 +12,7 @@ use tend::model::{Address, Host, SshTarget, DEFAULT_ROOT};
 pub(crate) const SSHD: &str = "/usr/sbin/sshd";
 /// The second port every sshd listens on, for `[host]:port` known_hosts entries.
 pub const ALT_PORT: u16 = 2222;
-const CLEAN_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(super) const CLEAN_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Directories each host has of its own (bound over the machine's).
 pub const HOST_DIRS: &[&str] = &[
@@ -546,7 +546,7 @@ impl TestHost {
 
 /// A `sh` that first moves itself into the given cgroups, then execs its
 /// arguments (so everything started in a host lands in the host's subtree).
-fn in_cgroups(procs: &[PathBuf]) -> Command {
+pub(super) fn in_cgroups(procs: &[PathBuf]) -> Command {
     let mut script = String::new();
     for p in procs {
         script.push_str(&format!("echo $$ > '{}' || exit 125\n", p.display()));
@@ -557,7 +557,7 @@ fn in_cgroups(procs: &[PathBuf]) -> Command {
     c
 }
 
-fn keygen(path: &Path, args: &[&str]) -> Result<()> {
+pub(super) fn keygen(path: &Path, args: &[&str]) -> Result<()> {
     let p = path.to_string_lossy();
     let mut a = vec!["-q", "-N", "", "-C", "tend-testbed", "-f", &p];
     a.extend_from_slice(args);
@@ -565,7 +565,7 @@ fn keygen(path: &Path, args: &[&str]) -> Result<()> {
 }
 
 /// The public key as `type base64` (comment dropped).
-fn read_pub(key: &Path) -> Result<String> {
+pub(super) fn read_pub(key: &Path) -> Result<String> {
     let p = PathBuf::from(format!("{}.pub", key.display()));
     let s = std::fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))?;
     let mut f = s.split_whitespace();
@@ -575,17 +575,17 @@ fn read_pub(key: &Path) -> Result<String> {
     }
 }
 
-fn write(path: &Path, s: &str) -> Result<()> {
+pub(super) fn write(path: &Path, s: &str) -> Result<()> {
     std::fs::write(path, s).with_context(|| format!("write {}", path.display()))
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
+pub(super) fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("chmod {}", path.display()))
 }
 
-fn sshd_config(host_dir: &Path, fleet_dir: &Path) -> String {
+pub(super) fn sshd_config(host_dir: &Path, fleet_dir: &Path) -> String {
     format!(
         "Port 22\n\
          Port {ALT_PORT}\n\

@@ -16,8 +16,10 @@
 
 mod fleet;
 mod net;
+mod systemd;
 
 pub use fleet::{Fleet, TestHost, ALT_PORT, HOST_DIRS};
+pub use systemd::{SystemdHost, SSHD_UNIT};
 
 /// True when e2e tests can run here. Otherwise prints "skipped <test>: <why>"
 /// and returns false — or panics when `TEND_E2E=required`.

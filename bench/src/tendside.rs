@@ -701,8 +701,15 @@ fn controller(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
             .map(|b| format!("{:.1}", b as f64 / (1 << 20) as f64))
             .unwrap_or("?".into())
     };
+    let threads = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().to_string()))
+        })
+        .unwrap_or("?".into());
     let split = format!(
-        "RssAnon {} MiB, RssFile {} MiB",
+        "RssAnon {} MiB, RssFile {} MiB, {threads} threads",
         mib("RssAnon"),
         mib("RssFile")
     );

@@ -75,6 +75,8 @@ fn demo_token(cache_dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
+    // Before the runtime starts any thread (see controller::memory).
+    controller::memory::limit_arenas();
     let demo = a.config.is_none();
     let mut cfg = match &a.config {
         Some(f) => Config::load(f)?,

@@ -5,6 +5,7 @@
 pub mod checks;
 pub mod coalesce;
 pub mod engine;
+pub mod memory;
 pub mod schedule;
 pub mod status;
 
@@ -277,6 +278,8 @@ pub async fn run(
     while let Some(q) = ctx.coalescer.next().await {
         worker.reconcile(q).await;
         ctx.coalescer.finish();
+        // What the reconcile freed is not needed until the next one.
+        memory::release_free();
     }
     if let Some(s) = sched {
         s.abort();
@@ -380,7 +383,8 @@ fn selected(host: &Host, selector: &BTreeMap<String, String>) -> bool {
 }
 
 /// The part of the desired state this controller owns (its selector's hosts).
-fn shard(desired: &Desired, selector: &BTreeMap<String, String>) -> Desired {
+/// Without a selector that is all of it, shared rather than copied.
+fn shard(desired: &Arc<Desired>, selector: &BTreeMap<String, String>) -> Arc<Desired> {
     if selector.is_empty() {
         return desired.clone();
     }
@@ -396,7 +400,7 @@ fn shard(desired: &Desired, selector: &BTreeMap<String, String>) -> Desired {
         .filter(|(_, s)| hosts.contains_key(&s.host))
         .map(|(k, s)| (k.clone(), s.clone()))
         .collect();
-    Desired { hosts, services }
+    Arc::new(Desired { hosts, services })
 }
 
 impl Worker {
@@ -608,13 +612,12 @@ impl Worker {
     async fn observe(
         &self,
         hosts: &[Host],
-        desired: &Desired,
+        desired: &Arc<Desired>,
         retry_all: bool,
     ) -> BTreeMap<String, Observation> {
         let ctx = &self.ctx;
         let timeout = ctx.config.host_timeout;
         let sem = Arc::new(Semaphore::new(ctx.config.concurrency));
-        let desired = Arc::new(desired.clone());
         let mut out = BTreeMap::new();
         let mut tasks = Vec::new();
         for h in hosts {
@@ -993,9 +996,15 @@ mod tests {
         d.hosts
             .insert("t".into(), host("t", &[("cloud", "tencent")]));
         let sel = crate::config::parse_selectors(["cloud=tencent"]).unwrap();
+        let d = Arc::new(d);
         let s = shard(&d, &sel);
         assert_eq!(s.hosts.keys().collect::<Vec<_>>(), vec!["t"]);
-        assert_eq!(shard(&d, &BTreeMap::new()).hosts.len(), 2);
+        let all = shard(&d, &BTreeMap::new());
+        assert_eq!(all.hosts.len(), 2);
+        assert!(
+            Arc::ptr_eq(&all, &d),
+            "no selector: the same state, not a copy"
+        );
     }
 
     #[test]

@@ -87,15 +87,19 @@ impl NotifyError {
 #[derive(Debug, Clone, Default)]
 pub struct Notifier {
     sinks: Vec<NotificationSink>,
-    client: reqwest::Client,
+    /// Only built when there is a sink: a TLS client config and its root
+    /// certificates are resident memory a controller without sinks never uses.
+    client: Option<reqwest::Client>,
 }
 
 impl Notifier {
     pub fn new(sinks: Vec<NotificationSink>) -> Notifier {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
+        let client = (!sinks.is_empty()).then(|| {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default()
+        });
         Notifier { sinks, client }
     }
 
@@ -106,9 +110,11 @@ impl Notifier {
     /// Send to every sink; failures are returned, never fatal.
     pub async fn send(&self, event: &Event) -> Vec<NotifyError> {
         let mut errors = Vec::new();
+        let Some(client) = &self.client else {
+            return errors;
+        };
         for sink in &self.sinks {
-            let res = self
-                .client
+            let res = client
                 .post(&sink.url)
                 .json(&event.payload(sink.kind))
                 .send()

@@ -322,7 +322,7 @@ fn packet_bytes_compressed_matches_packet_output() {
 /// tend's patch: an idle connection keeps at most this much of each packet
 /// buffer; one bulk transfer (a release upload) grows them to a window's worth
 /// that the connection otherwise holds for its whole life.
-pub(crate) const KEEP_CAPACITY: usize = 8 * 1024;
+pub(crate) const KEEP_CAPACITY: usize = 1024;
 
 /// SSH packet read/write buffer. Uses Vec<u8> (not CryptoVec/mlocked) because
 /// packet data is not secret material.

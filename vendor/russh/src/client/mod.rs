@@ -1260,7 +1260,13 @@ where
     );
     session.begin_rekey()?;
     let (kex_done_signal, kex_done_signal_rx) = oneshot::channel();
-    let join = russh_util::runtime::spawn(session.run(stream, handler, Some(kex_done_signal)));
+    // tend's patch: boxed, so the session's 14.5 KB future is not stored twice
+    // (once in the spawn wrapper's captured state, once as what it awaits).
+    let join = russh_util::runtime::spawn(Box::pin(session.run(
+        stream,
+        handler,
+        Some(kex_done_signal),
+    )));
 
     let agent_session_binding = match kex_done_signal_rx.await {
         Ok(binding) => binding,

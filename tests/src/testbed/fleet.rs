@@ -357,25 +357,12 @@ impl TestHost {
     /// Run `sh -c cmd` inside the host (its namespaces and cgroups, clean env,
     /// HOME=/root), without ssh.
     pub fn exec(&self, cmd: &str) -> Result<Output> {
-        self.command(cmd)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("exec on {}", self.name))
+        output_of(&self.name, self.command(cmd))
     }
 
     /// Like [`TestHost::exec`], but fails unless the command exits 0; its stdout.
     pub fn exec_ok(&self, cmd: &str) -> Result<String> {
-        let out = self.exec(cmd)?;
-        if !out.status.success() {
-            bail!(
-                "`{cmd}` on {} failed ({}): {}{}",
-                self.name,
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        stdout_if_ok(&self.name, cmd, self.exec(cmd)?)
     }
 
     /// A `Command` running `sh -c cmd` inside the host, to spawn in the
@@ -621,3 +608,23 @@ default_ulimits = [\"nofile=20000:20000\", \"nproc=4096:4096\"]\n\
 [engine]\n\
 cgroup_manager = \"cgroupfs\"\n\
 events_logger = \"file\"\n";
+
+/// Run a host's prepared command with no stdin; its output.
+pub(super) fn output_of(host: &str, mut c: Command) -> Result<Output> {
+    c.stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("exec on {host}"))
+}
+
+/// The stdout of `cmd`'s output, or an error with both streams unless it exited 0.
+pub(super) fn stdout_if_ok(host: &str, cmd: &str, out: Output) -> Result<String> {
+    if !out.status.success() {
+        bail!(
+            "`{cmd}` on {host} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -25,7 +25,7 @@
 //! namespace) and removes the namespace, links, cgroups and files, like a
 //! fleet's; leftovers of a crashed run are swept by the same code.
 
-use super::fleet::{self, CLEAN_PATH, SSHD};
+use super::fleet::{self, output_of, stdout_if_ok, CLEAN_PATH, SSHD};
 use super::net::{self, FleetLock, Hierarchy};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -504,25 +504,12 @@ impl SystemdHost {
 
     /// Run `sh -c cmd` inside the host, without ssh.
     pub fn exec(&self, cmd: &str) -> Result<Output> {
-        self.command(cmd)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("exec on {}", self.name))
+        output_of(&self.name, self.command(cmd))
     }
 
     /// Like [`SystemdHost::exec`], but fails unless the command exits 0; its stdout.
     pub fn exec_ok(&self, cmd: &str) -> Result<String> {
-        let out = self.exec(cmd)?;
-        if !out.status.success() {
-            bail!(
-                "`{cmd}` on {} failed ({}): {}{}",
-                self.name,
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        stdout_if_ok(&self.name, cmd, self.exec(cmd)?)
     }
 
     /// `systemctl show UNIT -p P...` as a map (missing properties absent).

@@ -167,7 +167,7 @@ fn load(ctx: &Ctx) -> Result<Desired> {
 
 fn unreachable(obs: &BTreeMap<String, Observation>) -> Option<String> {
     obs.iter().find_map(|(h, o)| match o {
-        Observation::Unreachable { reason } => Some(format!("{h} unreachable: {reason}")),
+        Observation::Unreachable { reason, .. } => Some(format!("{h} unreachable: {reason}")),
         Observation::Reachable(_) => None,
     })
 }

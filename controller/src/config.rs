@@ -58,9 +58,21 @@ pub struct Config {
     pub prune: PrunePolicy,
     /// Hosts observed and converged at once.
     pub concurrency: usize,
-    /// Longest one host may take per phase before it counts as unreachable.
+    /// Longest one host's probe (observe, connect included) may take before
+    /// it counts as unreachable.
     #[serde(with = "humantime_serde")]
     pub host_timeout: Duration,
+    /// Longest a script waits on a host for another script's lock (`flock`).
+    #[serde(with = "humantime_serde")]
+    pub lock_wait: Duration,
+    /// Longest one script (install, start, stop, prune) may run on a host.
+    #[serde(with = "humantime_serde")]
+    pub script_timeout: Duration,
+    /// Longest one host's whole apply may take: past it, its actions still
+    /// waiting or running are reported failed and its lock is released,
+    /// while the other hosts carry on.
+    #[serde(with = "humantime_serde")]
+    pub host_deadline: Duration,
     /// Longest an unreachable host is left alone before the next attempt.
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
@@ -157,6 +169,9 @@ impl Default for Config {
             prune: PrunePolicy::default(),
             concurrency: 8,
             host_timeout: Duration::from_secs(120),
+            lock_wait: Duration::from_secs(30),
+            script_timeout: Duration::from_secs(600),
+            host_deadline: Duration::from_secs(1800),
             max_backoff: Duration::from_secs(300),
             selector: BTreeMap::new(),
             notifications: Vec::new(),
@@ -338,8 +353,15 @@ impl Config {
         if self.history == 0 {
             return Err("history: must be at least 1".into());
         }
-        if self.host_timeout.is_zero() {
-            return Err("host_timeout: must be positive".into());
+        for (name, d) in [
+            ("host_timeout", self.host_timeout),
+            ("lock_wait", self.lock_wait),
+            ("script_timeout", self.script_timeout),
+            ("host_deadline", self.host_deadline),
+        ] {
+            if d.is_zero() {
+                return Err(format!("{name}: must be positive"));
+            }
         }
         for n in &self.notifications {
             if !(n.url.starts_with("http://") || n.url.starts_with("https://")) {

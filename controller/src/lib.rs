@@ -8,6 +8,7 @@ pub mod apply;
 pub mod config;
 pub mod controller;
 pub mod health;
+pub mod instance;
 pub mod manifest;
 pub mod metrics;
 pub mod model;

@@ -58,6 +58,12 @@ pub struct TriggerLabels {
     pub trigger: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostErrorLabels {
+    pub host: String,
+    pub reason: String,
+}
+
 type F64Gauge = Gauge<f64, AtomicU64>;
 
 /// One service's numbers, as the controller last saw them.
@@ -107,6 +113,7 @@ pub struct Metrics {
     manifests_valid: Gauge,
     last_success: F64Gauge,
     triggers: Family<TriggerLabels, Counter>,
+    host_errors: Family<HostErrorLabels, Counter>,
 }
 
 fn duration_buckets() -> Histogram {
@@ -145,6 +152,7 @@ impl Metrics {
             manifests_valid: Gauge::default(),
             last_success: F64Gauge::default(),
             triggers: Family::default(),
+            host_errors: Family::default(),
         };
         let r = &mut registry;
         r.register(
@@ -241,6 +249,11 @@ impl Metrics {
             "tend_triggers",
             "Triggers received, coalesced ones too",
             m.triggers.clone(),
+        );
+        r.register(
+            "tend_host_errors",
+            "Times a host could not be observed or locked, by the error's label",
+            m.host_errors.clone(),
         );
         registry.register_collector(Box::new(ProcessCollector));
         Metrics { registry, ..m }
@@ -362,6 +375,20 @@ impl Metrics {
         self.triggers
             .get_or_create(&TriggerLabels {
                 trigger: trigger.into(),
+            })
+            .inc();
+    }
+
+    /// A host that could not be observed or locked (`reason`: the error's
+    /// `metric_label()`; a host skipped while it backs off is not counted).
+    pub fn host_error(&self, host: &str, reason: &str) {
+        if reason == "backoff" {
+            return;
+        }
+        self.host_errors
+            .get_or_create(&HostErrorLabels {
+                host: host.into(),
+                reason: reason.into(),
             })
             .inc();
     }

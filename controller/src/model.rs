@@ -267,7 +267,22 @@ pub enum HealthCheck {
 #[serde(rename_all = "lowercase", tag = "state")]
 pub enum Observation {
     Reachable(HostState),
-    Unreachable { reason: String },
+    Unreachable {
+        reason: String,
+        /// The error's metric label (`timeout`, `connect`, `auth`, …): the
+        /// `reason` of `tend_host_errors_total`.
+        #[serde(skip)]
+        cause: &'static str,
+    },
+}
+
+impl Observation {
+    pub fn unreachable(cause: &'static str, reason: impl Into<String>) -> Observation {
+        Observation::Unreachable {
+            reason: reason.into(),
+            cause,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

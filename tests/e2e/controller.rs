@@ -400,7 +400,7 @@ async fn a_service_killed_by_hand_is_restarted_on_the_next_tick() {
     })
     .await;
     assert_eq!(by["trigger"], "schedule", "{by}");
-    assert_eq!(by["actions"][0]["result"], "success", "{by}");
+    assert_eq!(by["actions"][0]["result"], "succeeded", "{by}");
     let st = converged(&r, &fleet, "1").await;
     assert_ne!(fleet.pid("delta"), Some(pid));
     assert_eq!(service(&st, "delta").unwrap()["running"], true);
@@ -727,7 +727,7 @@ async fn notifications_reach_a_local_receiver_without_secrets() {
     .expect("an applied notification");
     let (raw, v) = body;
     assert_eq!(v["actions"][0]["service"], "iota", "{v}");
-    assert_eq!(v["actions"][0]["result"], "success", "{v}");
+    assert_eq!(v["actions"][0]["result"], "succeeded", "{v}");
     assert!(!raw.contains(secret_value), "{raw}");
     let (_, status) = http(r.addr, "GET", "/status", &[], b"").await;
     assert!(!status.contains(secret_value));

@@ -85,7 +85,7 @@ fn sample(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-const RESTARTED: &str = "tend_actions_total{kind=\"restart\",result=\"success\"}";
+const RESTARTED: &str = "tend_actions_total{kind=\"restart\",result=\"succeeded\"}";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_whose_health_starts_failing_is_reported_unhealthy_and_restarted() {
@@ -150,7 +150,7 @@ async fn a_service_whose_health_starts_failing_is_reported_unhealthy_and_restart
         repaired.then_some(s)
     })
     .await;
-    assert_eq!(st["last_action"]["result"], "success", "{st}");
+    assert_eq!(st["last_action"]["result"], "succeeded", "{st}");
     assert!(!fail.exists(), "the new process removed the flag");
     let m = metrics(&r).await;
     assert!(sample(&m, RESTARTED) > restarts, "{m}");

@@ -178,7 +178,7 @@ async fn empty_hosts_plan_missing_and_a_start_for_everything() {
     for (h, o) in &observed {
         match o {
             Observation::Reachable(st) => assert_eq!(&st.facts.hostname, h, "each host is its own"),
-            Observation::Unreachable { reason } => panic!("{h} unreachable: {reason}"),
+            Observation::Unreachable { reason, .. } => panic!("{h} unreachable: {reason}"),
         }
     }
     assert_eq!(p.services.len(), 3);

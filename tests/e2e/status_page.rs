@@ -274,7 +274,7 @@ cache_dir: {}\nident: tend@{prefix}-test\n",
             |v| {
                 service(v, &self.ok).is_some_and(|s| s["status"] == "in_sync")
                     && service(v, &self.bad).is_some_and(|s| {
-                        s["status"] == "drifted" && s["last_action"]["result"] == "failure"
+                        s["status"] == "drifted" && s["last_action"]["result"] == "failed"
                     })
             },
         )

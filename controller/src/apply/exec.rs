@@ -70,7 +70,10 @@ impl<'a> Run<'a> {
     /// Run `body` behind the lock prelude.
     async fn script(&mut self, body: &str, stdin: &[u8]) -> Result<String, StepError> {
         let script = super::lock::wrap(&self.lock.prelude()?, body);
-        let out = self.t.exec(&script, stdin).await?;
+        let out = {
+            let _one = self.lock.scripts.lock().await;
+            self.t.exec(&script, stdin).await?
+        };
         let text =
             self.ctx
                 .redactor

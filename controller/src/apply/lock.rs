@@ -230,6 +230,10 @@ pub struct HostLock {
     pub takeover: Option<String>,
     pub lease: Duration,
     pub wait: Duration,
+    /// One script at a time on this host from this process: its actions
+    /// overlap in their health gates, not in their scripts (the second
+    /// would only wait on the `flock`, and time out behind a long install).
+    pub scripts: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl HostLock {
@@ -259,6 +263,7 @@ impl HostLock {
             takeover: None,
             lease,
             wait,
+            scripts: Default::default(),
         };
         for _ in 0..2 {
             let script = wrap(&lock.prelude()?, "echo tend-lock-ok");

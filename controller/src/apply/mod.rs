@@ -11,6 +11,7 @@ mod exec;
 pub mod lock;
 pub mod output;
 
+use crate::instance::InstanceId;
 use crate::model::{Desired, Observation};
 use crate::observe::Transports;
 use crate::plan::{Action, ActionKind, Plan, Status};
@@ -44,6 +45,9 @@ pub struct ApplyOptions {
     /// How long a script waits for another's `flock` to go.
     pub lock_wait: Duration,
     pub observe_timeout: Duration,
+    /// Longest one host's actions may take in all (waits included): past it
+    /// they are reported failed and the host is released.
+    pub host_deadline: Duration,
     /// Health verdicts the caller already holds, by (host, service): the
     /// controller's HTTP checks, which the probe does not run. Applied to the
     /// observation under the lock where the probe left `healthy` unset and
@@ -90,6 +94,7 @@ impl Default for ApplyOptions {
             lease: Duration::from_secs(900),
             lock_wait: Duration::from_secs(30),
             observe_timeout: crate::observe::DEFAULT_TIMEOUT,
+            host_deadline: Duration::from_secs(1800),
             health: BTreeMap::new(),
         }
     }
@@ -148,6 +153,10 @@ pub struct ApplyReport {
     pub locked: BTreeMap<String, String>,
     /// Whether pruning was on (prunes skipped while it is off are no failure).
     pub pruning: bool,
+    /// Selected hosts that could not be locked or observed, with the error's
+    /// metric label.
+    #[serde(skip)]
+    pub host_errors: BTreeMap<String, &'static str>,
     #[serde(with = "humantime_serde")]
     pub duration: Duration,
 }
@@ -311,6 +320,8 @@ pub async fn converge(
     // 1. Lock every selected host (in parallel).
     let mut locked: BTreeMap<String, String> = BTreeMap::new();
     let mut unreachable: BTreeMap<String, String> = BTreeMap::new();
+    // The error label of each host that could not be locked or reached.
+    let mut causes: BTreeMap<String, &'static str> = BTreeMap::new();
     let mut runs: BTreeMap<String, HostRun> = BTreeMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     for name in &selected {
@@ -331,6 +342,7 @@ pub async fn converge(
         let t = match transports.transport(host) {
             Ok(t) => t,
             Err(e) => {
+                causes.insert(name.clone(), e.metric_label());
                 unreachable.insert(name.clone(), e.to_string());
                 continue;
             }
@@ -363,9 +375,11 @@ pub async fn converge(
                     host: name.clone(),
                     why: e.to_string(),
                 });
+                causes.insert(name.clone(), e.metric_label());
                 unreachable.insert(name, e.to_string());
             }
             Err(e) => {
+                causes.insert(name.clone(), e.metric_label());
                 emit.send(Event::HostLockFailed {
                     host: name.clone(),
                     why: e.to_string(),
@@ -396,13 +410,20 @@ pub async fn converge(
             reachable: matches!(o, Observation::Reachable(_)),
         });
     }
-    for (h, why) in unreachable.iter().chain(locked.iter()) {
-        observed.insert(
-            h.clone(),
-            Observation::Unreachable {
-                reason: why.clone(),
-            },
-        );
+    for (h, why) in &unreachable {
+        let cause = causes.get(h).copied().unwrap_or("transport");
+        observed.insert(h.clone(), Observation::unreachable(cause, why.clone()));
+    }
+    for (h, why) in &locked {
+        observed.insert(h.clone(), Observation::unreachable("locked", why.clone()));
+    }
+    let mut errors: BTreeMap<String, &'static str> = causes;
+    for (h, o) in &observed {
+        if let Observation::Unreachable { cause, .. } = o {
+            if selected.contains(h) {
+                errors.entry(h.clone()).or_insert(cause);
+            }
+        }
     }
 
     // 3. Plan; act only where we hold the lock.
@@ -446,6 +467,7 @@ pub async fn converge(
         actions,
         locked,
         pruning: opts.prune,
+        host_errors: errors,
         duration: started.elapsed(),
     }
 }
@@ -497,9 +519,16 @@ fn prune_guard(plan: &Plan, ctx: &exec::Ctx) -> HashMap<(String, String), String
     out
 }
 
-/// What became of an action, for those waiting on it.
-type Done = HashMap<String, bool>;
+/// What became of each instance's action, for those waiting on it.
+type Done = HashMap<InstanceId, bool>;
 
+/// Actions of one host running at once (their scripts still take turns).
+const ACTIONS_PER_HOST: usize = 4;
+
+/// Run every action as its own task: it waits for the instances in its
+/// `after` (any host), then for a slot on its host and in the fleet. So a
+/// service with no dependencies never waits behind a sibling that waits on
+/// another host. A host's prunes wait for its other actions.
 async fn schedule(
     plan: &Plan,
     runs: HashMap<String, (HostLock, Arc<dyn Transport>)>,
@@ -509,83 +538,81 @@ async fn schedule(
     let (done_tx, done_rx) = watch::channel::<Done>(HashMap::new());
     let done_tx = Arc::new(done_tx);
     let limit = Arc::new(Semaphore::new(ctx.opts.parallelism.max(1)));
-    // Position of each service's action in plan order.
-    let index: HashMap<String, usize> = plan
-        .actions
-        .iter()
-        .enumerate()
-        .map(|(i, a)| (a.service.clone(), i))
+    let host_limits: HashMap<String, Arc<Semaphore>> = runs
+        .keys()
+        .map(|h| (h.clone(), Arc::new(Semaphore::new(ACTIONS_PER_HOST))))
         .collect();
-    let status: HashMap<String, Status> = plan
-        .services
-        .iter()
-        .map(|s| (s.service.clone(), s.status))
-        .collect();
-    let index = Arc::new(index);
-    let status = Arc::new(status);
+    let deps = Arc::new(Deps::new(plan));
+    let deadline = tokio::time::Instant::now() + ctx.opts.host_deadline;
+    let over = format!(
+        "the host deadline of {} passed",
+        humantime::format_duration(ctx.opts.host_deadline)
+    );
 
-    let mut per_host: BTreeMap<String, Vec<(usize, Action)>> = BTreeMap::new();
-    for (i, a) in plan.actions.iter().enumerate() {
-        per_host
-            .entry(a.host.clone())
-            .or_default()
-            .push((i, a.clone()));
-    }
     let mut tasks = tokio::task::JoinSet::new();
-    for (host, actions) in per_host {
-        let handle = runs.get(&host).cloned();
+    for (i, a) in plan.actions.iter().enumerate() {
+        let a = a.clone();
+        let handle = runs.get(&a.host).cloned();
+        let host_limit = host_limits.get(&a.host).cloned();
         let (ctx, done_tx, mut done_rx) = (ctx.clone(), done_tx.clone(), done_rx.clone());
-        let (limit, index, status) = (limit.clone(), index.clone(), status.clone());
-        let refusals: HashMap<String, String> = prune_refusals
-            .iter()
-            .filter(|((h, _), _)| *h == host)
-            .map(|((_, s), w)| (s.clone(), w.clone()))
-            .collect();
+        let (limit, deps) = (limit.clone(), deps.clone());
+        let refusal = prune_refusals
+            .get(&(a.host.clone(), a.service.clone()))
+            .cloned();
+        let over = over.clone();
         tasks.spawn(async move {
-            let mut reports = Vec::new();
-            for (i, a) in actions {
-                let t0 = Instant::now();
-                let skip = |why: String| ActionReport {
-                    action: a.clone(),
-                    outcome: ActionOutcome::Skipped(why),
-                    duration: t0.elapsed(),
-                    output: Vec::new(),
-                    oom_killed: false,
-                    release: None,
-                };
-                let report = if let Some(why) = refusals.get(&a.service) {
-                    skip(why.clone())
-                } else if let Some((lock, t)) = &handle {
-                    match wait_for_deps(&a, i, &index, &status, &mut done_rx).await {
-                        Err(why) => skip(why),
-                        Ok(()) => {
-                            let _permit = limit.acquire().await;
-                            exec::run_action(&ctx, lock, t.as_ref(), &a).await
+            let t0 = Instant::now();
+            let skip = |why: String| ActionReport {
+                action: a.clone(),
+                outcome: ActionOutcome::Skipped(why),
+                duration: t0.elapsed(),
+                output: Vec::new(),
+                oom_killed: false,
+                release: None,
+            };
+            let report = match (refusal, &handle, host_limit) {
+                (Some(why), _, _) => skip(why),
+                (None, Some((lock, t)), Some(host_limit)) => {
+                    let run = async {
+                        match deps.wait(&a, i, &mut done_rx).await {
+                            Err(why) => skip(why),
+                            Ok(()) => {
+                                let _host = host_limit.acquire().await;
+                                let _fleet = limit.acquire().await;
+                                exec::run_action(&ctx, lock, t.as_ref(), &a).await
+                            }
                         }
+                    };
+                    // A script cut off here goes on on the host behind its
+                    // flock; the next run converges from what it leaves.
+                    match tokio::time::timeout_at(deadline, run).await {
+                        Ok(r) => r,
+                        Err(_) => ActionReport {
+                            outcome: ActionOutcome::Failed(over),
+                            ..skip(String::new())
+                        },
                     }
-                } else {
-                    skip(format!("host {} is not locked", a.host))
-                };
-                ctx.emit.send(Event::ActionFinished {
-                    host: a.host.clone(),
-                    service: a.service.clone(),
-                    kind: a.kind,
-                    outcome: report.outcome.clone(),
-                    duration: report.duration,
-                });
-                let ok = report.outcome == ActionOutcome::Succeeded;
-                done_tx.send_modify(|d| {
-                    d.insert(a.service.clone(), ok);
-                });
-                reports.push((i, report));
-            }
-            reports
+                }
+                _ => skip(format!("host {} is not locked", a.host)),
+            };
+            ctx.emit.send(Event::ActionFinished {
+                host: a.host.clone(),
+                service: a.service.clone(),
+                kind: a.kind,
+                outcome: report.outcome.clone(),
+                duration: report.duration,
+            });
+            let ok = report.outcome == ActionOutcome::Succeeded;
+            done_tx.send_modify(|d| {
+                d.insert(a.id(), ok);
+            });
+            (i, report)
         });
     }
     let mut all = Vec::new();
     while let Some(r) = tasks.join_next().await {
         match r {
-            Ok(reports) => all.extend(reports),
+            Ok(report) => all.push(report),
             Err(e) => tracing::error!("apply task failed: {e}"),
         }
     }
@@ -593,39 +620,81 @@ async fn schedule(
     all.into_iter().map(|(_, r)| r).collect()
 }
 
-/// Wait until every dependency of `a` converged; Err(why) when one did not.
-async fn wait_for_deps(
-    a: &Action,
-    i: usize,
-    index: &HashMap<String, usize>,
-    status: &HashMap<String, Status>,
-    done: &mut watch::Receiver<Done>,
-) -> Result<(), String> {
-    for dep in &a.after {
-        match index.get(dep) {
-            Some(&j) if j < i => {
-                let seen = done
-                    .wait_for(|d| d.contains_key(dep))
-                    .await
-                    .map_err(|_| format!("dependency {dep}: its result never came"))?;
-                if seen.get(dep) != Some(&true) {
-                    return Err(format!("dependency {dep} did not converge"));
-                }
-            }
-            Some(_) => return Err(format!("dependency {dep} is planned after it")),
-            None => match status.get(dep) {
-                Some(Status::InSync) | Some(Status::Suspended) | None => {}
-                Some(Status::Drifted) => return Err(format!("dependency {dep} is drifted")),
-                Some(Status::Unknown) => {
-                    return Err(format!(
-                        "dependency {dep} is on a host that was not observed"
-                    ))
-                }
-            },
-        }
-    }
-    Ok(())
+/// Who waits for whom, from the plan: by instance, never by name alone.
+struct Deps {
+    /// Position of each instance's action in plan order.
+    index: HashMap<InstanceId, usize>,
+    /// How each instance stands when it has no action.
+    status: HashMap<InstanceId, Status>,
+    /// Each host's actions other than prunes (what its prunes wait for).
+    non_prunes: HashMap<String, Vec<(usize, InstanceId)>>,
 }
 
+impl Deps {
+    fn new(plan: &Plan) -> Deps {
+        let mut non_prunes: HashMap<String, Vec<(usize, InstanceId)>> = HashMap::new();
+        for (i, a) in plan.actions.iter().enumerate() {
+            if a.kind != ActionKind::Prune {
+                non_prunes
+                    .entry(a.host.clone())
+                    .or_default()
+                    .push((i, a.id()));
+            }
+        }
+        Deps {
+            index: plan
+                .actions
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (a.id(), i))
+                .collect(),
+            status: plan.services.iter().map(|s| (s.id(), s.status)).collect(),
+            non_prunes,
+        }
+    }
+
+    /// Wait until every dependency of action `i` converged; Err(why) when
+    /// one did not. A prune also waits (whatever the outcome) for the other
+    /// actions of its host.
+    async fn wait(
+        &self,
+        a: &Action,
+        i: usize,
+        done: &mut watch::Receiver<Done>,
+    ) -> Result<(), String> {
+        if a.kind == ActionKind::Prune {
+            for (_, id) in self.non_prunes.get(&a.host).into_iter().flatten() {
+                let _ = done.wait_for(|d| d.contains_key(id)).await;
+            }
+        }
+        for dep in &a.after {
+            match self.index.get(dep) {
+                Some(&j) if j < i => {
+                    let seen = done
+                        .wait_for(|d| d.contains_key(dep))
+                        .await
+                        .map_err(|_| format!("dependency {dep}: its result never came"))?;
+                    if seen.get(dep) != Some(&true) {
+                        return Err(format!("dependency {dep} did not converge"));
+                    }
+                }
+                Some(_) => return Err(format!("dependency {dep} is planned after it")),
+                None => match self.status.get(dep) {
+                    Some(Status::InSync) | Some(Status::Suspended) | None => {}
+                    Some(Status::Drifted) => return Err(format!("dependency {dep} is drifted")),
+                    Some(Status::Unknown) => {
+                        return Err(format!(
+                            "dependency {dep} is on a host that was not observed"
+                        ))
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod move_tests;
 #[cfg(test)]
 mod tests;

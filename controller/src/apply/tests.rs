@@ -40,6 +40,7 @@ fn lock(root: &str) -> HostLock {
         takeover: None,
         lease: Duration::from_secs(60),
         wait: Duration::from_secs(10),
+        scripts: Default::default(),
     }
 }
 

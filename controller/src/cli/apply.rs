@@ -231,7 +231,7 @@ fn print_plan(plan: &Plan) {
             let after = if a.after.is_empty() {
                 String::new()
             } else {
-                format!(" after {}", a.after.join(","))
+                format!(" after {}", crate::cli::join_ids(&a.after, ","))
             };
             println!(
                 "  {}. {} {} on {}{after}",

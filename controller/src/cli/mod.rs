@@ -110,3 +110,11 @@ pub fn columns<const N: usize>(rows: &[[String; N]]) -> String {
     }
     out
 }
+
+/// `a@h1, b@h2`: dependency instances as the plan prints them.
+pub fn join_ids(ids: &[tend::instance::InstanceId], sep: &str) -> String {
+    ids.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(sep)
+}

@@ -122,7 +122,7 @@ fn action_line(a: &Action, sp: Option<&ServicePlan>, p: &Paint) -> String {
     let after = if a.after.is_empty() {
         String::new()
     } else {
-        format!(" after {}", a.after.join(", "))
+        format!(" after {}", crate::cli::join_ids(&a.after, ", "))
     };
     match a.kind {
         ActionKind::Start => p.wrap("32", &format!("+ start {} ({why}){after}", a.service)),

@@ -15,23 +15,43 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-/// How one action ended.
+/// How one action ended, in the words `tend apply --output json` uses
+/// (`succeeded`, `failed`, `rolled_back`, `skipped`) for status, metrics and
+/// notifications alike. Before 0.2, status and metrics said `success` and
+/// `failure` for actions; a reconcile's result keeps `success`/`failure`/`partial`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActionResult {
-    Success,
-    Failure,
+    Succeeded,
+    Failed,
     RolledBack,
     Skipped,
 }
 
 impl ActionResult {
+    pub const ALL: [ActionResult; 4] = [
+        ActionResult::Succeeded,
+        ActionResult::Failed,
+        ActionResult::RolledBack,
+        ActionResult::Skipped,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
-            ActionResult::Success => "success",
-            ActionResult::Failure => "failure",
+            ActionResult::Succeeded => "succeeded",
+            ActionResult::Failed => "failed",
             ActionResult::RolledBack => "rolled_back",
             ActionResult::Skipped => "skipped",
+        }
+    }
+}
+
+impl From<&apply::ActionOutcome> for ActionResult {
+    fn from(o: &apply::ActionOutcome) -> ActionResult {
+        match o {
+            apply::ActionOutcome::Succeeded => ActionResult::Succeeded,
+            apply::ActionOutcome::Failed(_) => ActionResult::Failed,
+            apply::ActionOutcome::RolledBack(_) => ActionResult::RolledBack,
+            apply::ActionOutcome::Skipped(_) => ActionResult::Skipped,
         }
     }
 }
@@ -54,6 +74,8 @@ pub struct Applied {
     pub outcomes: Vec<ActionOutcome>,
     /// Hosts locked by another controller or unreachable, as sentences.
     pub problems: Vec<String>,
+    /// Those hosts with their error's metric label.
+    pub host_errors: Vec<(String, &'static str)>,
 }
 
 /// Observes and converges hosts; keeps one transport per host across ticks.
@@ -67,6 +89,7 @@ impl Engine {
         let pool = Pool::new(PoolOptions {
             default_identity: config.ssh.identity.clone(),
             known_hosts: config.ssh.known_hosts.clone(),
+            exec_timeout: Some(config.script_timeout),
             ..PoolOptions::default()
         });
         let opts = ApplyOptions {
@@ -78,6 +101,8 @@ impl Engine {
             revision: None,
             controller: Some(config.ident.clone()),
             observe_timeout: config.host_timeout,
+            lock_wait: config.lock_wait,
+            host_deadline: config.host_deadline,
             ..ApplyOptions::default()
         };
         Engine {
@@ -95,11 +120,7 @@ impl Engine {
     pub async fn observe(&self, host: &Host, desired: &Desired) -> Observation {
         let t = match self.pool.get(host) {
             Ok(t) => t,
-            Err(e) => {
-                return Observation::Unreachable {
-                    reason: e.to_string(),
-                }
-            }
+            Err(e) => return Observation::unreachable(e.metric_label(), e.to_string()),
         };
         let opts = observe::options_for(desired, &host.name);
         observe::observe_host_cached(t.as_ref(), host, &opts, Some(self.pool.sockets())).await
@@ -170,12 +191,7 @@ impl Engine {
             .actions
             .iter()
             .map(|a| {
-                let result = match &a.outcome {
-                    apply::ActionOutcome::Succeeded => ActionResult::Success,
-                    apply::ActionOutcome::Failed(_) => ActionResult::Failure,
-                    apply::ActionOutcome::RolledBack(_) => ActionResult::RolledBack,
-                    apply::ActionOutcome::Skipped(_) => ActionResult::Skipped,
-                };
+                let result = ActionResult::from(&a.outcome);
                 ActionOutcome {
                     kind: a.action.kind,
                     host: a.action.host.clone(),
@@ -186,7 +202,16 @@ impl Engine {
                 }
             })
             .collect();
-        Applied { outcomes, problems }
+        let host_errors = report
+            .host_errors
+            .iter()
+            .map(|(h, c)| (h.clone(), *c))
+            .collect();
+        Applied {
+            outcomes,
+            problems,
+            host_errors,
+        }
     }
 }
 

@@ -61,8 +61,14 @@ impl Clock {
     }
 }
 
-/// Fire `schedule` triggers forever (until the coalescer closes).
-pub async fn run(schedule: Schedule, coalescer: Arc<Coalescer>, clock: Clock) {
+/// Fire `schedule` triggers through `fire` (which counts and queues them, as
+/// every other trigger is) forever, until the coalescer closes.
+pub async fn run(
+    schedule: Schedule,
+    coalescer: Arc<Coalescer>,
+    clock: Clock,
+    fire: impl Fn(Trigger) + Send,
+) {
     let mut after = clock.now();
     loop {
         let Some(next) = schedule.next_after(after) else {
@@ -77,7 +83,7 @@ pub async fn run(schedule: Schedule, coalescer: Arc<Coalescer>, clock: Clock) {
         if coalescer.is_closed() {
             return;
         }
-        coalescer.trigger(Trigger::Schedule);
+        fire(Trigger::Schedule);
         // A slow machine (or a suspended laptop) skips missed firings: one is enough.
         after = next.max(clock.now());
     }
@@ -107,10 +113,16 @@ mod tests {
     async fn a_minutely_schedule_fires_once_a_minute() {
         let c = Arc::new(Coalescer::new());
         let start: DateTime<Utc> = "2026-01-01T00:00:30Z".parse().unwrap();
+        let counted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (q, n) = (c.clone(), counted.clone());
         let task = tokio::spawn(run(
             Schedule::parse("* * * * *").unwrap(),
             c.clone(),
             Clock::tokio_at(start),
+            move |t| {
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                q.trigger(t);
+            },
         ));
         // Drain the queue as a worker would, counting schedule firings.
         let mut fired = 0;
@@ -122,6 +134,11 @@ mod tests {
         }
         // 00:01, 00:02, 00:03, 00:04, 00:05
         assert_eq!(fired, 5);
+        assert_eq!(
+            counted.load(std::sync::atomic::Ordering::SeqCst),
+            5,
+            "each firing counted"
+        );
         task.abort();
     }
 }

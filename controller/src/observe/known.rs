@@ -160,12 +160,7 @@ mod tests {
         let c = SocketCache::default();
         assert!(c.known("h", &opts(&[80])).is_empty());
         c.update("h", &state(&[(80, Some("web"))], vec![sock(80, 10)]));
-        c.update(
-            "h",
-            &Observation::Unreachable {
-                reason: "down".into(),
-            },
-        );
+        c.update("h", &Observation::unreachable("other", "down"));
         assert!(c.known("h", &opts(&[80])).is_empty());
     }
 

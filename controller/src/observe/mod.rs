@@ -95,9 +95,7 @@ pub async fn observe_host(t: &dyn Transport, host: &Host) -> Observation {
 pub async fn observe_host_with(t: &dyn Transport, host: &Host, opts: &ProbeOptions) -> Observation {
     match try_observe(t, host, opts).await {
         Ok(st) => Observation::Reachable(st),
-        Err(e) => Observation::Unreachable {
-            reason: e.to_string(),
-        },
+        Err(e) => Observation::unreachable(e.metric_label(), e.to_string()),
     }
 }
 
@@ -196,9 +194,10 @@ pub async fn observe_all_with(
         let Some(host) = desired.hosts.get(name) else {
             out.insert(
                 name.clone(),
-                Observation::Unreachable {
-                    reason: format!("host {name} is not in the manifests"),
-                },
+                Observation::unreachable(
+                    "not_in_git",
+                    format!("host {name} is not in the manifests"),
+                ),
             );
             continue;
         };
@@ -207,9 +206,7 @@ pub async fn observe_all_with(
             Err(e) => {
                 out.insert(
                     name.clone(),
-                    Observation::Unreachable {
-                        reason: e.to_string(),
-                    },
+                    Observation::unreachable(e.metric_label(), e.to_string()),
                 );
                 continue;
             }
@@ -223,9 +220,9 @@ pub async fn observe_all_with(
             let probe = observe_host_cached(t.as_ref(), &host, &opts, cache.as_ref());
             let obs = match tokio::time::timeout(timeout, probe).await {
                 Ok(o) => o,
-                Err(_) => Observation::Unreachable {
-                    reason: ObserveError::Timeout(timeout).to_string(),
-                },
+                Err(_) => {
+                    Observation::unreachable("timeout", ObserveError::Timeout(timeout).to_string())
+                }
             };
             (host.name, obs)
         });
@@ -241,9 +238,7 @@ pub async fn observe_all_with(
     // A task that panicked leaves its host out: say so rather than plan it away.
     for name in hosts {
         out.entry(name.clone())
-            .or_insert_with(|| Observation::Unreachable {
-                reason: "observe task failed".into(),
-            });
+            .or_insert_with(|| Observation::unreachable("panic", "observe task failed"));
     }
     out
 }

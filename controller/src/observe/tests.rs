@@ -787,7 +787,7 @@ async fn a_garbage_record_makes_the_host_unreachable_with_the_reason() {
     std::fs::write(f.dir.path().join("records/x.rec"), "not a record\n").unwrap();
     let obs = observe_host(&LocalTransport::new(), &f.host()).await;
     match obs {
-        Observation::Unreachable { reason } => assert!(reason.contains("x.rec"), "{reason}"),
+        Observation::Unreachable { reason, .. } => assert!(reason.contains("x.rec"), "{reason}"),
         other => panic!("{other:?}"),
     }
 }

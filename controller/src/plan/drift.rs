@@ -1,6 +1,7 @@
 //! Drift rules: desired service × what its host showed → reasons and one action.
 
 use super::{Action, ActionKind, DriftReason, MemoryBudget, ServicePlan, Status};
+use crate::instance::{desired_instances, InstanceId};
 use crate::model::{
     CgroupMode, Desired, HostState, Listener, Observation, ObservedService, Service,
 };
@@ -49,7 +50,7 @@ pub(super) fn diff(
             }
             Some(st) => {
                 for s in desired.services_on(host) {
-                    let (sp, action) = plan_service(s, host, st);
+                    let (sp, action) = plan_service(desired, s, host, st);
                     here.push(sp);
                     actions.extend(action);
                 }
@@ -100,7 +101,12 @@ pub(super) fn diff(
     (services, actions, memory)
 }
 
-fn plan_service(s: &Service, host: &str, st: &HostState) -> (ServicePlan, Option<Action>) {
+fn plan_service(
+    desired: &Desired,
+    s: &Service,
+    host: &str,
+    st: &HostState,
+) -> (ServicePlan, Option<Action>) {
     let obs = st.services.get(&s.name);
     let running = obs.is_some_and(|o| o.running);
     let mut reasons = BTreeSet::new();
@@ -171,11 +177,13 @@ fn plan_service(s: &Service, host: &str, st: &HostState) -> (ServicePlan, Option
         None
     };
 
-    let mut after: Vec<String> = s
+    // Edges go to where Git places each dependency, never to an old copy
+    // being pruned elsewhere.
+    let mut after: Vec<InstanceId> = s
         .depends_on
         .iter()
         .filter(|d| **d != s.name)
-        .cloned()
+        .flat_map(|d| desired_instances(desired, d))
         .collect();
     after.sort();
     after.dedup();

@@ -3,6 +3,7 @@
 //! No I/O here. Every drift rule and ordering rule lives in this module and is
 //! unit- and property-tested.
 
+use crate::instance::InstanceId;
 use crate::model::{Desired, Observation};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -115,10 +116,22 @@ pub struct Action {
     pub kind: ActionKind,
     pub service: String,
     pub host: String,
-    /// Services (any host) that must be healthy before this action runs.
-    pub after: Vec<String>,
+    /// Instances (any host) that must be healthy before this action runs.
+    pub after: Vec<InstanceId>,
     /// The drift this action repairs.
     pub reasons: Vec<DriftReason>,
+}
+
+impl Action {
+    pub fn id(&self) -> InstanceId {
+        InstanceId::new(&self.service, &self.host)
+    }
+}
+
+impl ServicePlan {
+    pub fn id(&self) -> InstanceId {
+        InstanceId::new(&self.service, &self.host)
+    }
 }
 
 /// Memory budget of one host: the seed's capacity analysis, every run.
@@ -172,7 +185,7 @@ pub fn plan(desired: &Desired, observed: &BTreeMap<String, Observation>) -> Plan
     let unreachable = observed
         .iter()
         .filter_map(|(h, o)| match o {
-            Observation::Unreachable { reason } => Some((h.clone(), reason.clone())),
+            Observation::Unreachable { reason, .. } => Some((h.clone(), reason.clone())),
             Observation::Reachable(_) => None,
         })
         .collect();

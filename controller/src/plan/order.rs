@@ -2,6 +2,7 @@
 //! name, prunes last.
 
 use super::{Action, ActionKind};
+use crate::instance::InstanceId;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub(super) fn order(actions: Vec<Action>) -> Vec<Action> {
@@ -9,19 +10,16 @@ pub(super) fn order(actions: Vec<Action>) -> Vec<Action> {
         .into_iter()
         .partition(|a| a.kind == ActionKind::Prune);
 
-    // Outside prunes a service is in Git once, so it has at most one action.
-    let by_name: BTreeMap<&str, usize> = rest
-        .iter()
-        .enumerate()
-        .map(|(i, a)| (a.service.as_str(), i))
-        .collect();
+    // An instance has at most one action.
+    let by_id: BTreeMap<InstanceId, usize> =
+        rest.iter().enumerate().map(|(i, a)| (a.id(), i)).collect();
     let mut pending: Vec<usize> = vec![0; rest.len()];
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); rest.len()];
     for (i, a) in rest.iter().enumerate() {
         let deps: BTreeSet<usize> = a
             .after
             .iter()
-            .filter_map(|d| by_name.get(d.as_str()).copied())
+            .filter_map(|d| by_id.get(d).copied())
             .filter(|&j| j != i)
             .collect();
         pending[i] = deps.len();

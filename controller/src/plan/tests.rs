@@ -1,4 +1,5 @@
 use super::*;
+use crate::instance::InstanceId;
 use crate::model::{
     Address, CgroupMode, Delivery, Desired, Host, HostFacts, HostState, Listener, Observation,
     ObservedService, RuntimeKind, Service,
@@ -416,9 +417,7 @@ fn an_unreachable_host_leaves_its_services_unknown_and_the_others_planned() {
     let mut o = empty_hosts(&d);
     o.insert(
         "a".into(),
-        Observation::Unreachable {
-            reason: "connection refused".into(),
-        },
+        Observation::unreachable("other", "connection refused"),
     );
     let p = plan(&d, &o);
     assert_eq!(sp(&p, "x").status, Status::Unknown);
@@ -500,7 +499,7 @@ fn dependencies_come_first_even_across_hosts() {
     );
     assert_eq!(
         p.actions[2].after,
-        vec!["auth".to_string(), "db".to_string()]
+        vec![InstanceId::new("auth", "z"), InstanceId::new("db", "a")]
     );
 }
 
@@ -515,7 +514,7 @@ fn after_lists_dependencies_that_have_no_action() {
     }
     let p = plan(&d, &o);
     assert_eq!(kinds(&p), vec![(ActionKind::Upgrade, "api")]);
-    assert_eq!(p.actions[0].after, vec!["auth".to_string()]);
+    assert_eq!(p.actions[0].after, vec![InstanceId::new("auth", "a")]);
 }
 
 #[test]
@@ -540,12 +539,7 @@ fn the_memory_budget_sums_declared_limits_and_reports_what_the_host_has() {
     none.memory = None;
     let d = fleet(&["a", "b"], vec![big, none, svc("small", "a")]);
     let mut o = converged(&d);
-    o.insert(
-        "b".into(),
-        Observation::Unreachable {
-            reason: "down".into(),
-        },
-    );
+    o.insert("b".into(), Observation::unreachable("other", "down"));
     let p = plan(&d, &o);
     assert_eq!(
         p.memory,
@@ -735,12 +729,7 @@ fn perturb(g: &Gen) -> (Desired, BTreeMap<String, Observation>) {
     }
     for (i, down) in g.unreachable.iter().enumerate() {
         if *down {
-            o.insert(
-                hosts[i].clone(),
-                Observation::Unreachable {
-                    reason: "down".into(),
-                },
-            );
+            o.insert(hosts[i].clone(), Observation::unreachable("other", "down"));
         }
     }
     (d, o)
@@ -765,8 +754,9 @@ proptest! {
         for (i, a) in p.actions.iter().enumerate() {
             // Every dependency with an action runs earlier.
             for dep in &a.after {
-                if let Some(j) = p.actions.iter().position(|b| &b.service == dep && b.kind != ActionKind::Prune) {
+                if let Some(j) = p.actions.iter().position(|b| b.id() == *dep) {
                     prop_assert!(j < i, "{} runs before its dependency {}", a.service, dep);
+                    prop_assert!(p.actions[j].kind != ActionKind::Prune, "{} waits on a prune", a.service);
                 }
             }
             // Prunes only after every start/upgrade/restart.
@@ -792,6 +782,87 @@ proptest! {
                 prop_assert!(p.actions.iter().any(|a| a.service == s.service && a.host == s.host),
                     "drift without an action or a reason why: {:?}", s);
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- moves
+
+#[test]
+fn a_moved_service_is_started_where_git_puts_it_and_its_dependents_wait_for_that_copy() {
+    let mut api = svc("api", "a");
+    api.depends_on = vec!["db".into()];
+    let before = fleet(&["a", "b"], vec![api.clone(), svc("db", "a")]);
+    let o = converged(&before);
+    api.version = "2".into();
+    let after = fleet(&["a", "b"], vec![api, svc("db", "b")]);
+    let p = plan(&after, &o);
+    let got: Vec<(ActionKind, InstanceId, Vec<InstanceId>)> = p
+        .actions
+        .iter()
+        .map(|a| (a.kind, a.id(), a.after.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (ActionKind::Start, InstanceId::new("db", "b"), vec![]),
+            (
+                ActionKind::Upgrade,
+                InstanceId::new("api", "a"),
+                vec![InstanceId::new("db", "b")]
+            ),
+            (ActionKind::Prune, InstanceId::new("db", "a"), vec![]),
+        ]
+    );
+}
+
+fn arb_moves() -> impl Strategy<Value = (Gen, Vec<prop::sample::Index>)> {
+    arb_fleet().prop_flat_map(|g| {
+        let n = g.desired.services.len();
+        (
+            Just(g),
+            proptest::collection::vec(any::<prop::sample::Index>(), n),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever moves: every edge points at the instance Git asks for, runs
+    /// before its dependent, and is never a prune; each move is one start
+    /// where the service goes and one prune where it was.
+    #[test]
+    fn after_random_moves_every_edge_points_at_a_desired_instance_planned_first((g, to) in arb_moves()) {
+        let o = converged(&g.desired);
+        let mut d = g.desired.clone();
+        let hosts: Vec<String> = d.hosts.keys().cloned().collect();
+        let mut moved = Vec::new();
+        for (s, ix) in d.services.values_mut().zip(&to) {
+            let h = hosts[ix.index(hosts.len())].clone();
+            if h != s.host {
+                moved.push((s.name.clone(), s.host.clone(), h.clone()));
+                s.host = h;
+            }
+        }
+        let p = plan(&d, &o);
+        for (i, a) in p.actions.iter().enumerate() {
+            for dep in &a.after {
+                let placed = d.services.get(&dep.service).map(|s| s.host.as_str());
+                prop_assert_eq!(placed, Some(dep.host.as_str()), "{} waits on {}", a.id(), dep);
+                if let Some(j) = p.actions.iter().position(|b| b.id() == *dep) {
+                    prop_assert!(j < i, "{} runs before its dependency {}", a.id(), dep);
+                    prop_assert!(p.actions[j].kind != ActionKind::Prune);
+                }
+            }
+        }
+        for (name, from, to) in &moved {
+            if d.services[name].suspend {
+                continue;
+            }
+            let on = |h: &str, k: ActionKind| p.actions.iter().any(|a| a.service == *name && a.host == h && a.kind == k);
+            prop_assert!(on(to, ActionKind::Start), "{} not started on {}: {:?}", name, to, p.actions);
+            prop_assert!(on(from, ActionKind::Prune), "{} not pruned on {}: {:?}", name, from, p.actions);
         }
     }
 }

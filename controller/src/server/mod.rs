@@ -5,7 +5,7 @@
 mod html;
 
 use crate::controller::coalesce::Trigger;
-use crate::controller::Context;
+use crate::controller::context::Context;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};

@@ -1,0 +1,95 @@
+//! Source and load: poll, and on a new revision validate it; a revision
+//! that does not validate is never applied (the last good one stays).
+
+use super::context::{now_unix, Good};
+use super::worker::Worker;
+use crate::manifest::{self, Secrets};
+use crate::notify::{Event, EventKind};
+use crate::source::{self, Poll};
+use std::sync::Arc;
+
+impl Worker {
+    /// Poll the source; on a new revision, load and validate it.
+    pub(super) async fn refresh_source(&mut self, problems: &mut Vec<String>) {
+        let ctx = self.ctx.clone();
+        let in_force = ctx.lock().good.as_ref().map(|g| g.revision.clone());
+        let polled = {
+            let _t = ctx.metrics.phase_timer("source");
+            self.source.poll(in_force.as_deref()).await
+        };
+        let snap = match polled {
+            Ok(Poll::Unchanged { .. }) => {
+                let mut s = ctx.lock();
+                s.source.fetch_error = None;
+                s.source.polled_at = Some(now_unix());
+                return;
+            }
+            Ok(Poll::Changed(snap)) => snap,
+            Err(e) => {
+                tracing::warn!("source: {e}");
+                problems.push(format!("source: {e}"));
+                let mut s = ctx.lock();
+                s.source.fetch_error = Some(e.to_string());
+                s.source.polled_at = Some(now_unix());
+                return;
+            }
+        };
+        let loaded = {
+            let _t = ctx.metrics.phase_timer("load");
+            manifest::load_tree(&snap.files, &ctx.config.path, Secrets::Resolve)
+        };
+        let mut s = ctx.lock();
+        s.source.fetch_error = None;
+        s.source.polled_at = Some(now_unix());
+        s.source.newest = Some(snap.revision.clone());
+        match loaded {
+            Ok(l) => {
+                tracing::info!(revision = %snap.revision, "manifests valid");
+                let warnings: Vec<String> = l.warnings.iter().map(|w| w.to_string()).collect();
+                s.good = Some(Good {
+                    revision: snap.revision.clone(),
+                    desired: Arc::new(l.desired),
+                });
+                s.source.revision = Some(snap.revision.clone());
+                s.source.subject = Some(snap.subject);
+                s.source.manifests_valid = true;
+                s.source.errors.clear();
+                s.source.warnings = warnings;
+                ctx.metrics.manifests_valid(true);
+                ctx.metrics.source(&snap.revision, self.source.branch());
+            }
+            Err(d) => {
+                let errors: Vec<String> = d.0.iter().map(|x| x.to_string()).collect();
+                tracing::warn!(revision = %snap.revision, "manifests refused: {d}");
+                problems.push(format!(
+                    "revision {} refused: {}",
+                    source::short(&snap.revision),
+                    errors.first().cloned().unwrap_or_default()
+                ));
+                s.source.manifests_valid = false;
+                s.source.errors = errors.clone();
+                ctx.metrics.manifests_valid(false);
+                if s.notified_invalid.as_deref() != Some(snap.revision.as_str()) {
+                    s.notified_invalid = Some(snap.revision.clone());
+                    let kept = s
+                        .good
+                        .as_ref()
+                        .map(|g| source::short(&g.revision).to_string());
+                    drop(s);
+                    ctx.notify(Event {
+                        kind: EventKind::Failure,
+                        controller: ctx.config.ident.clone(),
+                        reconcile: None,
+                        revision: Some(snap.revision.clone()),
+                        summary: match kept {
+                            Some(k) => format!("manifests refused; {k} stays in force"),
+                            None => "manifests refused; nothing in force".into(),
+                        },
+                        actions: vec![],
+                        errors,
+                    });
+                }
+            }
+        }
+    }
+}

@@ -12,7 +12,7 @@ use tend::controller::{self, Running};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NEVER: &str = "0 0 1 1 *";
-const TOKEN: &str = "e2e-token-0123456789";
+pub const TOKEN: &str = "e2e-token-0123456789";
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

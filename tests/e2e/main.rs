@@ -3,6 +3,7 @@ mod apply_cli;
 mod apply_podman;
 mod apply_systemd;
 mod controller;
+mod controller_busy;
 mod controller_demo;
 mod controller_health;
 mod deploy;

@@ -79,6 +79,8 @@ pub struct Applied {
 }
 
 /// Observes and converges hosts; keeps one transport per host across ticks.
+/// Clones share the pool.
+#[derive(Clone)]
 pub struct Engine {
     pool: Arc<Pool>,
     opts: ApplyOptions,

@@ -5,6 +5,7 @@
 //! is the state the loop and the HTTP server share; the policies
 //! (`backoff`, `coalesce`, `checks`, `schedule`) sit beside it.
 
+mod apply_step;
 mod backoff;
 pub mod checks;
 pub mod coalesce;

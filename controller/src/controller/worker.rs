@@ -2,6 +2,7 @@
 //! apply → report. Each step is a method in the file named after it; the
 //! policies (backoff, coalescing, health-check cadence) live beside it.
 
+use super::apply_step::Pass;
 use super::coalesce::{Queued, Trigger};
 use super::context::{now_unix, Context, Good};
 use super::engine::{ActionOutcome, ActionResult, Engine};
@@ -47,15 +48,20 @@ impl Worker {
         if !the_plan.actions.is_empty() {
             // What needs repair is visible while the repair runs.
             self.publish(&desired, &observed, &the_plan);
-            outcomes = self
-                .apply_timed(q.id, &the_plan, &desired, &good.revision, &mut problems)
+            let pass = Pass {
+                id: q.id,
+                desired: &desired,
+                revision: &good.revision,
+                hosts: &hosts,
+            };
+            let (done, touched) = self
+                .apply_step(&pass, &the_plan, &mut observed, &mut problems)
                 .await;
+            outcomes = done;
             // Show the state the actions left, not the one they repaired.
-            let touched: BTreeSet<&str> =
-                the_plan.actions.iter().map(|a| a.host.as_str()).collect();
             let again: Vec<Host> = hosts
                 .iter()
-                .filter(|h| touched.contains(h.name.as_str()))
+                .filter(|h| touched.contains(&h.name))
                 .cloned()
                 .collect();
             observed.extend(self.observe_timed(&again, &desired, true).await);
@@ -102,31 +108,6 @@ impl Worker {
     fn plan_timed(&self, desired: &Desired, observed: &BTreeMap<String, Observation>) -> Plan {
         let _t = self.ctx.metrics.phase_timer("plan");
         plan::plan(desired, observed)
-    }
-
-    /// Apply: converge the hosts with actions (each re-observed under its
-    /// lock) and record what every action did.
-    async fn apply_timed(
-        &self,
-        id: u64,
-        the_plan: &Plan,
-        desired: &Desired,
-        revision: &str,
-        problems: &mut Vec<String>,
-    ) -> Vec<ActionOutcome> {
-        let applied = {
-            let _t = self.ctx.metrics.phase_timer("apply");
-            let verdicts = self.ctx.lock().health.verdicts();
-            self.engine
-                .apply(the_plan, desired, revision, verdicts)
-                .await
-        };
-        problems.extend(applied.problems);
-        for (host, cause) in &applied.host_errors {
-            self.ctx.metrics.host_error(host, cause);
-        }
-        self.record_outcomes(id, &applied.outcomes);
-        applied.outcomes
     }
 }
 

@@ -76,6 +76,8 @@ pub struct ServiceSample {
     pub healthy: Option<bool>,
     pub memory_usage: Option<u64>,
     pub memory_limit: Option<u64>,
+    /// OOM kills counted for its cgroup (0: none seen; no series then).
+    pub oom_kills: u64,
 }
 
 /// One host's numbers.
@@ -99,6 +101,7 @@ pub struct Metrics {
     service_healthy: Family<ServiceLabels, Gauge>,
     service_memory_usage: Family<ServiceLabels, Gauge>,
     service_memory_limit: Family<ServiceLabels, Gauge>,
+    service_oom_kills: Family<ServiceLabels, Gauge>,
     host_up: Family<HostLabels, Gauge>,
     host_committed: Family<HostLabels, Gauge>,
     host_capacity: Family<HostLabels, Gauge>,
@@ -138,6 +141,7 @@ impl Metrics {
             service_healthy: Family::default(),
             service_memory_usage: Family::default(),
             service_memory_limit: Family::default(),
+            service_oom_kills: Family::default(),
             host_up: Family::default(),
             host_committed: Family::default(),
             host_capacity: Family::default(),
@@ -179,6 +183,11 @@ impl Metrics {
             "tend_service_memory_limit_bytes",
             "Memory limit in force on the host",
             m.service_memory_limit.clone(),
+        );
+        r.register(
+            "tend_service_oom_kills",
+            "OOM kills the host counted for the service (memory.events, memory.oom_control or systemd's stop hook)",
+            m.service_oom_kills.clone(),
         );
         r.register(
             "tend_host_up",
@@ -283,6 +292,7 @@ impl Metrics {
             &self.service_healthy,
             &self.service_memory_usage,
             &self.service_memory_limit,
+            &self.service_oom_kills,
         ] {
             f.clear();
         }
@@ -321,6 +331,11 @@ impl Metrics {
             }
             if let Some(m) = s.memory_limit {
                 self.service_memory_limit.get_or_create(&l).set(clamp(m));
+            }
+            if s.oom_kills > 0 {
+                self.service_oom_kills
+                    .get_or_create(&l)
+                    .set(clamp(s.oom_kills));
             }
         }
         for h in hosts {
@@ -595,12 +610,15 @@ mod tests {
                 healthy: Some(false),
                 memory_usage: Some(100),
                 memory_limit: Some(512 << 20),
+                oom_kills: 2,
             }],
         );
         m.reconcile_done("schedule", "success", Some(1.7e9));
         m.action("upgrade", "rolled_back");
         m.rollback("tencent", "ai-service-1");
         m.trigger("api");
+        m.host_error("tencent", "timeout");
+        m.host_error("tencent", "backoff");
         m.source("abc123", "main");
         m.manifests_valid(true);
         drop(m.reconcile_timer());
@@ -631,6 +649,8 @@ mod tests {
             "tend_manifests_valid ",
             "tend_last_success_timestamp_seconds ",
             "tend_triggers_total{",
+            "tend_service_oom_kills{",
+            "tend_host_errors_total{",
             "process_resident_memory_bytes ",
             "process_cpu_seconds_total ",
             "process_start_time_seconds ",
@@ -638,6 +658,20 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn host_errors_count_by_reason_and_a_host_in_backoff_is_not_counted() {
+        let text = sample().encode();
+        assert!(
+            text.contains("tend_host_errors_total{host=\"tencent\",reason=\"timeout\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("reason=\"backoff\""), "{text}");
+        assert!(
+            text.contains("tend_service_oom_kills{host=\"tencent\",service=\"ai-service-1\"} 2"),
+            "{text}"
+        );
     }
 
     #[test]

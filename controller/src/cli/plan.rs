@@ -282,6 +282,7 @@ mod tests {
             desired_version: to.map(String::from),
             observed_version: from.map(String::from),
             blocked: None,
+            oom_kills: 0,
         }
     }
 

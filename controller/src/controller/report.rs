@@ -118,6 +118,7 @@ impl Worker {
                 healthy: obs.and_then(|o| o.healthy),
                 memory_usage: obs.and_then(|o| o.memory_usage),
                 memory_limit: obs.and_then(|o| o.memory_limit),
+                oom_kills: sp.oom_kills,
             });
             by_host
                 .entry(sp.host.clone())
@@ -134,6 +135,7 @@ impl Worker {
                     healthy: obs.and_then(|o| o.healthy),
                     memory_usage: obs.and_then(|o| o.memory_usage),
                     memory_limit: obs.and_then(|o| o.memory_limit),
+                    oom_kills: sp.oom_kills,
                     last_action: s
                         .last_actions
                         .get(&(sp.host.clone(), sp.service.clone()))

@@ -95,6 +95,8 @@ pub struct ServiceStatus {
     pub healthy: Option<bool>,
     pub memory_usage: Option<u64>,
     pub memory_limit: Option<u64>,
+    /// OOM kills the host counted for this service (0: none seen).
+    pub oom_kills: u64,
     pub last_action: Option<ActionRecord>,
 }
 

@@ -45,6 +45,7 @@ pub(super) fn diff(
                         desired_version: Some(s.version.clone()),
                         observed_version: None,
                         blocked: None,
+                        oom_kills: 0,
                     });
                 }
             }
@@ -73,6 +74,7 @@ pub(super) fn diff(
                         desired_version: None,
                         observed_version: Some(o.record.version.clone()),
                         blocked: None,
+                        oom_kills: o.oom_kills,
                     });
                     if !suspended {
                         actions.push(Action {
@@ -120,6 +122,9 @@ fn plan_service(
         Some(o) => {
             if !o.running {
                 reasons.insert(DriftReason::Stopped);
+                if o.oom_killed {
+                    reasons.insert(DriftReason::OomKilled);
+                }
             }
             if o.record.version != s.version {
                 reasons.insert(DriftReason::Version);
@@ -221,6 +226,7 @@ fn plan_service(
         } else {
             Some(blocked.join("; "))
         },
+        oom_kills: obs.map_or(0, |o| o.oom_kills),
     };
     (sp, action)
 }

@@ -26,12 +26,14 @@ pub enum DriftReason {
     Port,
     /// Running, but its health check fails.
     Unhealthy,
+    /// Not running, and the kernel OOM-killed it (the count is in the plan).
+    OomKilled,
     /// Installed by tend, no longer in Git: a prune candidate.
     Unmanaged,
 }
 
 impl DriftReason {
-    pub const ALL: [DriftReason; 8] = [
+    pub const ALL: [DriftReason; 9] = [
         DriftReason::Missing,
         DriftReason::Stopped,
         DriftReason::Version,
@@ -39,6 +41,7 @@ impl DriftReason {
         DriftReason::MemoryLimit,
         DriftReason::Port,
         DriftReason::Unhealthy,
+        DriftReason::OomKilled,
         DriftReason::Unmanaged,
     ];
     pub fn as_str(self) -> &'static str {
@@ -50,6 +53,7 @@ impl DriftReason {
             DriftReason::MemoryLimit => "memory_limit",
             DriftReason::Port => "port",
             DriftReason::Unhealthy => "unhealthy",
+            DriftReason::OomKilled => "oom_killed",
             DriftReason::Unmanaged => "unmanaged",
         }
     }
@@ -109,6 +113,13 @@ pub struct ServicePlan {
     pub observed_version: Option<String>,
     /// Why no action converges this drift (e.g. a stranger holds the port).
     pub blocked: Option<String>,
+    /// OOM kills the host counted for this service's cgroup (0: none seen).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub oom_kills: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -90,6 +90,7 @@ fn converged(d: &Desired) -> BTreeMap<String, Observation> {
                     // The kernel rounds down to pages.
                     memory_limit: s.memory.map(|m| m - m % 4096),
                     oom_killed: false,
+                    oom_kills: 0,
                     healthy: s.health.as_ref().map(|_| true),
                 },
             );
@@ -723,6 +724,7 @@ fn perturb(g: &Gen) -> (Desired, BTreeMap<String, Observation>) {
                 memory_usage: None,
                 memory_limit: None,
                 oom_killed: false,
+                oom_kills: 0,
                 healthy: None,
             },
         );
@@ -865,4 +867,24 @@ proptest! {
             prop_assert!(on(from, ActionKind::Prune), "{} not pruned on {}: {:?}", name, from, p.actions);
         }
     }
+}
+
+#[test]
+fn a_service_the_kernel_oom_killed_after_its_gate_is_named_oom_killed_with_the_count() {
+    let d = fleet(&["a"], vec![svc("hog", "a")]);
+    let mut o = converged(&d);
+    if let Some(s) = state(&mut o, "a").services.get_mut("hog") {
+        s.running = false;
+        s.oom_killed = true;
+        s.oom_kills = 3;
+    }
+    let p = plan(&d, &o);
+    let hog = sp(&p, "hog");
+    assert_eq!(
+        hog.reasons,
+        vec![DriftReason::Stopped, DriftReason::OomKilled]
+    );
+    assert_eq!(hog.oom_kills, 3);
+    assert_eq!(kinds(&p), vec![(ActionKind::Start, "hog")]);
+    assert!(p.actions[0].reasons.contains(&DriftReason::OomKilled));
 }

@@ -156,7 +156,11 @@ schedule <code>{}</code>{}</p>",
                 Status::Suspended => "suspended",
                 Status::Unknown => "unknown",
             };
-            let reasons: Vec<&str> = s.reasons.iter().map(|r| r.as_str()).collect();
+            let mut reasons: Vec<String> =
+                s.reasons.iter().map(|r| r.as_str().to_string()).collect();
+            if s.oom_kills > 0 {
+                reasons.push(format!("{}× OOM-killed", s.oom_kills));
+            }
             let health = match s.healthy {
                 Some(true) => "healthy",
                 Some(false) => "failing",

@@ -660,6 +660,34 @@ mod tests {
         }
     }
 
+    /// docs/METRICS.md is the contract the dashboard and alert rules are
+    /// checked against (tests/e2e/deploy.rs): every name in it is exported.
+    #[test]
+    fn every_name_in_the_metrics_doc_is_exported() {
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/METRICS.md"))
+                .expect("docs/METRICS.md");
+        let text = sample().encode();
+        let mut names = 0;
+        for line in doc.lines().filter(|l| l.starts_with("| `")) {
+            let cols: Vec<&str> = line.split('|').map(str::trim).collect();
+            let kind = cols.get(2).copied().unwrap_or("");
+            for name in cols[1].split('`').skip(1).step_by(2) {
+                names += 1;
+                let series = match kind {
+                    "counter" if !name.ends_with("_total") => format!("{name}_total"),
+                    "histogram" => format!("{name}_bucket"),
+                    _ => name.to_string(),
+                };
+                let found = text.lines().any(|l| {
+                    l.starts_with(&format!("{series}{{")) || l.starts_with(&format!("{series} "))
+                });
+                assert!(found, "{series} (docs/METRICS.md) is not exported:\n{text}");
+            }
+        }
+        assert!(names > 20, "read only {names} names from docs/METRICS.md");
+    }
+
     #[test]
     fn host_errors_count_by_reason_and_a_host_in_backoff_is_not_counted() {
         let text = sample().encode();

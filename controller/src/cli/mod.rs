@@ -73,6 +73,8 @@ pub fn init_tracing(cli: &Cli) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Escapes only on a terminal: a log file or journal gets plain text.
+        .with_ansi(stderr_is_tty())
         .try_init();
 }
 
@@ -85,6 +87,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Trigger(a) => run::trigger(a),
         Command::Status(a) => run::status(a),
     }
+}
+
+/// True when stderr is a terminal and NO_COLOR is unset (log colours).
+pub fn stderr_is_tty() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
 /// True when stdout is a terminal (colour and progress allowed).

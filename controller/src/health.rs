@@ -170,22 +170,48 @@ pub async fn wait_healthy(
     service: &str,
     health: &Health,
 ) -> Result<u32, HealthError> {
-    let budget = health.interval * health.retries.max(1);
-    let deadline = tokio::time::Instant::now() + budget;
-    let mut pause = Duration::from_millis(50).min(health.interval);
-    let mut attempt = 0;
+    let mut gate = Gate::new(health);
     loop {
-        attempt += 1;
         let err = match check_once(t, root, service, &health.check, health.timeout).await {
-            Ok(()) => return Ok(attempt),
+            Ok(()) => return Ok(gate.attempt),
             Err(e) => e,
         };
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
+        if !gate.wait().await {
             return Err(err);
         }
-        tokio::time::sleep(pause.min(deadline - now)).await;
-        pause = (pause * 2).min(health.interval.max(Duration::from_millis(50)));
+    }
+}
+
+/// The pace and budget of one health gate, for callers that also look at
+/// the process between checks (a crashed service fails at once).
+pub struct Gate {
+    deadline: tokio::time::Instant,
+    pause: Duration,
+    interval: Duration,
+    pub attempt: u32,
+}
+
+impl Gate {
+    pub fn new(health: &Health) -> Gate {
+        let budget = health.interval * health.retries.max(1);
+        Gate {
+            deadline: tokio::time::Instant::now() + budget,
+            pause: Duration::from_millis(50).min(health.interval),
+            interval: health.interval,
+            attempt: 1,
+        }
+    }
+
+    /// Sleep until the next check; false once the budget is spent.
+    pub async fn wait(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        if now >= self.deadline {
+            return false;
+        }
+        tokio::time::sleep(self.pause.min(self.deadline - now)).await;
+        self.pause = (self.pause * 2).min(self.interval.max(Duration::from_millis(50)));
+        self.attempt += 1;
+        true
     }
 }
 

@@ -292,6 +292,9 @@ pub struct HostState {
     pub services: BTreeMap<String, ObservedService>,
     /// Listening TCP ports on the host and who holds them.
     pub listeners: BTreeMap<u16, Listener>,
+    /// Records that could not be read, by service: that service's problem
+    /// only (the rest of the host is still observed and managed).
+    pub bad_records: BTreeMap<String, String>,
     /// The listening sockets tend services hold, as the next probe can
     /// check them without walking the kernel's socket table.
     #[serde(skip)]

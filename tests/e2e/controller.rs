@@ -299,7 +299,7 @@ async fn a_commit_converges_after_a_trigger_and_after_the_next_tick_without_one(
     assert_eq!(st["source"]["revision"], rev2.as_str());
     let last = &service(&st, "alpha").unwrap()["last_action"];
     assert_eq!(last["kind"], "upgrade", "{last}");
-    assert_eq!(last["result"], "success", "{last}");
+    assert_eq!(last["result"], "succeeded", "{last}");
     r.stop().await;
 
     // Now on a schedule: a commit and no trigger.

@@ -200,7 +200,7 @@ async fn the_readme_demo_starts_converges_follows_an_edit_and_stops() {
         .find(|s| s["name"] == "demo-web")
         .map(|s| s["last_action"].clone())
         .unwrap();
-    assert_eq!(last["result"], "success", "{last}");
+    assert_eq!(last["result"], "succeeded", "{last}");
     assert_eq!(
         get_json(addr, "/status").await["source"]["manifests_valid"],
         true

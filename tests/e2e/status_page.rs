@@ -339,7 +339,7 @@ fn the_status_page_renders_the_fleet_and_shows_a_drifted_service_as_drifted() {
             "reason {r} not shown: {bad_row}"
         );
     }
-    assert!(bad_row.contains("start failure"), "{bad_row}");
+    assert!(bad_row.contains("start failed"), "{bad_row}");
     if let Some(dir) = std::env::var_os("TEND_SCREENSHOT_DIR") {
         let png = PathBuf::from(dir).join("status-page.png");
         dump_dom(&chromium, &profile, &url, Some(&png));

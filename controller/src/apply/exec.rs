@@ -8,7 +8,7 @@ use crate::model::{Delivery, Desired, Observation, ObservedService, Service, Sou
 use crate::plan::{Action, ActionKind};
 use crate::record::{escape, PreviousRelease, Record};
 use crate::runtime::{self, Release, RuntimeError, EXIT_LOCKED};
-use crate::transport::Transport;
+use crate::transport::{Transport, TransportError};
 use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -51,6 +51,8 @@ pub(crate) enum StepError {
     Transport(#[from] crate::transport::TransportError),
     #[error("host is locked by {0}")]
     Locked(String),
+    #[error("not tried: the host was lost by an earlier action ({0})")]
+    HostLost(String),
     #[error("{0}")]
     Script(String),
     #[error("cannot pack the source: {0}")]
@@ -72,7 +74,26 @@ impl<'a> Run<'a> {
         let script = super::lock::wrap(&self.lock.prelude()?, body);
         let out = {
             let _one = self.lock.scripts.lock().await;
-            self.t.exec(&script, stdin).await?
+            let gone = self.lock.lost.lock().map(|l| l.clone()).unwrap_or(None);
+            if let Some(why) = gone {
+                return Err(StepError::HostLost(why));
+            }
+            match self.t.exec(&script, stdin).await {
+                Ok(out) => out,
+                Err(e) => {
+                    if matches!(
+                        e,
+                        TransportError::Lost { .. }
+                            | TransportError::Timeout { .. }
+                            | TransportError::Connect { .. }
+                    ) {
+                        if let Ok(mut l) = self.lock.lost.lock() {
+                            *l = Some(e.to_string());
+                        }
+                    }
+                    return Err(e.into());
+                }
+            }
         };
         let text =
             self.ctx
@@ -330,12 +351,12 @@ async fn deploy_inner(run: &mut Run<'_>, s: &Service) -> Result<ActionOutcome, S
         });
     };
     run.step("health");
-    let err = match crate::health::wait_healthy(run.t, &root, &s.name, health).await {
-        Ok(_) => return Ok(ActionOutcome::Succeeded),
+    let err = match gate_while_alive(run, rt, &root, &s.name, health).await {
+        Ok(()) => return Ok(ActionOutcome::Succeeded),
         Err(e) => e,
     };
     let (alive, oom) = run.status(rt).await;
-    let mut why = format!("{} is unhealthy: {err}", s.version);
+    let mut why = format!("version {} is unhealthy: {err}", s.version);
     if !alive {
         why = format!("{}; {}", why, exited_message(oom, s));
     }
@@ -351,6 +372,34 @@ async fn deploy_inner(run: &mut Run<'_>, s: &Service) -> Result<ActionOutcome, S
             })
         }
         _ => Ok(ActionOutcome::Failed(why)),
+    }
+}
+
+/// The health gate, failing as soon as the service's process is gone
+/// (from the third check on: a fresh process may still be starting) rather
+/// than waiting out the whole budget.
+async fn gate_while_alive(
+    run: &mut Run<'_>,
+    rt: &dyn runtime::Runtime,
+    root: &str,
+    service: &str,
+    health: &crate::model::Health,
+) -> Result<(), crate::health::HealthError> {
+    let t = run.t;
+    let mut gate = crate::health::Gate::new(health);
+    loop {
+        let err = match crate::health::check_once(t, root, service, &health.check, health.timeout)
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if gate.attempt >= 2 && !run.status(rt).await.0 {
+            return Err(err);
+        }
+        if !gate.wait().await {
+            return Err(err);
+        }
     }
 }
 
@@ -397,7 +446,9 @@ async fn rollback(
     if let Some(h) = health_of.and_then(|s| s.health.as_ref()) {
         crate::health::wait_healthy(run.t, &root, &svc, h)
             .await
-            .map_err(|e| StepError::Script(format!("{} is unhealthy too: {e}", prev.version)))?;
+            .map_err(|e| {
+                StepError::Script(format!("version {} is unhealthy too: {e}", prev.version))
+            })?;
     }
     Ok(())
 }
@@ -442,7 +493,7 @@ async fn restart_inner(run: &mut Run<'_>) -> Result<ActionOutcome, StepError> {
         run.step("health");
         if let Err(e) = crate::health::wait_healthy(run.t, &root, &svc, &h).await {
             let (_, oom) = run.status(rt).await;
-            let mut why = format!("{} is unhealthy after a restart: {e}", rec.version);
+            let mut why = format!("version {} is unhealthy after a restart: {e}", rec.version);
             if oom {
                 why.push_str("; the kernel OOM-killed it");
             }

@@ -10,10 +10,15 @@ use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Who we are, as written to `<root>/lock.owner`.
+/// Who we are, as written to `<root>/lock.owner`. `machine` and `boot` say
+/// where `pid` lives: `tend run` and `tend apply` name themselves apart
+/// (`tend@h`, `h`) but share one machine, and a dead holder on this machine
+/// is recognised whichever of the two it was.
 #[derive(Debug, Clone)]
 pub struct Owner {
     pub controller: String,
+    pub machine: String,
+    pub boot: String,
     pub pid: u32,
     pub since: u64,
     pub token: String,
@@ -29,8 +34,13 @@ impl Owner {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let token = format!("{}:{pid}:{}", sanitize(&controller), now.as_nanos());
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|b| b.trim().to_string())
+            .unwrap_or_default();
         Owner {
             controller,
+            machine: local_hostname(),
+            boot,
             pid,
             since: now.as_secs(),
             token,
@@ -39,8 +49,10 @@ impl Owner {
 
     pub fn line(&self) -> String {
         format!(
-            "controller={} pid={} since={} token={}",
+            "controller={} machine={} boot={} pid={} since={} token={}",
             sanitize(&self.controller),
+            sanitize(&self.machine),
+            sanitize(&self.boot),
             self.pid,
             self.since,
             self.token
@@ -73,6 +85,8 @@ pub fn local_hostname() -> String {
 pub struct Holder {
     pub line: String,
     pub controller: Option<String>,
+    pub machine: Option<String>,
+    pub boot: Option<String>,
     pub pid: Option<u32>,
     pub token: Option<String>,
 }
@@ -87,6 +101,8 @@ impl Holder {
         Holder {
             line: line.trim().to_string(),
             controller: field("controller"),
+            machine: field("machine"),
+            boot: field("boot"),
             pid: field("pid").and_then(|p| p.parse().ok()),
             token: field("token"),
         }
@@ -97,14 +113,35 @@ impl Holder {
     /// apply is over — e.g. it lost the host before it could unlock): its
     /// lease can be taken.
     pub fn is_dead_local(&self, me: &Owner) -> bool {
-        match (&self.controller, self.pid, &self.token) {
-            (Some(c), Some(pid), Some(tok)) => {
-                *c == sanitize(&me.controller)
-                    && *tok != me.token
-                    && (pid == me.pid || !std::path::Path::new(&format!("/proc/{pid}")).exists())
-            }
-            _ => false,
+        let (Some(pid), Some(tok)) = (self.pid, &self.token) else {
+            return false;
+        };
+        if *tok == me.token {
+            return false;
         }
+        // Where the holder ran: its machine (any controller name on it), or,
+        // for a line written before `machine=` existed, our own name.
+        let here = match &self.machine {
+            Some(m) => *m == sanitize(&me.machine),
+            None => self.controller.as_deref() == Some(sanitize(&me.controller).as_str()),
+        };
+        if !here {
+            return false;
+        }
+        // Since a reboot no pid of the old boot is alive.
+        let rebooted = self
+            .boot
+            .as_deref()
+            .is_some_and(|b| !me.boot.is_empty() && b != sanitize(&me.boot));
+        rebooted || pid == me.pid || !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    /// The holder is the one the operator named to break (`--break-lock`):
+    /// its controller name, machine or token.
+    pub fn is_named(&self, name: &str) -> bool {
+        [&self.controller, &self.machine, &self.token]
+            .into_iter()
+            .any(|f| f.as_deref() == Some(name))
     }
 }
 
@@ -221,6 +258,18 @@ impl Drop for Claim {
     }
 }
 
+/// A lock that failed on a write (`printf: I/O error`, `No space left`):
+/// say how full tend's root is, as the install step does.
+async fn disk_full(t: &dyn Transport, root: &str, why: &str) -> Option<String> {
+    if !(why.contains("I/O error") || why.contains("No space left")) {
+        return None;
+    }
+    let script = format!("df -Pk {} | awk 'NR == 2 {{ print $4 }}'", q(root).ok()?);
+    let out = t.exec(&script, &[]).await.ok()?;
+    let free: u64 = out.stdout_lossy().trim().parse().ok()?;
+    (free < 1024).then(|| format!("No space left on device under {root} ({free} KiB free)"))
+}
+
 /// The lease we hold on one host.
 #[derive(Debug, Clone)]
 pub struct HostLock {
@@ -234,6 +283,9 @@ pub struct HostLock {
     /// overlap in their health gates, not in their scripts (the second
     /// would only wait on the `flock`, and time out behind a long install).
     pub scripts: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Set when a script found the host gone (connection lost, timed out):
+    /// its other scripts fail at once instead of each waiting it out.
+    pub lost: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl HostLock {
@@ -247,15 +299,16 @@ impl HostLock {
         )
     }
 
-    /// Take the lease (taking over a dead local holder's).
+    /// Take the lease (taking over a dead local holder's, or the one
+    /// `break_lock` names). Returns the lock and whose lease it broke.
     pub async fn acquire(
         t: &dyn Transport,
         host: &str,
         root: &str,
         owner: &Owner,
-        lease: Duration,
-        wait: Duration,
-    ) -> Result<HostLock, LockError> {
+        (lease, wait): (Duration, Duration),
+        break_lock: Option<&str>,
+    ) -> Result<(HostLock, Option<String>), LockError> {
         let mut lock = HostLock {
             host: host.into(),
             root: root.into(),
@@ -264,12 +317,15 @@ impl HostLock {
             lease,
             wait,
             scripts: Default::default(),
+            lost: Default::default(),
         };
+        let mut broke: Option<String> = None;
         for _ in 0..2 {
             let script = wrap(&lock.prelude()?, "echo tend-lock-ok");
             let out = t.exec(&script, &[]).await?;
             if out.success() {
-                return Ok(lock);
+                let broken = lock.takeover.is_some().then(|| broke.take()).flatten();
+                return Ok((lock, broken));
             }
             let text = out.stdout_lossy();
             if out.status == Some(EXIT_LOCKED) {
@@ -279,9 +335,18 @@ impl HostLock {
                     .unwrap_or("unknown")
                     .to_string();
                 let holder = Holder::parse(&line);
-                if lock.takeover.is_none() && holder.is_dead_local(owner) {
+                let named = break_lock.is_some_and(|n| holder.is_named(n));
+                if lock.takeover.is_none() && (named || holder.is_dead_local(owner)) {
                     if let Some(tok) = holder.token.clone() {
-                        tracing::warn!(host, "taking over the lock of a dead controller: {line}");
+                        if named {
+                            tracing::warn!(host, "breaking the lock as asked: {line}");
+                            broke = Some(line.clone());
+                        } else {
+                            tracing::warn!(
+                                host,
+                                "taking over the lock of a dead controller: {line}"
+                            );
+                        }
                         lock.takeover = Some(tok);
                         continue;
                     }
@@ -293,6 +358,9 @@ impl HostLock {
             }
             let mut why = format!("{}{}", text, out.stderr_lossy());
             why.truncate(why.trim_end().len().min(400));
+            if let Some(full) = disk_full(t, root, &why).await {
+                why = full;
+            }
             return Err(LockError::Failed {
                 host: host.into(),
                 why,

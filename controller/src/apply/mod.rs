@@ -40,6 +40,9 @@ pub struct ApplyOptions {
     pub revision: Option<String>,
     /// This controller's name in lock owners (default: the hostname).
     pub controller: Option<String>,
+    /// Break the lease held by this owner (controller name, machine or
+    /// token), as an operator asked; reported as `host_lock_broken`.
+    pub break_lock: Option<String>,
     /// How long a host lock lasts without being renewed by a script.
     pub lease: Duration,
     /// How long a script waits for another's `flock` to go.
@@ -91,6 +94,7 @@ impl Default for ApplyOptions {
             parallelism: 8,
             revision: None,
             controller: None,
+            break_lock: None,
             lease: Duration::from_secs(900),
             lock_wait: Duration::from_secs(30),
             observe_timeout: crate::observe::DEFAULT_TIMEOUT,
@@ -190,6 +194,16 @@ pub enum Event {
         host: String,
     },
     HostLockFailed {
+        host: String,
+        why: String,
+    },
+    /// `--break-lock` took over the lease of the named holder.
+    HostLockBroken {
+        host: String,
+        holder: String,
+    },
+    /// The lease could not be given back (it expires on its own).
+    HostReleaseFailed {
         host: String,
         why: String,
     },
@@ -349,8 +363,17 @@ pub async fn converge(
         };
         let (name, root, owner) = (name.clone(), host.root.clone(), owner.clone());
         let (lease, wait) = (opts.lease, opts.lock_wait);
+        let breaking = opts.break_lock.clone();
         tasks.spawn(async move {
-            let r = HostLock::acquire(t.as_ref(), &name, &root, &owner, lease, wait).await;
+            let r = HostLock::acquire(
+                t.as_ref(),
+                &name,
+                &root,
+                &owner,
+                (lease, wait),
+                breaking.as_deref(),
+            )
+            .await;
             (name, t, claim, r)
         });
     }
@@ -359,7 +382,13 @@ pub async fn converge(
             continue;
         };
         match r {
-            Ok(lock) => {
+            Ok((lock, broken)) => {
+                if let Some(holder) = broken {
+                    emit.send(Event::HostLockBroken {
+                        host: name.clone(),
+                        holder,
+                    });
+                }
                 emit.send(Event::HostLocked { host: name.clone() });
                 runs.insert(
                     name,
@@ -449,16 +478,22 @@ pub async fn converge(
     let mut releases = tokio::task::JoinSet::new();
     for (name, run) in runs {
         releases.spawn(async move {
-            if let Err(e) = run.lock.release(run.t.as_ref()).await {
-                tracing::warn!(host = %name, "cannot release the lock: {e}");
-            }
+            let r = run.lock.release(run.t.as_ref()).await;
             drop(run._claim);
-            name
+            (name, r)
         });
     }
     while let Some(done) = releases.join_next().await {
-        if let Ok(host) = done {
-            emit.send(Event::HostReleased { host });
+        match done {
+            Ok((host, Ok(()))) => emit.send(Event::HostReleased { host }),
+            Ok((host, Err(e))) => {
+                tracing::warn!(host = %host, "cannot release the lock: {e}");
+                emit.send(Event::HostReleaseFailed {
+                    host,
+                    why: format!("{e}; the lease expires on its own"),
+                });
+            }
+            Err(e) => tracing::error!("release task failed: {e}"),
         }
     }
 

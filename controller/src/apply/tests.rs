@@ -41,6 +41,7 @@ fn lock(root: &str) -> HostLock {
         lease: Duration::from_secs(60),
         wait: Duration::from_secs(10),
         scripts: Default::default(),
+        lost: Default::default(),
     }
 }
 

@@ -39,6 +39,12 @@ pub struct ApplyArgs {
     /// Hosts converged at once.
     #[arg(long, default_value_t = 8)]
     pub parallelism: usize,
+    /// Break the host lock held by this owner (its controller name, machine
+    /// or token, as `tend apply` prints it when locked out); the output
+    /// records whose lock was broken. A dead holder on this machine is taken
+    /// over without it.
+    #[arg(long, value_name = "OWNER")]
+    pub break_lock: Option<String>,
 }
 
 fn parse_selectors(sel: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -84,6 +90,7 @@ pub fn run(a: ApplyArgs) -> anyhow::Result<ExitCode> {
         force_prune: a.force_prune,
         max_prune_share: a.max_prune_share,
         parallelism: a.parallelism,
+        break_lock: a.break_lock.clone(),
         ..ApplyOptions::default()
     };
     let pool = Pool::new(PoolOptions {
@@ -159,6 +166,10 @@ fn progress_line(e: &Event) -> Option<String> {
     Some(match e {
         Event::HostLocked { host } => format!("{host}: locked"),
         Event::HostLockFailed { host, why } => format!("{host}: not locked: {why}"),
+        Event::HostLockBroken { host, holder } => {
+            format!("{host}: broke the lock held by {holder}")
+        }
+        Event::HostReleaseFailed { host, why } => format!("{host}: lock not released: {why}"),
         Event::HostObserved {
             host,
             reachable: false,

@@ -244,17 +244,28 @@ pub fn parse(stdout: &[u8]) -> Result<HostState, ObserveError> {
 
     let mut services = BTreeMap::new();
     let mut owner: HashMap<u32, String> = HashMap::new();
+    let mut bad_records = BTreeMap::new();
     for raw in records {
-        let record = Record::parse(&raw.text).map_err(|e| ObserveError::Record {
-            file: raw.file.clone(),
-            why: e.to_string(),
-        })?;
-        if record.name != raw.file {
-            return Err(ObserveError::Record {
-                file: raw.file.clone(),
-                why: format!("names service {:?}", record.name),
-            });
-        }
+        let record = match Record::parse(&raw.text) {
+            Ok(r) if r.name == raw.file => r,
+            bad => {
+                let why = match bad {
+                    Ok(r) => format!("names service {:?}", r.name),
+                    Err(e) => e.to_string(),
+                };
+                let e = ObserveError::Record {
+                    file: raw.file.clone(),
+                    why,
+                };
+                // The processes its cgroup lists are still its own, not
+                // strangers on its ports.
+                for p in raw.procs.iter().flatten() {
+                    owner.insert(*p, raw.file.clone());
+                }
+                bad_records.insert(raw.file.clone(), e.to_string());
+                continue;
+            }
+        };
         let running = judge_running(&record, &raw, &facts.boot_id);
         match (&raw.procs, running, record.pid) {
             (Some(pids), _, _) => {
@@ -355,6 +366,7 @@ pub fn parse(stdout: &[u8]) -> Result<HostState, ObserveError> {
         services,
         listeners,
         held,
+        bad_records,
     })
 }
 

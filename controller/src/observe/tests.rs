@@ -186,21 +186,25 @@ fn a_stranger_beats_the_service_on_the_same_port() {
 }
 
 #[test]
-fn a_record_whose_name_is_not_its_file_is_refused() {
+fn a_record_whose_name_is_not_its_file_is_that_services_problem_only() {
     let r = record("api", 100, 5000);
     let text = framed(&r).replacen("record api", "record web", 1);
-    let e = parse(report(&[&facts(), &text]).as_bytes());
-    assert!(matches!(e, Err(ObserveError::Record { .. })), "{e:?}");
+    let st = ok(&report(&[&facts(), &text]));
+    assert!(st.services.is_empty());
+    assert!(st.bad_records["web"].contains("names service"), "{st:?}");
 }
 
 #[test]
-fn a_garbled_record_is_an_error_not_a_missing_service() {
-    let text = "record api\n| name=api\n| version=1\nendrecord";
-    let e = parse(report(&[&facts(), text]).as_bytes());
+fn a_garbled_record_is_reported_for_its_service_while_the_others_are_observed() {
+    let garbled = "record api\n| name=api\n| version=1\nendrecord";
+    let good = framed(&record("web", 100, 5000));
+    let st = ok(&report(&[&facts(), garbled, &good]));
     assert!(
-        matches!(e, Err(ObserveError::Record { ref file, .. }) if file == "api"),
-        "{e:?}"
+        st.bad_records["api"].starts_with("record api.rec:"),
+        "{st:?}"
     );
+    assert!(!st.services.contains_key("api"));
+    assert!(st.services.contains_key("web"), "{st:?}");
 }
 
 #[test]
@@ -782,12 +786,17 @@ async fn every_strict_prefix_of_a_real_report_is_an_error() {
 }
 
 #[tokio::test]
-async fn a_garbage_record_makes_the_host_unreachable_with_the_reason() {
-    let f = Fixture::new();
+async fn a_garbage_record_is_reported_with_its_file_and_the_host_stays_reachable() {
+    let mut f = Fixture::new();
+    let (pid, port) = f.http_server();
+    f.write(&live_record("web", pid, vec![port], None));
     std::fs::write(f.dir.path().join("records/x.rec"), "not a record\n").unwrap();
     let obs = observe_host(&LocalTransport::new(), &f.host()).await;
     match obs {
-        Observation::Unreachable { reason, .. } => assert!(reason.contains("x.rec"), "{reason}"),
+        Observation::Reachable(st) => {
+            assert!(st.bad_records["x"].contains("x.rec"), "{st:?}");
+            assert!(st.services["web"].running, "{st:?}");
+        }
         other => panic!("{other:?}"),
     }
 }

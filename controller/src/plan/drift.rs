@@ -51,9 +51,18 @@ pub(super) fn diff(
             }
             Some(st) => {
                 for s in desired.services_on(host) {
+                    if let Some(why) = st.bad_records.get(&s.name) {
+                        here.push(unreadable(&s.name, host, Some(&s.version), why));
+                        continue;
+                    }
                     let (sp, action) = plan_service(desired, s, host, st);
                     here.push(sp);
                     actions.extend(action);
+                }
+                for (name, why) in &st.bad_records {
+                    if desired.services.get(name).is_none_or(|s| &s.host != host) {
+                        here.push(unreadable(name, host, None, why));
+                    }
                 }
                 for (name, o) in &st.services {
                     let in_git = desired.services.get(name);
@@ -101,6 +110,23 @@ pub(super) fn diff(
         });
     }
     (services, actions, memory)
+}
+
+/// A service whose record cannot be read: drifted, blocked, never acted on
+/// (tend cannot tell which process is its own), named with the file.
+fn unreadable(name: &str, host: &str, version: Option<&str>, why: &str) -> ServicePlan {
+    ServicePlan {
+        service: name.to_string(),
+        host: host.to_string(),
+        status: Status::Drifted,
+        reasons: vec![DriftReason::Record],
+        desired_version: version.map(str::to_string),
+        observed_version: None,
+        blocked: Some(format!(
+            "{why}; repair or remove the file under the host's records/ and tend converges it"
+        )),
+        oom_kills: 0,
+    }
 }
 
 fn plan_service(

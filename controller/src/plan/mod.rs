@@ -28,12 +28,15 @@ pub enum DriftReason {
     Unhealthy,
     /// Not running, and the kernel OOM-killed it (the count is in the plan).
     OomKilled,
+    /// Its record on the host cannot be read: nothing is done to it until a
+    /// person repairs or removes the file; the host's other services are.
+    Record,
     /// Installed by tend, no longer in Git: a prune candidate.
     Unmanaged,
 }
 
 impl DriftReason {
-    pub const ALL: [DriftReason; 9] = [
+    pub const ALL: [DriftReason; 10] = [
         DriftReason::Missing,
         DriftReason::Stopped,
         DriftReason::Version,
@@ -42,6 +45,7 @@ impl DriftReason {
         DriftReason::Port,
         DriftReason::Unhealthy,
         DriftReason::OomKilled,
+        DriftReason::Record,
         DriftReason::Unmanaged,
     ];
     pub fn as_str(self) -> &'static str {
@@ -54,6 +58,7 @@ impl DriftReason {
             DriftReason::Port => "port",
             DriftReason::Unhealthy => "unhealthy",
             DriftReason::OomKilled => "oom_killed",
+            DriftReason::Record => "record",
             DriftReason::Unmanaged => "unmanaged",
         }
     }

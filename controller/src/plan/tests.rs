@@ -888,3 +888,25 @@ fn a_service_the_kernel_oom_killed_after_its_gate_is_named_oom_killed_with_the_c
     assert_eq!(kinds(&p), vec![(ActionKind::Start, "hog")]);
     assert!(p.actions[0].reasons.contains(&DriftReason::OomKilled));
 }
+
+#[test]
+fn an_unreadable_record_blocks_only_its_own_service_and_the_host_stays_managed() {
+    let d = fleet(&["a"], vec![svc("bad", "a"), svc("good", "a")]);
+    let mut o = converged(&d);
+    let st = state(&mut o, "a");
+    st.services.remove("bad");
+    st.bad_records
+        .insert("bad".into(), "record bad.rec: line 3: no '='".into());
+    if let Some(s) = st.services.get_mut("good") {
+        s.running = false;
+    }
+    let p = plan(&d, &o);
+    assert!(p.unreachable.is_empty());
+    let bad = sp(&p, "bad");
+    assert_eq!(bad.reasons, vec![DriftReason::Record]);
+    assert!(
+        bad.blocked.as_deref().unwrap_or("").contains("bad.rec"),
+        "{bad:?}"
+    );
+    assert_eq!(kinds(&p), vec![(ActionKind::Start, "good")]);
+}

@@ -33,9 +33,10 @@ impl LocalTransport {
             host: HOST.into(),
             why: e.to_string(),
         };
+        // As over SSH: the script on stdin, so `ps` never shows it.
         let mut child = tokio::process::Command::new("sh")
             .arg("-c")
-            .arg(script)
+            .arg(super::stdin_reader(script.len()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -44,7 +45,8 @@ impl LocalTransport {
             .map_err(io)?;
         // Feed stdin concurrently with reading output, else a chatty script deadlocks.
         let writer = child.stdin.take().map(|mut w| {
-            let data = stdin.to_vec();
+            let mut data = script.as_bytes().to_vec();
+            data.extend_from_slice(stdin);
             tokio::spawn(async move {
                 // A script that does not read its stdin closes the pipe: not an error.
                 let _ = w.write_all(&data).await;

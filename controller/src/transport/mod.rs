@@ -121,3 +121,10 @@ impl TransportStats {
         self.tunnels.load(Ordering::Relaxed)
     }
 }
+
+/// The command that runs a script sent ahead of stdin: `head -c` reads
+/// exactly its bytes (it never reads past N), the rest of stdin stays for
+/// the script. What `ps` shows is this line, never the script.
+pub fn stdin_reader(len: usize) -> String {
+    format!("s=$(head -c {len} && echo x) && s=${{s%x}} && eval \"$s\"")
+}

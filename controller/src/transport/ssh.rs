@@ -1,7 +1,9 @@
 //! SSH via russh: one kept-open, authenticated connection per host.
 //!
-//! Each exec is one session channel running `sh -c <quoted script>`; stdin is
-//! written then EOF'd while output is read, and the channel is always drained
+//! Each exec is one session channel running a fixed reader (`sh -c 's=$(head
+//! -c N …); eval "$s"'`) that takes the script from stdin ahead of the
+//! caller's stdin, so no script (and no env value in it) is ever in an argv
+//! that `ps` shows; stdin is written then EOF'd while output is read, and the channel is always drained
 //! to its end (an undrained channel stalls the whole connection). Channels per
 //! connection are bounded below OpenSSH's MaxSessions (10). A dropped
 //! connection is reopened once for a fresh exec; a script that may have
@@ -50,8 +52,6 @@ impl Default for SshOptions {
     }
 }
 
-/// Longest quoted script sent as the exec command itself.
-const MAX_INLINE_SCRIPT: usize = 96 * 1024;
 /// How often a refused channel open is retried on a live connection.
 const MAX_REFUSALS: u32 = 50;
 
@@ -343,24 +343,13 @@ impl SshTransport {
     }
 
     async fn run(&self, script: &str, stdin: &[u8]) -> Result<ExecOutput, TransportError> {
-        let quoted = crate::shell::quote(script).map_err(|e| self.io(e.to_string()))?;
-        // Linux caps one exec argument at 128 KiB: a bigger script travels
-        // ahead of stdin and is read back exactly (`head -c` stops at N bytes).
-        let (command, prefix) = if quoted.len() <= MAX_INLINE_SCRIPT {
-            (format!("sh -c {quoted}"), &b""[..])
-        } else {
-            let reader = format!(
-                "s=$(head -c {} && echo x) && s=${{s%x}} && eval \"$s\"",
-                script.len()
-            );
-            (
-                format!(
-                    "sh -c {}",
-                    crate::shell::quote(&reader).map_err(|e| self.io(e.to_string()))?
-                ),
-                script.as_bytes(),
-            )
-        };
+        // The script travels on stdin, never in the exec command: the
+        // command is in sshd's and sh's /proc/PID/cmdline (mode 0444) for as
+        // long as the script runs, and scripts carry env values.
+        let reader = crate::shell::quote(&super::stdin_reader(script.len()))
+            .map_err(|e| self.io(e.to_string()))?;
+        let command = format!("sh -c {reader}");
+        let prefix = script.as_bytes();
         let (conn, _permit, channel) = self.open_session().await?;
         let lost = |why: String| TransportError::Lost {
             host: self.name.clone(),

@@ -7,11 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tend::apply::{self, ActionOutcome, ApplyOptions, ApplyReport};
 use tend::model::{
-    Delivery, Desired, EnvValue, Health, HealthCheck, Observation, RuntimeKind, Service,
-    SourceFile, SourceTree,
+    Delivery, Desired, EnvValue, Health, HealthCheck, Observation, Service, SourceFile, SourceTree,
 };
 use tend::plan::ActionKind;
-use tend::record::Record;
+use tend::record::{Record, RuntimeKind};
 use tend::transport::pool::{Pool, PoolOptions};
 use tend_e2e::testbed::{skip_unless_e2e, Fleet, TestHost};
 

@@ -5,7 +5,8 @@
 use super::apply::{assert_converged, converge, desired, fleet, get, pool, record, service, ROOT};
 use std::time::Duration;
 use tend::apply::{ActionOutcome, ApplyOptions};
-use tend::model::{Delivery, EnvValue, Health, HealthCheck, RuntimeKind, Service};
+use tend::model::{Delivery, EnvValue, Health, HealthCheck, Service};
+use tend::record::RuntimeKind;
 use tend_e2e::testbed::TestHost;
 
 /// A busybox-static rootfs under the host's /srv, and a containers.conf

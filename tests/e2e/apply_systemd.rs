@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tend::apply::{ActionOutcome, ApplyOptions};
-use tend::model::{Desired, EnvValue, Health, HealthCheck, RuntimeKind, Service};
+use tend::model::{Desired, EnvValue, Health, HealthCheck, Service};
 use tend::plan::ActionKind;
-use tend::record::Record;
+use tend::record::{Record, RuntimeKind};
 use tend_e2e::testbed::{skip_unless_e2e, SystemdHost};
 
 const MIB: u64 = 1 << 20;

@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tend::model::{Delivery, Desired, Observation, RuntimeKind, Service};
+use tend::model::{Delivery, Desired, Observation, Service};
+use tend::observe::SocketCache;
 use tend::plan::{plan, ActionKind, DriftReason, Plan, Status};
-use tend::record::Record;
+use tend::record::{Record, RuntimeKind};
 use tend::transport::pool::{Pool, PoolOptions};
 use tend_e2e::testbed::{skip_unless_e2e, Fleet, TestHost};
 
@@ -464,7 +465,10 @@ async fn later_probes_verify_the_known_sockets_and_still_find_a_stranger_after_a
     for h in fleet.hosts() {
         let opts = tend::observe::options_for(&d, &h.name);
         assert!(
-            !pool.sockets().known(&h.name, &opts).is_empty(),
+            !pool
+                .memory::<SocketCache>()
+                .known(&h.name, &opts)
+                .is_empty(),
             "nothing to verify next time on {}",
             h.name
         );

@@ -7,6 +7,7 @@
 mod load;
 pub mod raw;
 pub mod schema;
+mod tree;
 mod validate;
 
 use crate::model::Desired;

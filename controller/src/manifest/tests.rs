@@ -1,5 +1,6 @@
 use super::*;
-use crate::model::{Address, Delivery, HealthCheck, RuntimeKind};
+use crate::model::{Address, Delivery, HealthCheck};
+use crate::record::RuntimeKind;
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 

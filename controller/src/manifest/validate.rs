@@ -1,12 +1,13 @@
 //! Rules: raw documents → [`Desired`], collecting every problem on the way.
 
-use super::load::Tree;
 use super::raw::{self, At, EnvSource, HostDoc, ServiceDoc, S};
+use super::tree::{normalize, Tree};
 use super::{Diagnostic, Secrets, PLACEHOLDER_NOTE, UNRESOLVED};
 use crate::model::{
-    Address, Delivery, Desired, EnvValue, Health, HealthCheck, Host, RuntimeKind, Service,
-    SourceFile, SourceTree, SshTarget, DEFAULT_ROOT,
+    Address, Delivery, Desired, EnvValue, Health, HealthCheck, Host, Service, SourceFile,
+    SourceTree, SshTarget, DEFAULT_ROOT,
 };
+use crate::record::RuntimeKind;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -902,21 +903,6 @@ fn source_tree(
         path: dir,
         files: Arc::new(files),
     })
-}
-
-/// `./a/b/` → `a/b`; None for absolute paths, `..`, or the root itself.
-pub(crate) fn normalize(p: &str) -> Option<String> {
-    if p.starts_with('/') || p.contains('\0') || p.contains('\\') {
-        return None;
-    }
-    let parts: Vec<&str> = p
-        .split('/')
-        .filter(|s| !s.is_empty() && *s != ".")
-        .collect();
-    if parts.is_empty() || parts.contains(&"..") {
-        return None;
-    }
-    Some(parts.join("/"))
 }
 
 /// sha256 over sorted (path, executable, contents), each length-prefixed.

@@ -1,8 +1,6 @@
 use super::*;
-use crate::model::{
-    Address, CgroupMode, HeldSocket, Host, HostState, Listener, Observation, RuntimeKind,
-};
-use crate::record::Record;
+use crate::model::{Address, CgroupMode, HeldSocket, Host, HostState, Listener, Observation};
+use crate::record::{Record, RuntimeKind};
 use crate::transport::local::LocalTransport;
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};

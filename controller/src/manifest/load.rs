@@ -4,7 +4,8 @@
 //! `apiVersion`/`kind` and to name the field an error points at), then each
 //! document into its typed form, so field positions survive.
 
-use super::raw::{At, DocKind, Node, NodeKind, TypedDoc, S};
+use super::node::{Node, NodeKind};
+use super::raw::{At, DocKind, TypedDoc, S};
 use super::tree::{normalize, FsTree, SliceTree, Tree};
 use super::validate::{self, Parsed, ParsedDoc, Report};
 use super::{Diagnostic, Diagnostics, Loaded, Secrets, TreeFile};

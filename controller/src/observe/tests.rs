@@ -1,3 +1,7 @@
+//! The probe against a real `sh` on this machine and its parser on recorded
+//! output: long because each case is a small host state written out in full
+//! (records, /proc, sockets) next to what the probe must make of it.
+
 use super::*;
 use crate::model::{Address, CgroupMode, HeldSocket, Host, HostState, Listener, Observation};
 use crate::record::{Record, RuntimeKind};

@@ -243,6 +243,36 @@ mod tests {
         assert_eq!(pool.stats("a").unwrap().execs(), 0);
     }
 
+    /// Records the hosts it is told to forget.
+    #[derive(Default)]
+    struct Forgot(Mutex<Vec<String>>);
+
+    impl HostMemory for Forgot {
+        fn forget(&self, host: &str) {
+            self.0.lock().unwrap().push(host.to_string());
+        }
+    }
+
+    #[test]
+    fn a_memory_is_one_per_pool_and_forgets_hosts_whose_transport_goes() {
+        let pool = Pool::new(PoolOptions::default());
+        let forgot = pool.memory::<Forgot>();
+        assert!(Arc::ptr_eq(&forgot, &pool.memory::<Forgot>()));
+        pool.get(&host("a", Address::Local)).unwrap();
+        pool.get(&host("b", Address::Local)).unwrap();
+        pool.get(&host("a", Address::Local)).unwrap();
+        assert!(
+            forgot.0.lock().unwrap().is_empty(),
+            "same address, same transport"
+        );
+        let pin =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGnst4mKePMqZT/3w8l/8WAIgdmrLutHhTtjJNp63fL6"
+                .to_string();
+        pool.get(&host("a", ssh("127.0.0.1", vec![pin]))).unwrap();
+        pool.retain(|h| h != "b");
+        assert_eq!(*forgot.0.lock().unwrap(), ["a", "b"]);
+    }
+
     #[test]
     fn an_ssh_host_without_pins_or_known_hosts_is_refused_up_front() {
         let pool = Pool::new(PoolOptions::default());

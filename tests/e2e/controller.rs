@@ -2,7 +2,7 @@
 //! this process, real services (python3 http.server) on the local transport,
 //! a real Prometheus. No root needed: the point is the loop itself.
 
-use super::common::http::{eventually, free_port, get_json, http};
+use super::common::http::{eventually, free_port, get_json, http, post_as};
 use super::common::repo::{
     burst_while_one_runs, converged, metrics, service, trigger_and_wait, Repo, NEVER, TOKEN,
 };
@@ -149,24 +149,9 @@ async fn a_trigger_without_the_token_gets_401_and_a_forged_webhook_403() {
     let r = controller::spawn(cfg).await.unwrap();
     let (code, _) = http(r.addr, "POST", "/reconcile", &[], b"").await;
     assert_eq!(code, 401);
-    let (code, _) = http(
-        r.addr,
-        "POST",
-        "/reconcile",
-        &[("Authorization", "Bearer nope")],
-        b"",
-    )
-    .await;
+    let (code, _) = post_as(r.addr, "/reconcile", "Bearer nope").await;
     assert_eq!(code, 401);
-    let auth = format!("Bearer {TOKEN}");
-    let (code, body) = http(
-        r.addr,
-        "POST",
-        "/reconcile",
-        &[("Authorization", &auth)],
-        b"",
-    )
-    .await;
+    let (code, body) = post_as(r.addr, "/reconcile", &format!("Bearer {TOKEN}")).await;
     assert_eq!(code, 202, "{body}");
 
     let payload = br#"{"ref":"refs/heads/main"}"#;

@@ -78,6 +78,11 @@ pub async fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
 }
 
+/// `POST path` with an empty body as `auth` (an `Authorization` value).
+pub async fn post_as(addr: SocketAddr, path: &str, auth: &str) -> (u16, String) {
+    http(addr, "POST", path, &[("Authorization", auth)], b"").await
+}
+
 /// Poll `f` until it gives Some, for at most `secs` (a bound, not a measurement).
 pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
 where
@@ -117,8 +122,7 @@ pub async fn trigger_burst(
         running.push(tokio::spawn(async move {
             let mut ids = BTreeSet::new();
             for _ in 0..each {
-                let (code, body) =
-                    http(addr, "POST", "/reconcile", &[("Authorization", &auth)], b"").await;
+                let (code, body) = post_as(addr, "/reconcile", &auth).await;
                 assert_eq!(code, 202, "{body}");
                 let v: serde_json::Value = serde_json::from_str(&body).unwrap();
                 ids.insert(v["id"].as_u64().unwrap());

@@ -3,7 +3,7 @@
 //! http.server services on the local host; and what a test asks the running
 //! controller about it.
 
-use super::http::{eventually, free_port, get_json, http, idle_reconcile, trigger_burst};
+use super::http::{eventually, free_port, get_json, http, idle_reconcile, post_as, trigger_burst};
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -206,15 +206,7 @@ pub async fn converged(r: &Running, fleet: &Repo, version: &str) -> serde_json::
 }
 
 pub async fn trigger_and_wait(r: &Running) -> serde_json::Value {
-    let auth = format!("Bearer {TOKEN}");
-    let (code, body) = http(
-        r.addr,
-        "POST",
-        "/reconcile?wait=true",
-        &[("Authorization", &auth)],
-        b"",
-    )
-    .await;
+    let (code, body) = post_as(r.addr, "/reconcile?wait=true", &format!("Bearer {TOKEN}")).await;
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
@@ -240,14 +232,7 @@ pub async fn burst_while_one_runs(
     let (started, gate, extra) = repo.gated_install();
     repo.commit(&repo.manifests("2", &extra), "v2");
     let auth = repo.auth();
-    let (code, first) = http(
-        r.addr,
-        "POST",
-        "/reconcile",
-        &[("Authorization", &auth)],
-        b"",
-    )
-    .await;
+    let (code, first) = post_as(r.addr, "/reconcile", &auth).await;
     assert_eq!(code, 202, "{first}");
     eventually(120, "the install step runs", || async {
         started.exists().then_some(())

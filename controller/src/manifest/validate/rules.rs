@@ -4,6 +4,13 @@ use super::Report;
 use crate::manifest::raw::{self, S};
 use std::collections::BTreeMap;
 
+/// Port 0 names no port: an error at it.
+pub(super) fn port_not_zero(file: &str, port: &S<u16>, field: &str, r: &mut Report) {
+    if port.value == 0 {
+        r.error(file, port.at, field, "port 0 is not a port");
+    }
+}
+
 /// RFC 1123 label: `a-z0-9` and `-`, alphanumeric at both ends, at most 63.
 pub(super) fn dns_label(file: &str, name: &S<String>, field: &str, r: &mut Report) {
     let n = &name.value;

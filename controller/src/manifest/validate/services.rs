@@ -1,6 +1,6 @@
 //! Service documents: runtime, delivery, env and secrets, health, source trees.
 
-use super::rules::{bytes_field, dns_label, labels};
+use super::rules::{bytes_field, dns_label, labels, port_not_zero};
 use super::{Report, DEFAULT_INTERVAL, DEFAULT_RETRIES, DEFAULT_TIMEOUT};
 use crate::manifest::raw::{self, At, EnvSource, ServiceDoc, S};
 use crate::manifest::tree::{normalize, Tree};
@@ -413,28 +413,14 @@ pub(super) fn health(file: &str, h: &S<raw::HealthSpec>, r: &mut Report) -> Opti
                 "an HTTP path starts with `/` and has no spaces",
             );
         }
-        if c.value.port.value == 0 {
-            r.error(
-                file,
-                c.value.port.at,
-                "spec.health.http.port",
-                "port 0 is not a port",
-            );
-        }
+        port_not_zero(file, &c.value.port, "spec.health.http.port", r);
         checks.push(HealthCheck::Http {
             port: c.value.port.value,
             path,
         });
     }
     if let Some(c) = &spec.tcp {
-        if c.value.port.value == 0 {
-            r.error(
-                file,
-                c.value.port.at,
-                "spec.health.tcp.port",
-                "port 0 is not a port",
-            );
-        }
+        port_not_zero(file, &c.value.port, "spec.health.tcp.port", r);
         checks.push(HealthCheck::Tcp {
             port: c.value.port.value,
         });

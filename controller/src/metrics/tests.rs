@@ -73,9 +73,8 @@ fn every_contract_name_is_exported() {
 /// checked against (tests/e2e/deploy.rs): every name in it is exported.
 #[test]
 fn every_name_in_the_metrics_doc_is_exported() {
-    let doc =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/METRICS.md"))
-            .expect("docs/METRICS.md");
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/METRICS.md"))
+        .expect("docs/METRICS.md");
     let text = sample().encode();
     let mut names = 0;
     for line in doc.lines().filter(|l| l.starts_with("| `")) {

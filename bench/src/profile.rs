@@ -99,7 +99,9 @@ fn run(
         bail!("probe has no listener block")
     };
     let mut known_opts = opts.clone();
-    known_opts.known = pool.sockets().known(&h.name, &opts);
+    known_opts.known = pool
+        .memory::<tend::observe::SocketCache>()
+        .known(&h.name, &opts);
     let known = tend::observe::probe_script_with(&host.root, &known_opts)?;
     let mut variants: Vec<(&str, String)> = vec![
         ("`true` (empty script)", "true\n".into()),

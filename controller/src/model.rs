@@ -3,6 +3,7 @@
 //! These are the only shapes that cross stage boundaries: `manifest` produces
 //! [`Desired`], `observe` produces [`Observation`]s, `plan` consumes both.
 
+use crate::record::{Record, RuntimeKind};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -60,38 +61,6 @@ pub struct SshTarget {
     pub host_keys: Vec<String>,
     /// A known_hosts file to verify against when no key is pinned.
     pub known_hosts: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RuntimeKind {
-    Process,
-    Systemd,
-    Podman,
-}
-
-impl RuntimeKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RuntimeKind::Process => "process",
-            RuntimeKind::Systemd => "systemd",
-            RuntimeKind::Podman => "podman",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "process" => Some(RuntimeKind::Process),
-            "systemd" => Some(RuntimeKind::Systemd),
-            "podman" => Some(RuntimeKind::Podman),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for RuntimeKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -345,7 +314,7 @@ pub struct Listener {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ObservedService {
-    pub record: crate::record::Record,
+    pub record: Record,
     /// The recorded process is alive and is the same process (start time matches).
     pub running: bool,
     /// Bytes in use by the service's cgroup, when known.

@@ -6,11 +6,45 @@
 //! time) it only learns on the host, and a truncated or foreign file is an
 //! error, never a silent "in sync".
 
-use crate::model::RuntimeKind;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::fmt;
 use std::fmt::Write as _;
 
 pub const HEADER: &str = "tend-record 1";
+
+/// How a service is run; a record names the one that installed it, so it
+/// lives with the record and the desired state (`model`) takes it from here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    Process,
+    Systemd,
+    Podman,
+}
+
+impl RuntimeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Process => "process",
+            RuntimeKind::Systemd => "systemd",
+            RuntimeKind::Podman => "podman",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "process" => Some(RuntimeKind::Process),
+            "systemd" => Some(RuntimeKind::Systemd),
+            "podman" => Some(RuntimeKind::Podman),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The record, as stored on the host.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

@@ -2,18 +2,18 @@
 //! empty, idempotence, upgrade, rollback, cross-host order, memory limits,
 //! prune guards, the host lock. Helpers here are shared by `apply_*.rs`.
 
+use super::common::fleet;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tend::apply::{self, ActionOutcome, ApplyOptions, ApplyReport};
 use tend::model::{
-    Delivery, Desired, EnvValue, Health, HealthCheck, Observation, RuntimeKind, Service,
-    SourceFile, SourceTree,
+    Delivery, Desired, EnvValue, Health, HealthCheck, Observation, Service, SourceFile, SourceTree,
 };
 use tend::plan::ActionKind;
-use tend::record::Record;
+use tend::record::{Record, RuntimeKind};
 use tend::transport::pool::{Pool, PoolOptions};
-use tend_e2e::testbed::{skip_unless_e2e, Fleet, TestHost};
+use tend_e2e::testbed::{Fleet, TestHost};
 
 /// A stand-in digest: the tests only need distinct trees to differ.
 fn digest(files: &[(&str, &str, bool)]) -> String {
@@ -24,13 +24,6 @@ fn digest(files: &[(&str, &str, bool)]) -> String {
 }
 
 pub const ROOT: &str = "/var/lib/tend";
-
-pub fn fleet(test: &str, n: usize) -> Option<Fleet> {
-    if !skip_unless_e2e(test) {
-        return None;
-    }
-    Some(Fleet::start(n).expect("fleet starts"))
-}
 
 pub fn source(files: &[(&str, &str, bool)]) -> Delivery {
     Delivery::Source(SourceTree {

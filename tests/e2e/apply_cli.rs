@@ -2,29 +2,18 @@
 //! runs names the holder of the lock; an apply SIGKILLed mid-way is finished
 //! by the next, with nothing lost or duplicated.
 
-use super::apply::{fleet, get, procs, record, ROOT};
+use super::apply::{get, procs, record, ROOT};
+use super::common::fleet;
+use super::common::{self, tend_bin};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use tend_e2e::testbed::Fleet;
 
-/// The `tend` binary, built once per run (shared with the fault suite).
-use super::fault_common::tend_bin;
-
 /// A manifests dir: every test host, and `services` (YAML documents).
 fn manifests(f: &Fleet, services: &[(&str, String)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut y = String::new();
-    for h in f.hosts() {
-        y.push_str(&format!(
-            "apiVersion: tend/v1\nkind: Host\nmetadata: {{name: {}}}\nspec:\n  address: {}\n  port: {}\n  user: root\n  identity: {}\n  hostKeys: [\"{}\"]\n---\n",
-            h.name,
-            h.ip,
-            h.port,
-            f.ed25519_key().display(),
-            h.host_key_line
-        ));
-    }
+    let mut y = common::hosts_yaml(f);
     for (name, doc) in services {
         let src = dir.path().join("services").join(name).join("www");
         std::fs::create_dir_all(&src).unwrap();
@@ -77,15 +66,7 @@ fn start_until(bin: &Path, dir: &Path, until: &str) -> (Child, Vec<String>) {
 }
 
 fn run(bin: &Path, dir: &Path, extra: &[&str]) -> (i32, String) {
-    let out = apply_cmd(bin, dir, extra)
-        .output()
-        .expect("tend apply runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    common::run(&mut apply_cmd(bin, dir, extra))
 }
 
 #[test]

@@ -2,10 +2,12 @@
 //! busybox rootfs (no image can be pulled here), health-gated, upgraded,
 //! removed.
 
-use super::apply::{assert_converged, converge, desired, fleet, get, pool, record, service, ROOT};
+use super::apply::{assert_converged, converge, desired, get, pool, record, service, ROOT};
+use super::common::fleet;
 use std::time::Duration;
 use tend::apply::{ActionOutcome, ApplyOptions};
-use tend::model::{Delivery, EnvValue, Health, HealthCheck, RuntimeKind, Service};
+use tend::model::{Delivery, EnvValue, Health, HealthCheck, Service};
+use tend::record::RuntimeKind;
 use tend_e2e::testbed::TestHost;
 
 /// A busybox-static rootfs under the host's /srv, and a containers.conf

@@ -3,14 +3,14 @@
 //! units, driven by `tend apply` / `tend plan` and `tend::apply::converge`.
 
 use super::apply::{assert_converged, converge, http_health, pool, source, ROOT};
-use super::fault_common::tend_bin;
+use super::common::{self, tend_bin};
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tend::apply::{ActionOutcome, ApplyOptions};
-use tend::model::{Desired, EnvValue, Health, HealthCheck, RuntimeKind, Service};
+use tend::model::{Desired, EnvValue, Health, HealthCheck, Service};
 use tend::plan::ActionKind;
-use tend::record::Record;
+use tend::record::{Record, RuntimeKind};
 use tend_e2e::testbed::{skip_unless_e2e, SystemdHost};
 
 const MIB: u64 = 1 << 20;
@@ -171,18 +171,9 @@ fn manifests(h: &SystemdHost, port: u16) -> tempfile::TempDir {
 }
 
 fn tend(args: &[&str], dir: &std::path::Path) -> (i32, String) {
-    let out = Command::new(tend_bin())
-        .args(args)
-        .arg(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("tend runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    let mut cmd = Command::new(tend_bin());
+    cmd.args(args).arg(dir).stdin(Stdio::null());
+    common::run(&mut cmd)
 }
 
 #[test]

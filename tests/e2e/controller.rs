@@ -2,292 +2,21 @@
 //! this process, real services (python3 http.server) on the local transport,
 //! a real Prometheus. No root needed: the point is the loop itself.
 
+use super::common::http::{eventually, free_port, get_json, http, post_as};
+use super::common::repo::{
+    burst_while_one_runs, converged, metrics, service, trigger_and_wait, Repo, NEVER, TOKEN,
+};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use tend::config::{Config, NotificationSink, SinkKind};
-use tend::controller::{self, Running};
+use tend::controller;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const NEVER: &str = "0 0 1 1 *";
-pub const TOKEN: &str = "e2e-token-0123456789";
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One HTTP/1.1 request, `Connection: close`; (status, body).
-pub async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, String) {
-    // Not listening (yet): status 0, so callers can poll.
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-        return (0, String::new());
-    };
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    let mut buf = Vec::new();
-    if s.write_all(req.as_bytes()).await.is_err()
-        || s.write_all(body).await.is_err()
-        || s.read_to_end(&mut buf).await.is_err()
-    {
-        return (0, String::new());
-    }
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    (code, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((len, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-pub async fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
-    let (code, body) = http(addr, "GET", path, &[], b"").await;
-    assert_eq!(code, 200, "GET {path}: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
-}
-
-/// Poll `f` until it gives Some, for at most `secs` (a bound, not a measurement).
-pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("gave up waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "e2e")
-        .env("GIT_AUTHOR_EMAIL", "e2e@example.org")
-        .env("GIT_COMMITTER_NAME", "e2e")
-        .env("GIT_COMMITTER_EMAIL", "e2e@example.org")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A bare repository with a fleet of `python3 -m http.server` services on
-/// one local host, a work clone to commit from, and the host's root.
-pub struct Fleet {
-    pub tmp: tempfile::TempDir,
-    pub host: String,
-    pub services: BTreeMap<String, u16>,
-}
-
-impl Fleet {
-    pub fn new(host: &str, services: &[&str]) -> Fleet {
-        let tmp = tempfile::tempdir().unwrap();
-        let services = services
-            .iter()
-            .map(|s| (s.to_string(), free_port()))
-            .collect();
-        let f = Fleet {
-            tmp,
-            host: host.into(),
-            services,
-        };
-        std::fs::create_dir_all(f.bare()).unwrap();
-        git(&f.bare(), &["init", "--bare", "-q", "-b", "main"]);
-        git(
-            f.tmp.path(),
-            &["clone", "-q", f.bare().to_str().unwrap(), "work"],
-        );
-        git(&f.work(), &["checkout", "-q", "-b", "main"]);
-        f
-    }
-
-    pub fn bare(&self) -> PathBuf {
-        self.tmp.path().join("fleet.git")
-    }
-    pub fn work(&self) -> PathBuf {
-        self.tmp.path().join("work")
-    }
-    pub fn root(&self) -> PathBuf {
-        self.tmp.path().join("host")
-    }
-
-    /// Manifests with every service at `version`; `extra` is appended to each
-    /// service's spec (indented already).
-    pub fn manifests(&self, version: &str, extra: &str) -> String {
-        let mut m = format!(
-            "apiVersion: tend/v1\nkind: Host\nmetadata: {{name: {h}, labels: {{role: e2e}}}}\n\
-spec:\n  address: local\n  root: {root}\n",
-            h = self.host,
-            root = self.root().display()
-        );
-        for (name, port) in &self.services {
-            m.push_str(&format!(
-                "---\napiVersion: tend/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  host: {h}\n  runtime: process\n  version: \"{version}\"\n  command: [python3, -m, http.server, --bind, 127.0.0.1, \"{port}\"]\n  ports: [{port}]\n  health: {{http: {{port: {port}, path: /}}, interval: 1s, timeout: 20s}}\n{extra}",
-                h = self.host
-            ));
-        }
-        m
-    }
-
-    pub fn commit(&self, contents: &str, msg: &str) -> String {
-        let dir = self.work().join("fleet");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("fleet.yaml"), contents).unwrap();
-        git(&self.work(), &["add", "-A"]);
-        git(&self.work(), &["commit", "-q", "-m", msg]);
-        git(&self.work(), &["push", "-q", "origin", "main"]);
-        let out = Command::new("git")
-            .args(["rev-parse", "HEAD"])
-            .current_dir(self.work())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    pub fn config(&self, schedule: &str) -> Config {
-        let token = self.tmp.path().join("token");
-        std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
-        Config {
-            repository: format!("file://{}", self.bare().display()),
-            branch: "main".into(),
-            path: "fleet".into(),
-            schedule: schedule.into(),
-            listen: "127.0.0.1:0".into(),
-            token_file: Some(token),
-            cache_dir: self.tmp.path().join("cache"),
-            ident: format!("e2e-{}", self.host),
-            host_timeout: Duration::from_secs(60),
-            ..Config::default()
-        }
-    }
-
-    /// The pid tend recorded for `service`.
-    pub fn pid(&self, service: &str) -> Option<i32> {
-        let rec =
-            std::fs::read_to_string(self.root().join("records").join(format!("{service}.rec")))
-                .ok()?;
-        rec.lines()
-            .find_map(|l| l.strip_prefix("pid="))
-            .and_then(|p| p.trim().parse().ok())
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        // The services outlive the controller by design; the test's do not.
-        for s in self.services.keys() {
-            if let Some(pid) = self.pid(s) {
-                // SAFETY: kill has no memory preconditions.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-    }
-}
-
-fn service<'a>(status: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
-    status["hosts"]
-        .as_array()?
-        .iter()
-        .flat_map(|h| h["services"].as_array().into_iter().flatten())
-        .find(|s| s["name"] == name)
-}
-
-/// Every service in sync at `version`.
-async fn converged(r: &Running, fleet: &Fleet, version: &str) -> serde_json::Value {
-    eventually(
-        120,
-        &format!("all services in sync at {version}"),
-        || async {
-            let st = get_json(r.addr, "/status").await;
-            fleet
-                .services
-                .keys()
-                .all(|s| {
-                    service(&st, s).is_some_and(|x| {
-                        x["status"] == "in_sync" && x["observed_version"] == version
-                    })
-                })
-                .then_some(st)
-        },
-    )
-    .await
-}
-
-async fn trigger_and_wait(r: &Running) -> serde_json::Value {
-    let auth = format!("Bearer {TOKEN}");
-    let (code, body) = http(
-        r.addr,
-        "POST",
-        "/reconcile?wait=true",
-        &[("Authorization", &auth)],
-        b"",
-    )
-    .await;
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-async fn metrics(r: &Running) -> String {
-    let (code, body) = http(r.addr, "GET", "/metrics", &[], b"").await;
-    assert_eq!(code, 200);
-    body
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_converges_after_a_trigger_and_after_the_next_tick_without_one() {
-    let fleet = Fleet::new("ctl-commit", &["alpha", "beta"]);
+    let fleet = Repo::new("ctl-commit", &["alpha", "beta"]);
     fleet.commit(&fleet.manifests("1", ""), "v1");
     let r = controller::spawn(fleet.config(NEVER)).await.unwrap();
     converged(&r, &fleet, "1").await;
@@ -322,7 +51,7 @@ async fn a_commit_converges_after_a_trigger_and_after_the_next_tick_without_one(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_commit_keeps_the_last_good_revision_and_says_why() {
-    let fleet = Fleet::new("ctl-invalid", &["gamma"]);
+    let fleet = Repo::new("ctl-invalid", &["gamma"]);
     let good = fleet.commit(&fleet.manifests("1", ""), "v1");
     let r = controller::spawn(fleet.config(NEVER)).await.unwrap();
     converged(&r, &fleet, "1").await;
@@ -371,7 +100,7 @@ async fn an_invalid_commit_keeps_the_last_good_revision_and_says_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_killed_by_hand_is_restarted_on_the_next_tick() {
-    let fleet = Fleet::new("ctl-kill", &["delta"]);
+    let fleet = Repo::new("ctl-kill", &["delta"]);
     fleet.commit(&fleet.manifests("1", ""), "v1");
     let r = controller::spawn(fleet.config("* * * * * *"))
         .await
@@ -409,7 +138,7 @@ async fn a_service_killed_by_hand_is_restarted_on_the_next_tick() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trigger_without_the_token_gets_401_and_a_forged_webhook_403() {
-    let fleet = Fleet::new("ctl-auth", &["eps"]);
+    let fleet = Repo::new("ctl-auth", &["eps"]);
     fleet.commit(&fleet.manifests("1", ""), "v1");
     let secret = fleet.tmp.path().join("hook-secret");
     std::fs::write(&secret, "hook-s3cret\n").unwrap();
@@ -420,24 +149,9 @@ async fn a_trigger_without_the_token_gets_401_and_a_forged_webhook_403() {
     let r = controller::spawn(cfg).await.unwrap();
     let (code, _) = http(r.addr, "POST", "/reconcile", &[], b"").await;
     assert_eq!(code, 401);
-    let (code, _) = http(
-        r.addr,
-        "POST",
-        "/reconcile",
-        &[("Authorization", "Bearer nope")],
-        b"",
-    )
-    .await;
+    let (code, _) = post_as(r.addr, "/reconcile", "Bearer nope").await;
     assert_eq!(code, 401);
-    let auth = format!("Bearer {TOKEN}");
-    let (code, body) = http(
-        r.addr,
-        "POST",
-        "/reconcile",
-        &[("Authorization", &auth)],
-        b"",
-    )
-    .await;
+    let (code, body) = post_as(r.addr, "/reconcile", &format!("Bearer {TOKEN}")).await;
     assert_eq!(code, 202, "{body}");
 
     let payload = br#"{"ref":"refs/heads/main"}"#;
@@ -496,73 +210,18 @@ fn hmac_sha256_hex(key: &[u8], msg: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_triggers_in_a_burst_cause_at_most_two_reconciles() {
-    let fleet = Fleet::new("ctl-burst", &["zeta"]);
+    let fleet = Repo::new("ctl-burst", &["zeta"]);
     fleet.commit(&fleet.manifests("1", ""), "v1");
     let r = controller::spawn(fleet.config(NEVER)).await.unwrap();
     converged(&r, &fleet, "1").await;
-    let idle = || async {
-        let st = get_json(r.addr, "/status").await;
-        (st["running"].is_null() && st["pending"].is_null())
-            .then(|| st["reconciles"][0]["id"].as_u64().unwrap())
-    };
-    let before = eventually(60, "controller idle", idle).await;
-    // v2's install step holds the reconcile until the test opens the gate, so
-    // the whole burst lands while one reconcile runs.
-    let (started, gate) = (
-        fleet.tmp.path().join("started"),
-        fleet.tmp.path().join("gate"),
-    );
-    let extra = format!(
-        "  install: [\"touch {}; while [ ! -e {} ]; do sleep 0.1; done\"]\n",
-        started.display(),
-        gate.display()
-    );
-    fleet.commit(&fleet.manifests("2", &extra), "v2");
-    let auth = format!("Bearer {TOKEN}");
-    let (code, first) = http(
-        r.addr,
-        "POST",
-        "/reconcile",
-        &[("Authorization", &auth)],
-        b"",
-    )
-    .await;
-    assert_eq!(code, 202, "{first}");
-    eventually(120, "the install step runs", || async {
-        started.exists().then_some(())
-    })
-    .await;
-    let mut tasks = Vec::new();
-    for _ in 0..9 {
-        let (addr, auth) = (r.addr, auth.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut ids = Vec::new();
-            for _ in 0..111 {
-                let (code, body) =
-                    http(addr, "POST", "/reconcile", &[("Authorization", &auth)], b"").await;
-                assert_eq!(code, 202, "{body}");
-                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-                ids.push(v["id"].as_u64().unwrap());
-            }
-            ids
-        }));
-    }
-    let mut ids = std::collections::BTreeSet::new();
-    for t in tasks {
-        ids.extend(t.await.unwrap());
-    }
-    std::fs::write(&gate, "").unwrap();
-    let after = eventually(120, "controller idle after the burst", idle).await;
+    // The held reconcile's install step keeps the whole burst in one wait.
+    let (ids, ran) = burst_while_one_runs(&r, &fleet, 9, 111).await;
     assert_eq!(
         ids.len(),
         1,
         "the burst joined one pending reconcile: {ids:?}"
     );
-    assert!(
-        after - before <= 2,
-        "{} reconciles for 1000 triggers",
-        after - before
-    );
+    assert!(ran <= 2, "{ran} reconciles for 1000 triggers");
     assert!(metrics(&r)
         .await
         .contains("tend_triggers_total{trigger=\"api\"} 1000"));
@@ -583,7 +242,7 @@ async fn a_real_prometheus_scrapes_in_sync_for_every_service() {
         println!("skipped: prometheus is not installed");
         return;
     }
-    let fleet = Fleet::new("ctl-prom", &["eta", "theta"]);
+    let fleet = Repo::new("ctl-prom", &["eta", "theta"]);
     fleet.commit(&fleet.manifests("1", ""), "v1");
     let r = controller::spawn(fleet.config(NEVER)).await.unwrap();
     converged(&r, &fleet, "1").await;
@@ -702,7 +361,7 @@ async fn notifications_reach_a_local_receiver_without_secrets() {
         }
     });
 
-    let fleet = Fleet::new("ctl-notify", &["iota"]);
+    let fleet = Repo::new("ctl-notify", &["iota"]);
     let extra = format!("  env: {{API_KEY: {{fromEnv: {var}}}}}\n");
     fleet.commit(&fleet.manifests("1", &extra), "v1");
     let cfg = Config {
@@ -739,7 +398,7 @@ async fn notifications_reach_a_local_receiver_without_secrets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_held_by_a_stranger_is_drifted_on_the_status_page() {
-    let fleet = Fleet::new("ctl-page", &["kappa"]);
+    let fleet = Repo::new("ctl-page", &["kappa"]);
     let port = fleet.services["kappa"];
     let mut stranger = Command::new("python3")
         .args([
@@ -806,7 +465,7 @@ async fn a_host_that_never_answers_backs_off_and_does_not_hold_up_the_rest() {
             held.push(s);
         }
     });
-    let fleet = Fleet::new("ctl-iso", &["lambda"]);
+    let fleet = Repo::new("ctl-iso", &["lambda"]);
     let pin = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGnst4mKePMqZT/3w8l/8WAIgdmrLutHhTtjJNp63fL6";
     let hang = format!(
         "---\napiVersion: tend/v1\nkind: Host\nmetadata: {{name: ctl-iso-hang}}\nspec:\n  address: 127.0.0.1\n  port: {tarpit_port}\n  hostKeys: [\"{pin}\"]\n"

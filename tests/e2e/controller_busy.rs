@@ -2,7 +2,8 @@
 //! host blocks, a service killed on another is repaired by the same running
 //! controller. Two local hosts (two roots), real processes, real Git.
 
-use super::controller::{eventually, free_port, get_json, http, Fleet};
+use super::common::http::{eventually, free_port, get_json, http};
+use super::common::repo::{Repo, TOKEN};
 use std::path::{Path, PathBuf};
 use tend::controller;
 
@@ -28,7 +29,7 @@ fn pid_in(root: &Path, service: &str) -> Option<i32> {
         .and_then(|p| p.trim().parse().ok())
 }
 
-/// The second host's services die with the test (the Fleet reaps its own).
+/// The second host's services die with the test (the Repo reaps its own).
 struct Reap(PathBuf, &'static str);
 
 impl Drop for Reap {
@@ -47,8 +48,8 @@ async fn serves(port: u16) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_killed_on_one_host_is_repaired_while_an_install_on_another_host_still_runs() {
-    // Host "slow" is the Fleet's own root; host "quick" has a second root.
-    let fleet = Fleet::new("slow", &["slowsvc"]);
+    // Host "slow" is the Repo's own root; host "quick" has a second root.
+    let fleet = Repo::new("slow", &["slowsvc"]);
     let slow_port = fleet.services["slowsvc"];
     let quick_root = fleet.tmp.path().join("quick-host");
     let quick_port = free_port();
@@ -62,7 +63,7 @@ async fn a_service_killed_on_one_host_is_repaired_while_an_install_on_another_ho
     };
     fleet.commit(&manifests("1", ""), "v1");
     let r = controller::spawn(fleet.config(NEVER)).await.unwrap();
-    let auth = format!("Bearer {}", super::controller::TOKEN);
+    let auth = format!("Bearer {}", TOKEN);
     eventually(120, "both services serve", || async {
         (serves(slow_port).await && serves(quick_port).await).then_some(())
     })

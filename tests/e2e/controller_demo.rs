@@ -2,7 +2,7 @@
 //! repository: the embedded demo starts, converges, follows an edit of a demo
 //! manifest, and stops on SIGTERM. No root, no servers.
 
-use super::controller::{eventually, free_port, get_json, http};
+use super::common::http::{eventually, free_port, get_json, http};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -3,7 +3,8 @@
 //! report it `unhealthy` in /status and /metrics, and it is restarted.
 //! Real processes on the local transport, the controller in this process.
 
-use super::controller::{eventually, get_json, http, Fleet};
+use super::common::http::{eventually, get_json, http};
+use super::common::repo::Repo;
 use std::path::Path;
 use tend::controller;
 
@@ -49,7 +50,7 @@ signal.signal(signal.SIGTERM, term)
 ThreadingHTTPServer(("127.0.0.1", a.port), Health).serve_forever()
 "#;
 
-fn manifests(fleet: &Fleet, fail: &Path, hold: &Path) -> String {
+fn manifests(fleet: &Repo, fail: &Path, hold: &Path) -> String {
     let port = fleet.services["mu"];
     format!(
         "apiVersion: tend/v1\nkind: Host\nmetadata: {{name: {h}, labels: {{role: e2e}}}}\n\
@@ -89,7 +90,7 @@ const RESTARTED: &str = "tend_actions_total{kind=\"restart\",result=\"succeeded\
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_whose_health_starts_failing_is_reported_unhealthy_and_restarted() {
-    let fleet = Fleet::new("ctl-health", &["mu"]);
+    let fleet = Repo::new("ctl-health", &["mu"]);
     let app = fleet.work().join("apps/mu");
     std::fs::create_dir_all(&app).unwrap();
     std::fs::write(app.join("app.py"), APP).unwrap();

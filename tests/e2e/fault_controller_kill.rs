@@ -4,8 +4,10 @@
 //! exactly once, at the new version, its record parses, nothing temporary
 //! is left behind.
 
-use super::apply::{fleet, ROOT};
-use super::fault_common::{assert_intact, tend_bin, write_manifests, Svc};
+use super::apply::ROOT;
+use super::common::checks::assert_intact;
+use super::common::fleet;
+use super::common::{self, tend_bin, write_manifests, Svc};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -42,19 +44,9 @@ fn apply_killed_after(bin: &Path, dir: &Path, k: usize) -> (Vec<String>, bool) {
 }
 
 fn apply_to_the_end(bin: &Path, dir: &Path) -> (i32, String) {
-    let out = Command::new(bin)
-        .arg("apply")
-        .arg(dir)
-        .arg("--yes")
-        .stdin(Stdio::null())
-        .output()
-        .expect("tend apply runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    let mut cmd = Command::new(bin);
+    cmd.arg("apply").arg(dir).arg("--yes").stdin(Stdio::null());
+    common::run(&mut cmd)
 }
 
 #[test]
@@ -113,7 +105,7 @@ fn a_controller_killed_at_22_points_of_an_apply_leaves_a_fleet_the_next_run_conv
         }
         // Nothing else tend knows of on any host.
         for h in f.hosts() {
-            let recs = super::fault_common::all_records(h, ROOT);
+            let recs = super::common::checks::all_records(h, ROOT);
             let names: Vec<&String> = recs.keys().collect();
             let want: Vec<String> = svcs
                 .iter()

@@ -3,8 +3,10 @@
 //! release keeps serving, the failure is reported, and once space is freed
 //! the next run upgrades cleanly.
 
-use super::apply::{fleet, get, httpd, source};
-use super::fault_common::{all_records, assert_intact, fast_opts, fast_pool};
+use super::apply::{get, httpd, source};
+use super::common::checks::{all_records, assert_intact};
+use super::common::fleet;
+use super::common::{fast_opts, fast_pool};
 use tend::apply::{self, ActionOutcome};
 use tend::model::{Desired, Service};
 use tend_e2e::testbed::Fleet;

@@ -4,8 +4,10 @@
 //! file a payload would create exists), and the next plan is empty (what
 //! the probe reads back equals what was sent).
 
-use super::apply::{desired, fleet, service, ROOT};
-use super::fault_common::{all_records, fast_opts, fast_pool};
+use super::apply::{desired, service, ROOT};
+use super::common::checks::all_records;
+use super::common::fleet;
+use super::common::{fast_opts, fast_pool};
 use std::time::Duration;
 use tend::apply;
 use tend::model::{EnvValue, Health, HealthCheck};

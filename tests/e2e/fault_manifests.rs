@@ -3,8 +3,8 @@
 //! error names the file and line. (The 10 000-case generator is
 //! controller/tests/fuzz_manifests.rs; this is the same promise end to end.)
 
-use super::apply::fleet;
-use super::fault_common::{tend_bin, write_manifests, Svc};
+use super::common::fleet;
+use super::common::{tend_bin, write_manifests, Svc};
 use std::process::{Command, Stdio};
 
 /// (what is wrong, the line as it replaces `from`, `from`).

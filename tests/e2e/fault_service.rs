@@ -3,8 +3,10 @@
 //! on the next run), a stranger on a declared port (drift `port`, the
 //! stranger is left alone).
 
-use super::apply::{desired, fleet, get, http_health, httpd, ROOT};
-use super::fault_common::{all_records, assert_intact, fast_opts, fast_pool, httpds};
+use super::apply::{desired, get, http_health, httpd, ROOT};
+use super::common::checks::{all_records, assert_intact, httpds};
+use super::common::fleet;
+use super::common::{fast_opts, fast_pool};
 use tend::apply::{self, ActionOutcome};
 use tend::plan::DriftReason;
 

@@ -3,10 +3,12 @@
 //! the token gets 401, a webhook with a wrong signature 403; 10 000 triggers
 //! in a burst are coalesced into at most two reconciles.
 
-use super::apply::{fleet, httpd, ROOT};
-use super::controller::{eventually, get_json, http, Fleet as Repo};
-use super::fault_common::{assert_intact, fast_opts, fast_pool};
-use std::collections::BTreeSet;
+use super::apply::{httpd, ROOT};
+use super::common::checks::assert_intact;
+use super::common::fleet;
+use super::common::http::{eventually, get_json, http};
+use super::common::repo::{burst_while_one_runs, Repo};
+use super::common::{self, fast_opts, fast_pool};
 use tend::apply;
 use tend::config::Config;
 use tend::controller;
@@ -19,16 +21,7 @@ async fn hosts_with_an_unknown_or_changed_key_are_refused_and_never_touched() {
     };
     let tmp = tempfile::tempdir().unwrap();
     // host0: known_hosts knows only the others. host1: pinned to host2's key.
-    let kh = tmp.path().join("known_hosts");
-    std::fs::write(
-        &kh,
-        format!(
-            "{}\n{}\n",
-            f.host(1).known_hosts_line(),
-            f.host(2).known_hosts_line()
-        ),
-    )
-    .unwrap();
+    let kh = common::known_hosts(tmp.path(), &[f.host(1), f.host(2)]);
     let mut hosts = f.tend_hosts();
     if let Address::Ssh(t) = &mut hosts[0].address {
         t.host_keys.clear();
@@ -70,11 +63,6 @@ async fn hosts_with_an_unknown_or_changed_key_are_refused_and_never_touched() {
         assert_eq!(left.trim(), "", "{}: tend wrote {left}", h.name);
     }
     assert_intact(f.host(2), ROOT, "t2", 19503, "1", "t\n");
-}
-
-fn auth(repo: &Repo) -> String {
-    let t = std::fs::read_to_string(repo.tmp.path().join("token")).unwrap();
-    format!("Bearer {}", t.trim())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,68 +126,13 @@ async fn ten_thousand_triggers_in_a_burst_cause_at_most_two_reconciles() {
     let repo = Repo::new("fault-burst", &["fb"]);
     repo.commit(&repo.manifests("1", ""), "v1");
     let r = controller::spawn(repo.config("0 0 1 1 *")).await.unwrap();
-    let idle = || async {
-        let st = get_json(r.addr, "/status").await;
-        (st["running"].is_null() && st["pending"].is_null())
-            .then(|| st["reconciles"][0]["id"].as_u64().unwrap_or(0))
-    };
-    let before = eventually(120, "controller idle", idle).await;
-    // v2's install step holds the reconcile until the burst is over.
-    let (started, gate) = (
-        repo.tmp.path().join("started"),
-        repo.tmp.path().join("gate"),
-    );
-    let extra = format!(
-        "  install: [\"touch {}; while [ ! -e {} ]; do sleep 0.1; done\"]\n",
-        started.display(),
-        gate.display()
-    );
-    repo.commit(&repo.manifests("2", &extra), "v2");
-    let auth = auth(&repo);
-    let (code, first) = http(
-        r.addr,
-        "POST",
-        "/reconcile",
-        &[("Authorization", &auth)],
-        b"",
-    )
-    .await;
-    assert_eq!(code, 202, "{first}");
-    eventually(120, "the install step runs", || async {
-        started.exists().then_some(())
-    })
-    .await;
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let (addr, auth) = (r.addr, auth.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut ids = BTreeSet::new();
-            for _ in 0..1250 {
-                let (code, body) =
-                    http(addr, "POST", "/reconcile", &[("Authorization", &auth)], b"").await;
-                assert_eq!(code, 202, "{body}");
-                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-                ids.insert(v["id"].as_u64().unwrap());
-            }
-            ids
-        }));
-    }
-    let mut ids = BTreeSet::new();
-    for t in tasks {
-        ids.extend(t.await.unwrap());
-    }
-    std::fs::write(&gate, "").unwrap();
-    let after = eventually(120, "controller idle after the burst", idle).await;
+    let (ids, ran) = burst_while_one_runs(&r, &repo, 8, 1250).await;
     assert_eq!(
         ids.len(),
         1,
         "the burst joined one pending reconcile: {ids:?}"
     );
-    assert!(
-        after - before <= 2,
-        "{} reconciles for 10 001 triggers",
-        after - before
-    );
+    assert!(ran <= 2, "{ran} reconciles for 10 001 triggers");
     let (_, m) = http(r.addr, "GET", "/metrics", &[], b"").await;
     assert!(
         m.contains("tend_triggers_total{trigger=\"api\"} 10001"),

@@ -3,8 +3,10 @@
 //! action. The other hosts converge; the cut-off host converges on the run
 //! after it is back, with nothing half-installed and its records intact.
 
-use super::apply::{desired, fleet, httpd, ROOT};
-use super::fault_common::{assert_intact, fast_opts, fast_pool};
+use super::apply::{desired, httpd, ROOT};
+use super::common::checks::assert_intact;
+use super::common::fleet;
+use super::common::{fast_opts, fast_pool};
 use std::sync::Arc;
 use tend::apply::{self, ActionOutcome, Event};
 use tend::model::Desired;
@@ -115,37 +117,41 @@ async fn a_host_unreachable_before_an_apply_is_skipped_and_converges_once_it_is_
     assert_all_intact(&f, &want);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_cut_off_in_the_middle_of_an_apply_converges_on_the_next_run() {
-    let Some(f) = fleet("a_host_cut_off_in_the_middle_of_an_apply", 3) else {
+/// Converge with `cut` done to host1 while its action runs: that action
+/// fails, the others succeed; after `restore` the next run converges and
+/// every host is intact.
+async fn cut_mid_action_then_restore(
+    name: &str,
+    base: u16,
+    cut: impl FnOnce(&TestHost),
+    restore: impl FnOnce(&TestHost),
+) {
+    let Some(f) = fleet(name, 3) else {
         return;
     };
-    let (d, want) = one_per_host(&f, 19211);
+    let (d, want) = one_per_host(&f, base);
     let (pool, d) = (Arc::new(fast_pool()), Arc::new(d));
     let victim = f.host(1);
 
-    let r = converge_with_fault(pool.clone(), d.clone(), victim.name.clone(), || {
-        victim.link_down().unwrap()
-    })
-    .await;
+    let r = converge_with_fault(pool.clone(), d.clone(), victim.name.clone(), || cut(victim)).await;
     assert!(!r.converged());
     others_succeeded(&r, victim);
-    let cut = r
+    let hit = r
         .actions
         .iter()
         .find(|a| a.action.host == victim.name)
         .expect("victim's action");
     assert!(
-        matches!(cut.outcome, ActionOutcome::Failed(_)),
+        matches!(hit.outcome, ActionOutcome::Failed(_)),
         "{:?}",
-        cut.outcome
+        hit.outcome
     );
 
-    victim.link_up().unwrap();
+    restore(victim);
     let r = apply::converge(&d, pool.as_ref(), &fast_opts(), None).await;
     assert!(
         r.converged(),
-        "after the link is back: {:#?} locked: {:?}",
+        "after the host is back: {:#?} locked: {:?}",
         r.actions,
         r.locked
     );
@@ -153,38 +159,23 @@ async fn a_host_cut_off_in_the_middle_of_an_apply_converges_on_the_next_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sshd_killed_in_the_middle_of_an_action_converges_on_the_next_run() {
-    let Some(f) = fleet("sshd_killed_in_the_middle_of_an_action", 3) else {
-        return;
-    };
-    let (d, want) = one_per_host(&f, 19221);
-    let (pool, d) = (Arc::new(fast_pool()), Arc::new(d));
-    let victim = f.host(1);
-
-    let r = converge_with_fault(pool.clone(), d.clone(), victim.name.clone(), || {
-        victim.kill_sshd().unwrap()
-    })
+async fn a_host_cut_off_in_the_middle_of_an_apply_converges_on_the_next_run() {
+    cut_mid_action_then_restore(
+        "a_host_cut_off_in_the_middle_of_an_apply",
+        19211,
+        |h| h.link_down().unwrap(),
+        |h| h.link_up().unwrap(),
+    )
     .await;
-    assert!(!r.converged());
-    others_succeeded(&r, victim);
-    let cut = r
-        .actions
-        .iter()
-        .find(|a| a.action.host == victim.name)
-        .expect("victim's action");
-    assert!(
-        matches!(cut.outcome, ActionOutcome::Failed(_)),
-        "{:?}",
-        cut.outcome
-    );
+}
 
-    victim.start_sshd().unwrap();
-    let r = apply::converge(&d, pool.as_ref(), &fast_opts(), None).await;
-    assert!(
-        r.converged(),
-        "after sshd is back: {:#?} locked: {:?}",
-        r.actions,
-        r.locked
-    );
-    assert_all_intact(&f, &want);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sshd_killed_in_the_middle_of_an_action_converges_on_the_next_run() {
+    cut_mid_action_then_restore(
+        "sshd_killed_in_the_middle_of_an_action",
+        19221,
+        |h| h.kill_sshd().unwrap(),
+        |h| h.start_sshd().unwrap(),
+    )
+    .await;
 }

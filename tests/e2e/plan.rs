@@ -2,25 +2,20 @@
 //! the hosts by hand (through the test bed), then one probe per host is
 //! planned against the desired state.
 
+use super::common::{self, fleet};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tend::model::{Delivery, Desired, Observation, RuntimeKind, Service};
+use tend::model::{Delivery, Desired, Observation, Service};
+use tend::observe::SocketCache;
 use tend::plan::{plan, ActionKind, DriftReason, Plan, Status};
-use tend::record::Record;
-use tend::transport::pool::{Pool, PoolOptions};
-use tend_e2e::testbed::{skip_unless_e2e, Fleet, TestHost};
+use tend::record::{Record, RuntimeKind};
+use tend::transport::pool::Pool;
+use tend_e2e::testbed::{Fleet, TestHost};
 
 const MIB: u64 = 1 << 20;
 
 fn pool() -> Pool {
-    Pool::new(PoolOptions {
-        connect_timeout: Duration::from_secs(3),
-        exec_timeout: Some(Duration::from_secs(30)),
-        keepalive: Some(Duration::from_secs(5)),
-        default_identity: None,
-        known_hosts: None,
-        max_channels: 8,
-    })
+    common::test_pool(Duration::from_secs(30))
 }
 
 /// A python http server on `port` of `host`, limited to 64 MiB.
@@ -169,10 +164,9 @@ fn only_action(p: &Plan) -> (ActionKind, &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_hosts_plan_missing_and_a_start_for_everything() {
-    if !skip_unless_e2e("empty_hosts_plan_missing_and_a_start_for_everything") {
+    let Some(fleet) = fleet("empty_hosts_plan_missing_and_a_start_for_everything", 3) else {
         return;
-    }
-    let fleet = Fleet::start(3).unwrap();
+    };
     let d = one_per_host(&fleet);
     let (observed, p) = observe_and_plan(&pool(), &d).await;
     for (h, o) in &observed {
@@ -196,10 +190,9 @@ async fn empty_hosts_plan_missing_and_a_start_for_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_converged_fleet_plans_nothing_with_one_exec_per_host() {
-    if !skip_unless_e2e("a_converged_fleet_plans_nothing_with_one_exec_per_host") {
+    let Some(fleet) = fleet("a_converged_fleet_plans_nothing_with_one_exec_per_host", 3) else {
         return;
-    }
-    let fleet = Fleet::start(3).unwrap();
+    };
     let (d, _) = converged_fleet(&fleet);
     let pool = pool();
     let (observed, p) = observe_and_plan(&pool, &d).await;
@@ -227,10 +220,9 @@ async fn a_converged_fleet_plans_nothing_with_one_exec_per_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_process_plans_stopped() {
-    if !skip_unless_e2e("a_killed_process_plans_stopped") {
+    let Some(fleet) = fleet("a_killed_process_plans_stopped", 3) else {
         return;
-    }
-    let fleet = Fleet::start(3).unwrap();
+    };
     let (d, pids) = converged_fleet(&fleet);
     let h = fleet.host(1);
     h.exec_ok(&format!(
@@ -246,10 +238,9 @@ async fn a_killed_process_plans_stopped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_desired_version_plans_version() {
-    if !skip_unless_e2e("a_changed_desired_version_plans_version") {
+    let Some(fleet) = fleet("a_changed_desired_version_plans_version", 3) else {
         return;
-    }
-    let fleet = Fleet::start(3).unwrap();
+    };
     let (mut d, _) = converged_fleet(&fleet);
     if let Some(s) = d.services.get_mut("web2") {
         s.version = "1.1".into();
@@ -261,10 +252,9 @@ async fn a_changed_desired_version_plans_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_limit_changed_by_hand_plans_memory_limit() {
-    if !skip_unless_e2e("a_memory_limit_changed_by_hand_plans_memory_limit") {
+    let Some(fleet) = fleet("a_memory_limit_changed_by_hand_plans_memory_limit", 3) else {
         return;
-    }
-    let fleet = Fleet::start(3).unwrap();
+    };
     let (d, _) = converged_fleet(&fleet);
     fleet
         .host(0)
@@ -280,10 +270,12 @@ async fn a_memory_limit_changed_by_hand_plans_memory_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_on_a_declared_port_blocks_the_start_and_is_left_running() {
-    if !skip_unless_e2e("a_stranger_on_a_declared_port_blocks_the_start_and_is_left_running") {
+    let Some(fleet) = fleet(
+        "a_stranger_on_a_declared_port_blocks_the_start_and_is_left_running",
+        3,
+    ) else {
         return;
-    }
-    let fleet = Fleet::start(3).unwrap();
+    };
     let d = one_per_host(&fleet);
     let h = fleet.host(2);
     let stranger = start(
@@ -315,10 +307,12 @@ async fn a_stranger_on_a_declared_port_blocks_the_start_and_is_left_running() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_whose_link_is_down_is_unreachable_while_the_others_are_planned() {
-    if !skip_unless_e2e("a_host_whose_link_is_down_is_unreachable_while_the_others_are_planned") {
+    let Some(fleet) = fleet(
+        "a_host_whose_link_is_down_is_unreachable_while_the_others_are_planned",
+        3,
+    ) else {
         return;
-    }
-    let fleet = Fleet::start(3).unwrap();
+    };
     let (d, _) = converged_fleet(&fleet);
     fleet.host(1).link_down().unwrap();
     let (_, p) = observe_and_plan(&pool(), &d).await;
@@ -413,12 +407,12 @@ fn manifests_for(fleet: &Fleet, dir: &std::path::Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tend_plan_prints_the_diff_and_exits_by_whether_the_selected_hosts_are_in_sync() {
-    if !skip_unless_e2e(
+    let Some(fleet) = fleet(
         "tend_plan_prints_the_diff_and_exits_by_whether_the_selected_hosts_are_in_sync",
-    ) {
+        3,
+    ) else {
         return;
-    }
-    let fleet = Fleet::start(3).unwrap();
+    };
     let tmp = tempfile::tempdir().unwrap();
     manifests_for(&fleet, tmp.path());
     let loaded = tend::manifest::load_path(tmp.path(), tend::manifest::Secrets::Resolve).unwrap();
@@ -451,12 +445,12 @@ async fn tend_plan_prints_the_diff_and_exits_by_whether_the_selected_hosts_are_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn later_probes_verify_the_known_sockets_and_still_find_a_stranger_after_a_kill() {
-    if !skip_unless_e2e(
+    let Some(fleet) = fleet(
         "later_probes_verify_the_known_sockets_and_still_find_a_stranger_after_a_kill",
-    ) {
+        2,
+    ) else {
         return;
-    }
-    let fleet = Fleet::start(2).unwrap();
+    };
     let (d, pids) = converged_fleet(&fleet);
     let pool = pool();
     let (first, p) = observe_and_plan(&pool, &d).await;
@@ -464,7 +458,10 @@ async fn later_probes_verify_the_known_sockets_and_still_find_a_stranger_after_a
     for h in fleet.hosts() {
         let opts = tend::observe::options_for(&d, &h.name);
         assert!(
-            !pool.sockets().known(&h.name, &opts).is_empty(),
+            !pool
+                .memory::<SocketCache>()
+                .known(&h.name, &opts)
+                .is_empty(),
             "nothing to verify next time on {}",
             h.name
         );

@@ -1,13 +1,12 @@
 //! The test bed itself: hosts come up isolated from each other and go away.
 
-use tend_e2e::testbed::{skip_unless_e2e, Fleet};
+use super::common::{self, fleet};
 
 #[test]
 fn three_hosts_have_their_own_hostname_files_and_cgroups() {
-    if !skip_unless_e2e("three_hosts_have_their_own_hostname_files_and_cgroups") {
+    let Some(fleet) = fleet("three_hosts_have_their_own_hostname_files_and_cgroups", 3) else {
         return;
-    }
-    let fleet = Fleet::start(3).unwrap();
+    };
     for (i, h) in fleet.hosts().iter().enumerate() {
         assert_eq!(h.exec_ok("hostname").unwrap().trim(), format!("host{i}"));
         h.exec_ok(&format!("echo {i} > /srv/mine")).unwrap();
@@ -36,10 +35,9 @@ fn three_hosts_have_their_own_hostname_files_and_cgroups() {
 
 #[test]
 fn a_dropped_fleet_leaves_no_namespaces_links_or_files() {
-    if !skip_unless_e2e("a_dropped_fleet_leaves_no_namespaces_links_or_files") {
+    let Some(fleet) = fleet("a_dropped_fleet_leaves_no_namespaces_links_or_files", 2) else {
         return;
-    }
-    let fleet = Fleet::start(2).unwrap();
+    };
     let n = fleet.number();
     let dir = fleet.dir().to_path_buf();
     let ns = fleet.host(0).netns.clone();
@@ -64,32 +62,12 @@ fn a_dropped_fleet_leaves_no_namespaces_links_or_files() {
 
 #[test]
 fn the_openssh_client_logs_in_with_both_fleet_keys() {
-    if !skip_unless_e2e("the_openssh_client_logs_in_with_both_fleet_keys") {
+    let Some(fleet) = fleet("the_openssh_client_logs_in_with_both_fleet_keys", 1) else {
         return;
-    }
-    let fleet = Fleet::start(1).unwrap();
+    };
     let h = fleet.host(0);
     for key in [fleet.ed25519_key(), fleet.rsa_key()] {
-        let out = std::process::Command::new("ssh")
-            .args([
-                "-F",
-                "/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=yes",
-            ])
-            .arg("-o")
-            .arg(format!(
-                "UserKnownHostsFile={}",
-                fleet.known_hosts().display()
-            ))
-            .arg("-i")
-            .arg(key)
-            .arg(format!("root@{}", h.ip))
-            .arg("hostname")
-            .output()
-            .unwrap();
+        let out = common::openssh(fleet.known_hosts(), key, &h.ip, "hostname");
         assert!(
             out.status.success(),
             "{}",

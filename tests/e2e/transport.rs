@@ -1,23 +1,17 @@
 //! The SSH transport against real OpenSSH sshd hosts.
 
+use super::common::{self, fleet};
 use std::sync::Arc;
 use std::time::Duration;
 use tend::model::{Address, Host, SshTarget};
 use tend::transport::hostkey;
 use tend::transport::pool::{Pool, PoolOptions};
 use tend::transport::TransportError;
-use tend_e2e::testbed::{skip_unless_e2e, Fleet, TestHost};
+use tend_e2e::testbed::TestHost;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn pool() -> Pool {
-    Pool::new(PoolOptions {
-        connect_timeout: Duration::from_secs(3),
-        exec_timeout: Some(Duration::from_secs(60)),
-        keepalive: Some(Duration::from_secs(5)),
-        default_identity: None,
-        known_hosts: None,
-        max_channels: 8,
-    })
+    common::test_pool(Duration::from_secs(60))
 }
 
 /// The host as tend sees it, with its ssh target changed by `f`.
@@ -53,10 +47,12 @@ fn expect_host_key_error(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ed25519_key_runs_a_script_with_exact_output_and_status_on_every_host() {
-    if !skip_unless_e2e("an_ed25519_key_runs_a_script_with_exact_output_and_status_on_every_host") {
+    let Some(fleet) = fleet(
+        "an_ed25519_key_runs_a_script_with_exact_output_and_status_on_every_host",
+        3,
+    ) else {
         return;
-    }
-    let fleet = Fleet::start(3).unwrap();
+    };
     let pool = pool();
     for h in fleet.hosts() {
         let t = pool.get(&h.tend_host()).unwrap();
@@ -83,10 +79,9 @@ async fn an_ed25519_key_runs_a_script_with_exact_output_and_status_on_every_host
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_rsa_key_logs_in_in_pem_and_in_openssh_format() {
-    if !skip_unless_e2e("an_rsa_key_logs_in_in_pem_and_in_openssh_format") {
+    let Some(fleet) = fleet("an_rsa_key_logs_in_in_pem_and_in_openssh_format", 3) else {
         return;
-    }
-    let fleet = Fleet::start(3).unwrap();
+    };
     let pem = fleet.rsa_key().to_path_buf();
     assert!(std::fs::read_to_string(&pem)
         .unwrap()
@@ -125,10 +120,9 @@ async fn an_rsa_key_logs_in_in_pem_and_in_openssh_format() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_the_host_does_not_authorize_is_an_auth_error() {
-    if !skip_unless_e2e("a_key_the_host_does_not_authorize_is_an_auth_error") {
+    let Some(fleet) = fleet("a_key_the_host_does_not_authorize_is_an_auth_error", 1) else {
         return;
-    }
-    let fleet = Fleet::start(1).unwrap();
+    };
     let dir = tempfile::tempdir().unwrap();
     let stranger = dir.path().join("stranger");
     let st = std::process::Command::new("ssh-keygen")
@@ -148,10 +142,12 @@ async fn a_key_the_host_does_not_authorize_is_an_auth_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdin_bytes_arrive_exactly_and_large_output_comes_back_whole() {
-    if !skip_unless_e2e("stdin_bytes_arrive_exactly_and_large_output_comes_back_whole") {
+    let Some(fleet) = fleet(
+        "stdin_bytes_arrive_exactly_and_large_output_comes_back_whole",
+        3,
+    ) else {
         return;
-    }
-    let fleet = Fleet::start(3).unwrap();
+    };
     let pool = pool();
     let data: Vec<u8> = (0..=255u8).cycle().take(3 * 1024 * 1024 + 17).collect();
     for h in fleet.hosts() {
@@ -174,10 +170,9 @@ async fn stdin_bytes_arrive_exactly_and_large_output_comes_back_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_script_runs_whole() {
-    if !skip_unless_e2e("a_large_script_runs_whole") {
+    let Some(fleet) = fleet("a_large_script_runs_whole", 1) else {
         return;
-    }
-    let fleet = Fleet::start(1).unwrap();
+    };
     let t = pool().get(&fleet.host(0).tend_host()).unwrap();
     let mut script = String::new();
     for i in 0..4000 {
@@ -198,22 +193,12 @@ async fn a_large_script_runs_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_host_key_is_refused() {
-    if !skip_unless_e2e("an_unknown_host_key_is_refused") {
+    let Some(fleet) = fleet("an_unknown_host_key_is_refused", 3) else {
         return;
-    }
-    let fleet = Fleet::start(3).unwrap();
+    };
     let dir = tempfile::tempdir().unwrap();
-    let kh = dir.path().join("known_hosts");
     // Knows the other hosts, not host0.
-    std::fs::write(
-        &kh,
-        format!(
-            "{}\n{}\n",
-            fleet.host(1).known_hosts_line(),
-            fleet.host(2).known_hosts_line()
-        ),
-    )
-    .unwrap();
+    let kh = common::known_hosts(dir.path(), &[fleet.host(1), fleet.host(2)]);
     let h = fleet.host(0);
     let pool = pool();
     let t = pool
@@ -246,10 +231,9 @@ async fn an_unknown_host_key_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_host_key_is_refused() {
-    if !skip_unless_e2e("a_changed_host_key_is_refused") {
+    let Some(fleet) = fleet("a_changed_host_key_is_refused", 3) else {
         return;
-    }
-    let fleet = Fleet::start(3).unwrap();
+    };
     let dir = tempfile::tempdir().unwrap();
     let pool = pool();
     // Pinned: host0 pinned with host1's key.
@@ -277,10 +261,9 @@ async fn a_changed_host_key_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_known_hosts_key_is_refused() {
-    if !skip_unless_e2e("a_revoked_known_hosts_key_is_refused") {
+    let Some(fleet) = fleet("a_revoked_known_hosts_key_is_refused", 3) else {
         return;
-    }
-    let fleet = Fleet::start(3).unwrap();
+    };
     let dir = tempfile::tempdir().unwrap();
     let kh = dir.path().join("known_hosts");
     let h = fleet.host(1);
@@ -306,32 +289,15 @@ async fn a_revoked_known_hosts_key_is_refused() {
             .success());
     }
     // OpenSSH agrees.
-    let out = std::process::Command::new("ssh")
-        .args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=yes",
-        ])
-        .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", kh.display()))
-        .arg("-i")
-        .arg(fleet.ed25519_key())
-        .arg(format!("root@{}", h.ip))
-        .arg("true")
-        .output()
-        .unwrap();
+    let out = common::openssh(&kh, fleet.ed25519_key(), &h.ip, "true");
     assert_eq!(out.status.code(), Some(255));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hashed_and_bracketed_known_hosts_entries_are_accepted() {
-    if !skip_unless_e2e("hashed_and_bracketed_known_hosts_entries_are_accepted") {
+    let Some(fleet) = fleet("hashed_and_bracketed_known_hosts_entries_are_accepted", 3) else {
         return;
-    }
-    let fleet = Fleet::start(3).unwrap();
+    };
     let dir = tempfile::tempdir().unwrap();
     let kh = dir.path().join("known_hosts");
     let alt = tend_e2e::testbed::ALT_PORT;
@@ -381,10 +347,12 @@ async fn hashed_and_bracketed_known_hosts_entries_are_accepted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_with_its_link_down_times_out_while_the_others_answer() {
-    if !skip_unless_e2e("a_host_with_its_link_down_times_out_while_the_others_answer") {
+    let Some(fleet) = fleet(
+        "a_host_with_its_link_down_times_out_while_the_others_answer",
+        3,
+    ) else {
         return;
-    }
-    let fleet = Fleet::start(3).unwrap();
+    };
     let pool = Arc::new(Pool::new(PoolOptions {
         connect_timeout: Duration::from_secs(2),
         exec_timeout: Some(Duration::from_secs(5)),
@@ -438,10 +406,12 @@ async fn a_host_with_its_link_down_times_out_while_the_others_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_cut_under_a_kept_connection_gives_timeout_then_recovers() {
-    if !skip_unless_e2e("a_link_cut_under_a_kept_connection_gives_timeout_then_recovers") {
+    let Some(fleet) = fleet(
+        "a_link_cut_under_a_kept_connection_gives_timeout_then_recovers",
+        1,
+    ) else {
         return;
-    }
-    let fleet = Fleet::start(1).unwrap();
+    };
     let pool = Pool::new(PoolOptions {
         connect_timeout: Duration::from_secs(2),
         exec_timeout: Some(Duration::from_secs(4)),
@@ -460,10 +430,9 @@ async fn a_link_cut_under_a_kept_connection_gives_timeout_then_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_reconnects_after_sshd_is_killed_and_restarted() {
-    if !skip_unless_e2e("the_pool_reconnects_after_sshd_is_killed_and_restarted") {
+    let Some(fleet) = fleet("the_pool_reconnects_after_sshd_is_killed_and_restarted", 3) else {
         return;
-    }
-    let fleet = Fleet::start(3).unwrap();
+    };
     let pool = pool();
     let h = fleet.host(2);
     let t = pool.get(&h.tend_host()).unwrap();
@@ -493,10 +462,9 @@ async fn the_pool_reconnects_after_sshd_is_killed_and_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_execs_in_a_row_open_exactly_one_connection() {
-    if !skip_unless_e2e("twenty_execs_in_a_row_open_exactly_one_connection") {
+    let Some(fleet) = fleet("twenty_execs_in_a_row_open_exactly_one_connection", 3) else {
         return;
-    }
-    let fleet = Fleet::start(3).unwrap();
+    };
     let pool = pool();
     let h = fleet.host(0);
     let before = h.accepted_logins();
@@ -524,10 +492,9 @@ async fn twenty_execs_in_a_row_open_exactly_one_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_concurrent_execs_on_one_host_all_succeed() {
-    if !skip_unless_e2e("thirty_concurrent_execs_on_one_host_all_succeed") {
+    let Some(fleet) = fleet("thirty_concurrent_execs_on_one_host_all_succeed", 3) else {
         return;
-    }
-    let fleet = Fleet::start(3).unwrap();
+    };
     let pool = pool();
     let t = pool.get(&fleet.host(1).tend_host()).unwrap();
     let mut tasks = tokio::task::JoinSet::new();
@@ -549,10 +516,12 @@ async fn thirty_concurrent_execs_on_one_host_all_succeed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_tcp_reaches_a_listener_on_the_hosts_own_loopback() {
-    if !skip_unless_e2e("connect_tcp_reaches_a_listener_on_the_hosts_own_loopback") {
+    let Some(fleet) = fleet(
+        "connect_tcp_reaches_a_listener_on_the_hosts_own_loopback",
+        3,
+    ) else {
         return;
-    }
-    let fleet = Fleet::start(3).unwrap();
+    };
     let h = fleet.host(2);
     h.exec_ok("mkdir -p /srv/www && printf 'hello from host2' > /srv/www/hello.txt")
         .unwrap();
@@ -597,10 +566,12 @@ async fn connect_tcp_reaches_a_listener_on_the_hosts_own_loopback() {
 #[test]
 fn any_quoted_string_arrives_on_the_host_as_exactly_its_bytes() {
     use proptest::prelude::*;
-    if !skip_unless_e2e("any_quoted_string_arrives_on_the_host_as_exactly_its_bytes") {
+    let Some(fleet) = fleet(
+        "any_quoted_string_arrives_on_the_host_as_exactly_its_bytes",
+        1,
+    ) else {
         return;
-    }
-    let fleet = Fleet::start(1).unwrap();
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let pool = pool();
     let t = pool.get(&fleet.host(0).tend_host()).unwrap();
@@ -636,12 +607,12 @@ fn any_quoted_string_arrives_on_the_host_as_exactly_its_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_dies_mid_script_is_lost_not_hung_and_the_next_exec_reconnects() {
-    if !skip_unless_e2e(
+    let Some(fleet) = fleet(
         "a_connection_that_dies_mid_script_is_lost_not_hung_and_the_next_exec_reconnects",
-    ) {
+        1,
+    ) else {
         return;
-    }
-    let fleet = Fleet::start(1).unwrap();
+    };
     let pool = pool();
     let t = pool.get(&fleet.host(0).tend_host()).unwrap();
     // The script kills the sshd process serving its own connection while
@@ -656,10 +627,9 @@ async fn a_connection_that_dies_mid_script_is_lost_not_hung_and_the_next_exec_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_trusted_only_by_its_rsa_host_key_is_accepted() {
-    if !skip_unless_e2e("a_host_trusted_only_by_its_rsa_host_key_is_accepted") {
+    let Some(fleet) = fleet("a_host_trusted_only_by_its_rsa_host_key_is_accepted", 2) else {
         return;
-    }
-    let fleet = Fleet::start(2).unwrap();
+    };
     let dir = tempfile::tempdir().unwrap();
     let pool = pool();
     // Pinned: sshd offers ed25519 first unless told what we can check.

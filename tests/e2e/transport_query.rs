@@ -1,19 +1,12 @@
 //! Queries (the probe's path) on the shell kept open per connection.
 
+use super::common::{self, fleet};
 use std::time::Duration;
-use tend::transport::pool::{Pool, PoolOptions};
+use tend::transport::pool::Pool;
 use tend::transport::Transport;
-use tend_e2e::testbed::{skip_unless_e2e, Fleet};
 
 fn pool() -> Pool {
-    Pool::new(PoolOptions {
-        connect_timeout: Duration::from_secs(3),
-        exec_timeout: Some(Duration::from_secs(60)),
-        keepalive: Some(Duration::from_secs(5)),
-        default_identity: None,
-        known_hosts: None,
-        max_channels: 8,
-    })
+    common::test_pool(Duration::from_secs(60))
 }
 
 /// The pid of the shell that runs queries (`$$` in a subshell is its parent's).
@@ -37,10 +30,9 @@ fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_share_one_kept_shell_yet_each_starts_clean() {
-    if !skip_unless_e2e("queries_share_one_kept_shell_yet_each_starts_clean") {
+    let Some(fleet) = fleet("queries_share_one_kept_shell_yet_each_starts_clean", 1) else {
         return;
-    }
-    let fleet = Fleet::start(1).unwrap();
+    };
     let pool = pool();
     let h = fleet.host(0);
     let logins = h.accepted_logins();
@@ -72,10 +64,12 @@ async fn queries_share_one_kept_shell_yet_each_starts_clean() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_with_a_syntax_error_fails_alone_and_the_shell_answers_the_next() {
-    if !skip_unless_e2e("a_query_with_a_syntax_error_fails_alone_and_the_shell_answers_the_next") {
+    let Some(fleet) = fleet(
+        "a_query_with_a_syntax_error_fails_alone_and_the_shell_answers_the_next",
+        1,
+    ) else {
         return;
-    }
-    let fleet = Fleet::start(1).unwrap();
+    };
     let pool = pool();
     let t = pool.get(&fleet.host(0).tend_host()).unwrap();
     let pid = shell_pid(t.as_ref()).await;
@@ -87,10 +81,9 @@ async fn a_query_with_a_syntax_error_fails_alone_and_the_shell_answers_the_next(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_kept_shell_is_replaced_on_the_same_connection() {
-    if !skip_unless_e2e("a_killed_kept_shell_is_replaced_on_the_same_connection") {
+    let Some(fleet) = fleet("a_killed_kept_shell_is_replaced_on_the_same_connection", 1) else {
         return;
-    }
-    let fleet = Fleet::start(1).unwrap();
+    };
     let pool = pool();
     let h = fleet.host(0);
     let t = pool.get(&h.tend_host()).unwrap();
@@ -103,11 +96,12 @@ async fn a_killed_kept_shell_is_replaced_on_the_same_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_cut_off_by_a_timeout_closes_its_shell_and_the_next_gets_a_new_one() {
-    if !skip_unless_e2e("a_query_cut_off_by_a_timeout_closes_its_shell_and_the_next_gets_a_new_one")
-    {
+    let Some(fleet) = fleet(
+        "a_query_cut_off_by_a_timeout_closes_its_shell_and_the_next_gets_a_new_one",
+        1,
+    ) else {
         return;
-    }
-    let fleet = Fleet::start(1).unwrap();
+    };
     let pool = pool();
     let h = fleet.host(0);
     let t = pool.get(&h.tend_host()).unwrap();
@@ -130,10 +124,9 @@ async fn a_query_cut_off_by_a_timeout_closes_its_shell_and_the_next_gets_a_new_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_survive_sshd_restarts_by_reconnecting() {
-    if !skip_unless_e2e("queries_survive_sshd_restarts_by_reconnecting") {
+    let Some(fleet) = fleet("queries_survive_sshd_restarts_by_reconnecting", 1) else {
         return;
-    }
-    let fleet = Fleet::start(1).unwrap();
+    };
     let pool = pool();
     let h = fleet.host(0);
     let t = pool.get(&h.tend_host()).unwrap();
@@ -148,10 +141,9 @@ async fn queries_survive_sshd_restarts_by_reconnecting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prelude_is_defined_once_per_kept_shell() {
-    if !skip_unless_e2e("a_prelude_is_defined_once_per_kept_shell") {
+    let Some(fleet) = fleet("a_prelude_is_defined_once_per_kept_shell", 1) else {
         return;
-    }
-    let fleet = Fleet::start(1).unwrap();
+    };
     let pool = pool();
     let h = fleet.host(0);
     let t = pool.get(&h.tend_host()).unwrap();

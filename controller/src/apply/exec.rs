@@ -469,7 +469,7 @@ async fn restart_inner(run: &mut Run<'_>) -> Result<ActionOutcome, StepError> {
         return Ok(ActionOutcome::Skipped("no record on the host".into()));
     };
     let rec = o.record.clone();
-    let kind = rec.runtime.unwrap_or(crate::model::RuntimeKind::Process);
+    let kind = rec.runtime.unwrap_or(crate::record::RuntimeKind::Process);
     let rt = runtime::for_kind(kind);
     let mut body = rt.stop(&root, &svc)?;
     body.push_str(&runtime::switch(&root, &svc, &rec.release)?);
@@ -561,7 +561,7 @@ async fn prune(run: &mut Run<'_>) -> ActionOutcome {
         return ActionOutcome::Skipped("no record of it on the host".into());
     };
     let mut body = String::new();
-    for k in [kind.unwrap_or(crate::model::RuntimeKind::Process)] {
+    for k in [kind.unwrap_or(crate::record::RuntimeKind::Process)] {
         match runtime::for_kind(k).remove(&root, &svc) {
             Ok(b) => body.push_str(&b),
             Err(e) => return fail(e.into()),

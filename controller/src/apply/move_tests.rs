@@ -2,8 +2,9 @@
 //! real processes on two local hosts (two roots), real scripts.
 
 use super::{converge, ActionOutcome, ApplyOptions};
-use crate::model::{Address, Delivery, Desired, Host, RuntimeKind, Service};
+use crate::model::{Address, Delivery, Desired, Host, Service};
 use crate::plan::ActionKind;
+use crate::record::RuntimeKind;
 use crate::transport::pool::{Pool, PoolOptions};
 use std::collections::BTreeMap;
 

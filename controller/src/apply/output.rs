@@ -73,7 +73,7 @@ mod tests {
             name: "x".into(),
             labels: Default::default(),
             host: "h".into(),
-            runtime: crate::model::RuntimeKind::Process,
+            runtime: crate::record::RuntimeKind::Process,
             version: "1".into(),
             delivery: crate::model::Delivery::None,
             install: vec![],

@@ -3,8 +3,8 @@
 
 use super::exec::deploy_plan;
 use super::lock::{wrap, HostLock, Owner};
-use crate::model::{Delivery, EnvValue, RuntimeKind, Service, SourceFile, SourceTree};
-use crate::record::Record;
+use crate::model::{Delivery, EnvValue, Service, SourceFile, SourceTree};
+use crate::record::{Record, RuntimeKind};
 use crate::runtime::{self, Runtime};
 use crate::transport::local::LocalTransport;
 use crate::transport::Transport;

@@ -211,8 +211,8 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Address, CgroupMode, Delivery, Host, HostFacts, RuntimeKind};
-    use crate::record::Record;
+    use crate::model::{Address, CgroupMode, Delivery, Host, HostFacts};
+    use crate::record::{Record, RuntimeKind};
     use std::time::Duration;
 
     const HOST: &str = "h";

@@ -125,7 +125,13 @@ impl Engine {
             Err(e) => return Observation::unreachable(e.metric_label(), e.to_string()),
         };
         let opts = observe::options_for(desired, &host.name);
-        observe::observe_host_cached(t.as_ref(), host, &opts, Some(self.pool.sockets())).await
+        observe::observe_host_cached(
+            t.as_ref(),
+            host,
+            &opts,
+            Some(&self.pool.memory::<observe::SocketCache>()),
+        )
+        .await
     }
 
     /// One health check of `service` on `host` through its transport (an

@@ -1,12 +1,15 @@
 //! Manifests: YAML documents in a repository tree → the resolved [`Desired`] state.
 //!
-//! `raw` holds the types as written (serde + JSON Schema), `load` finds files
-//! and parses them, `validate` applies every rule and resolves values. Problems
+//! `raw` holds the types as written (serde + JSON Schema), `node` the untyped
+//! tree read first, `tree` the files they come from; `load` finds files and
+//! parses them, `validate` applies every rule and resolves values. Problems
 //! are collected, never stopped at: one run reports all of them.
 
 mod load;
+pub mod node;
 pub mod raw;
 pub mod schema;
+mod tree;
 mod validate;
 
 use crate::model::Desired;

@@ -1,5 +1,10 @@
+//! The manifest rules, case by case: each test is one document and what
+//! validation says of it, so the file is long the way a table is; helpers at
+//! the top, one test per rule or refusal below.
+
 use super::*;
-use crate::model::{Address, Delivery, HealthCheck, RuntimeKind};
+use crate::model::{Address, Delivery, HealthCheck};
+use crate::record::RuntimeKind;
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 

@@ -8,6 +8,7 @@
 
 use super::ProbeOptions;
 use crate::model::{HeldSocket, Observation};
+use crate::transport::pool::HostMemory;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -58,8 +59,11 @@ impl SocketCache {
             }
         }
     }
+}
 
-    pub fn forget(&self, host: &str) {
+/// Kept in the transport pool, so a host's sockets go with its connection.
+impl HostMemory for SocketCache {
+    fn forget(&self, host: &str) {
         let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
         hosts.remove(host);
     }

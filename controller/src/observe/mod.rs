@@ -156,7 +156,7 @@ fn apply_tcp_checks(st: &mut crate::model::HostState, opts: &ProbeOptions) {
 pub trait Transports: Send + Sync {
     fn transport(&self, host: &Host) -> Result<Arc<dyn Transport>, TransportError>;
     /// Where probes remember each host's sockets (None: always walk the table).
-    fn sockets(&self) -> Option<&SocketCache> {
+    fn sockets(&self) -> Option<SocketCache> {
         None
     }
 }
@@ -165,8 +165,8 @@ impl Transports for Pool {
     fn transport(&self, host: &Host) -> Result<Arc<dyn Transport>, TransportError> {
         self.get(host)
     }
-    fn sockets(&self) -> Option<&SocketCache> {
-        Some(Pool::sockets(self))
+    fn sockets(&self) -> Option<SocketCache> {
+        Some(SocketCache::clone(&self.memory()))
     }
 }
 
@@ -214,7 +214,7 @@ pub async fn observe_all_with(
         let host = host.clone();
         let opts = options_for(desired, name);
         let limit = limit.clone();
-        let cache = transports.sockets().cloned();
+        let cache = transports.sockets();
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
             let probe = observe_host_cached(t.as_ref(), &host, &opts, cache.as_ref());

@@ -22,10 +22,8 @@
 //! ```
 
 use super::ObserveError;
-use crate::model::{
-    CgroupMode, HeldSocket, HostFacts, HostState, Listener, ObservedService, RuntimeKind,
-};
-use crate::record::Record;
+use crate::model::{CgroupMode, HeldSocket, HostFacts, HostState, Listener, ObservedService};
+use crate::record::{Record, RuntimeKind};
 use std::collections::{BTreeMap, HashMap};
 
 const HEADER: &str = "tend-probe 1";

@@ -1,8 +1,10 @@
+//! The probe against a real `sh` on this machine and its parser on recorded
+//! output: long because each case is a small host state written out in full
+//! (records, /proc, sockets) next to what the probe must make of it.
+
 use super::*;
-use crate::model::{
-    Address, CgroupMode, HeldSocket, Host, HostState, Listener, Observation, RuntimeKind,
-};
-use crate::record::Record;
+use crate::model::{Address, CgroupMode, HeldSocket, Host, HostState, Listener, Observation};
+use crate::record::{Record, RuntimeKind};
 use crate::transport::local::LocalTransport;
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};

@@ -2,9 +2,9 @@ use super::*;
 use crate::instance::InstanceId;
 use crate::model::{
     Address, CgroupMode, Delivery, Desired, Host, HostFacts, HostState, Listener, Observation,
-    ObservedService, RuntimeKind, Service,
+    ObservedService, Service,
 };
-use crate::record::Record;
+use crate::record::{Record, RuntimeKind};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 

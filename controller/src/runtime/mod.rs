@@ -18,8 +18,8 @@ pub mod podman;
 pub mod process;
 pub mod systemd;
 
-use crate::model::{Delivery, EnvValue, RuntimeKind, Service};
-use crate::record::{escape, Record};
+use crate::model::{Delivery, EnvValue, Service};
+use crate::record::{escape, Record, RuntimeKind};
 use crate::shell::{quote, ShellError};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

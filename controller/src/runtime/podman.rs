@@ -7,7 +7,8 @@
 
 use super::REMOVE_COMMON;
 use super::{q, q_argv, vars, Release, Runtime, RuntimeError, FN_ALIVE, FN_WRITE_RECORD};
-use crate::model::{Delivery, RuntimeKind};
+use crate::model::Delivery;
+use crate::record::RuntimeKind;
 use std::fmt::Write as _;
 
 pub struct Podman;

@@ -5,7 +5,7 @@
 
 use super::{q, q_argv, vars, Release, Runtime, RuntimeError, FN_ALIVE, FN_RECORDED_PID};
 use super::{FN_WRITE_RECORD, REMOVE_COMMON};
-use crate::model::RuntimeKind;
+use crate::record::RuntimeKind;
 use std::fmt::Write as _;
 
 pub struct Process;

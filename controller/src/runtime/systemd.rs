@@ -13,7 +13,7 @@
 //!   moment the count can be read. On v2 `$SERVICE_RESULT` says `oom-kill`.
 
 use super::{q, vars, Release, Runtime, RuntimeError, FN_ALIVE, FN_WRITE_RECORD, REMOVE_COMMON};
-use crate::model::RuntimeKind;
+use crate::record::RuntimeKind;
 use std::fmt::Write as _;
 
 pub struct Systemd {

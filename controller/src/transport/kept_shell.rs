@@ -14,7 +14,7 @@
 //! never a shell left waiting for the rest of a quote. The mark holds 128
 //! random bits, so no output can end a query early.
 
-use super::ssh::Conn;
+use super::conn::Conn;
 use super::ExecOutput;
 use russh::client::Msg;
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};

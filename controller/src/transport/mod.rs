@@ -4,6 +4,7 @@
 //! tend runs on). A transport knows nothing of services: runtimes render the
 //! scripts, stages decide what to run.
 
+mod conn;
 pub mod hostkey;
 mod kept_shell;
 pub mod local;

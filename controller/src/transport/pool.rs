@@ -4,7 +4,7 @@ use super::local::LocalTransport;
 use super::ssh::{SshOptions, SshTransport};
 use super::{Transport, TransportError, TransportStats};
 use crate::model::{Address, Host};
-use crate::observe::SocketCache;
+use std::any::Any;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -39,6 +39,14 @@ impl Default for PoolOptions {
     }
 }
 
+/// What a higher layer remembers per host beside the pool's transports
+/// (observe: the sockets each probe saw). Opaque here: the pool only tells
+/// it to forget a host whose transport is replaced or dropped, since what it
+/// holds was learned over that connection.
+pub trait HostMemory: Any + Send + Sync {
+    fn forget(&self, host: &str);
+}
+
 struct Entry {
     address: Address,
     transport: Arc<dyn Transport>,
@@ -49,9 +57,9 @@ pub struct Pool {
     entries: Mutex<HashMap<String, Entry>>,
     /// Counters of transports replaced or dropped, so totals never go down.
     retired: TransportStats,
-    /// What the last probe of each host learned about its sockets: it lives
-    /// as long as the connections do, and is dropped with them.
-    sockets: SocketCache,
+    /// Per-host memories of higher layers, one of each type, made on first
+    /// use: they live as long as the connections do.
+    memories: Mutex<Vec<Arc<dyn HostMemory>>>,
 }
 
 impl Pool {
@@ -60,12 +68,29 @@ impl Pool {
             opts,
             entries: Mutex::new(HashMap::new()),
             retired: TransportStats::default(),
-            sockets: SocketCache::default(),
+            memories: Mutex::new(Vec::new()),
         }
     }
 
-    pub fn sockets(&self) -> &SocketCache {
-        &self.sockets
+    /// The pool's `T` (one per pool, made on first use).
+    pub fn memory<T: HostMemory + Default>(&self) -> Arc<T> {
+        let mut all = self.memories.lock().unwrap_or_else(|p| p.into_inner());
+        for m in all.iter() {
+            let any: Arc<dyn Any + Send + Sync> = m.clone();
+            if let Ok(t) = any.downcast::<T>() {
+                return t;
+            }
+        }
+        let t = Arc::new(T::default());
+        all.push(t.clone());
+        t
+    }
+
+    fn forget(&self, host: &str) {
+        let all = self.memories.lock().unwrap_or_else(|p| p.into_inner());
+        for m in all.iter() {
+            m.forget(host);
+        }
     }
 
     pub fn options(&self) -> &PoolOptions {
@@ -97,7 +122,7 @@ impl Pool {
             },
         ) {
             self.retire(old.transport.stats());
-            self.sockets.forget(&host.name);
+            self.forget(&host.name);
         }
         Ok(transport)
     }
@@ -107,7 +132,7 @@ impl Pool {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let gone: Vec<String> = entries.keys().filter(|k| !keep(k)).cloned().collect();
         for k in gone {
-            self.sockets.forget(&k);
+            self.forget(&k);
             if let Some(e) = entries.remove(&k) {
                 self.retire(e.transport.stats());
             }
@@ -216,6 +241,36 @@ mod tests {
         assert!(!Arc::ptr_eq(&a, &b));
         assert_eq!(pool.total_stats().execs(), 1);
         assert_eq!(pool.stats("a").unwrap().execs(), 0);
+    }
+
+    /// Records the hosts it is told to forget.
+    #[derive(Default)]
+    struct Forgot(Mutex<Vec<String>>);
+
+    impl HostMemory for Forgot {
+        fn forget(&self, host: &str) {
+            self.0.lock().unwrap().push(host.to_string());
+        }
+    }
+
+    #[test]
+    fn a_memory_is_one_per_pool_and_forgets_hosts_whose_transport_goes() {
+        let pool = Pool::new(PoolOptions::default());
+        let forgot = pool.memory::<Forgot>();
+        assert!(Arc::ptr_eq(&forgot, &pool.memory::<Forgot>()));
+        pool.get(&host("a", Address::Local)).unwrap();
+        pool.get(&host("b", Address::Local)).unwrap();
+        pool.get(&host("a", Address::Local)).unwrap();
+        assert!(
+            forgot.0.lock().unwrap().is_empty(),
+            "same address, same transport"
+        );
+        let pin =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGnst4mKePMqZT/3w8l/8WAIgdmrLutHhTtjJNp63fL6"
+                .to_string();
+        pool.get(&host("a", ssh("127.0.0.1", vec![pin]))).unwrap();
+        pool.retain(|h| h != "b");
+        assert_eq!(*forgot.0.lock().unwrap(), ["a", "b"]);
     }
 
     #[test]

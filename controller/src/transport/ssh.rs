@@ -9,19 +9,19 @@
 //! connection is reopened once for a fresh exec; a script that may have
 //! started is never re-run.
 
-use super::hostkey::{self, Trust};
+use super::conn::{Conn, Dial};
+use super::hostkey::Trust;
 use super::kept_shell::{KeptShell, ShellFailure};
 use super::{ExecOutput, Stream, Transport, TransportError, TransportStats};
 use crate::model::SshTarget;
 use async_trait::async_trait;
-use russh::client::{self, Handle, Msg};
-use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::client::Msg;
 use russh::{Channel, ChannelMsg};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Mutex, OwnedSemaphorePermit};
 
 /// How one SSH transport behaves; filled in by the pool.
 #[derive(Debug, Clone)]
@@ -54,11 +54,6 @@ impl Default for SshOptions {
 
 /// How often a refused channel open is retried on a live connection.
 const MAX_REFUSALS: u32 = 50;
-
-pub(super) struct Conn {
-    handle: Handle<Client>,
-    channels: Arc<Semaphore>,
-}
 
 pub struct SshTransport {
     /// The Host's name, used in every error.
@@ -170,7 +165,7 @@ impl SshTransport {
             }
         }
         let t = self.opts.connect_timeout;
-        let res = match tokio::time::timeout(t, self.connect()).await {
+        let res = match tokio::time::timeout(t, Conn::open(self.dial())).await {
             Ok(r) => r,
             Err(_) => Err(self.timeout_err(t)),
         };
@@ -197,95 +192,15 @@ impl SshTransport {
         }
     }
 
-    /// Host key algorithms we hold trusted keys of go first, so a host with
-    /// several keys shows the one we can check (as OpenSSH does).
-    fn client_config(&self) -> client::Config {
-        let mut preferred = russh::Preferred::default();
-        let trusted =
-            hostkey::trusted_algorithms(&self.trust, &self.target.address, self.target.port);
-        if !trusted.is_empty() {
-            let mut order: Vec<russh::keys::Algorithm> = Vec::new();
-            for a in trusted.iter().chain(preferred.key.iter()) {
-                if !order.contains(a) {
-                    order.push(a.clone());
-                }
-            }
-            preferred.key = order.into();
+    fn dial(&self) -> Dial<'_> {
+        Dial {
+            name: &self.name,
+            target: &self.target,
+            trust: &self.trust,
+            identity: self.identity.as_ref(),
+            keepalive: self.opts.keepalive,
+            max_channels: self.opts.max_channels,
         }
-        client::Config {
-            keepalive_interval: self.opts.keepalive,
-            keepalive_max: 3,
-            nodelay: true,
-            preferred,
-            ..Default::default()
-        }
-    }
-
-    async fn connect(&self) -> Result<Conn, TransportError> {
-        let host = &self.name;
-        let refusal = Arc::new(StdMutex::new(None));
-        let handler = Client {
-            trust: self.trust.clone(),
-            address: self.target.address.clone(),
-            port: self.target.port,
-            refusal: refusal.clone(),
-        };
-        let addr = (self.target.address.as_str(), self.target.port);
-        let mut handle = match client::connect(Arc::new(self.client_config()), addr, handler).await
-        {
-            Ok(h) => h,
-            Err(e) => {
-                let refused = refusal.lock().unwrap_or_else(|p| p.into_inner()).take();
-                return Err(match refused {
-                    Some(why) => TransportError::HostKey {
-                        host: host.clone(),
-                        why,
-                    },
-                    None => TransportError::Connect {
-                        host: host.clone(),
-                        why: format!("{}:{}: {e}", self.target.address, self.target.port),
-                    },
-                });
-            }
-        };
-        let auth_err = |why: String| TransportError::Auth {
-            host: host.clone(),
-            why,
-        };
-        let Some(path) = self.identity.as_ref() else {
-            return Err(auth_err(
-                "no identity (private key) configured for the host or as default".into(),
-            ));
-        };
-        let key = russh::keys::load_secret_key(path, None)
-            .map_err(|e| auth_err(format!("cannot load private key {}: {e}", path.display())))?;
-        let hash = if key.algorithm().is_rsa() {
-            // rsa-sha2-512/256 when the server says so; OpenSSH ≥ 8.8 refuses SHA-1.
-            match handle.best_supported_rsa_hash().await {
-                Ok(Some(h)) => h,
-                _ => Some(HashAlg::Sha256),
-            }
-        } else {
-            None
-        };
-        let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
-        let res = handle
-            .authenticate_publickey(self.target.user.clone(), key)
-            .await
-            .map_err(|e| auth_err(format!("as {}: {e}", self.target.user)))?;
-        if !res.success() {
-            return Err(auth_err(format!(
-                "{}:{} refused key {} for user {}",
-                self.target.address,
-                self.target.port,
-                path.display(),
-                self.target.user
-            )));
-        }
-        Ok(Conn {
-            handle,
-            channels: Arc::new(Semaphore::new(self.opts.max_channels.max(1))),
-        })
     }
 
     /// A session channel and its permit; reconnects once when the kept
@@ -572,19 +487,6 @@ impl Transport for SshTransport {
     }
 }
 
-impl Conn {
-    /// Run a small script on a fresh channel and drain it, outside any
-    /// transport (cleanup after an abandoned query).
-    pub(super) async fn exec_detached(&self, script: &str) -> Result<(), russh::Error> {
-        let _permit = self.channels.acquire().await;
-        let mut ch = self.handle.channel_open_session().await?;
-        ch.exec(true, script.as_bytes()).await?;
-        let _ = ch.eof().await;
-        while ch.wait().await.is_some() {}
-        Ok(())
-    }
-}
-
 /// Holds a kept shell while a query runs; closes it if the query never ends.
 struct Abandon(Option<KeptShell>);
 
@@ -653,41 +555,6 @@ async fn pump_tunnel(mut ch: Channel<Msg>, mut local: tokio::io::DuplexStream, l
             () = expire => {
                 let _ = ch.close().await;
                 return;
-            }
-        }
-    }
-}
-
-/// russh callbacks: only the host key check matters.
-struct Client {
-    trust: Trust,
-    address: String,
-    port: u16,
-    /// Why the key was refused, for the error russh cannot carry.
-    refusal: Arc<StdMutex<Option<String>>>,
-}
-
-impl client::Handler for Client {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        offered: &PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        let verdict = match offered {
-            PublicKeyOrCertificate::PublicKey { key, .. } => {
-                hostkey::verify(&self.trust, &self.address, self.port, key)
-            }
-            PublicKeyOrCertificate::Certificate(_) => Err(format!(
-                "{}:{} offered a host certificate; tend accepts only plain host keys",
-                self.address, self.port
-            )),
-        };
-        match verdict {
-            Ok(()) => Ok(true),
-            Err(why) => {
-                *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
-                Ok(false)
             }
         }
     }

@@ -5,7 +5,7 @@
 //! burst of triggers still makes one more reconcile, not many.
 
 use super::engine::{ActionOutcome, Applied};
-use super::worker::Worker;
+use super::worker::{Pass, Worker};
 use crate::model::{Desired, Host, Observation};
 use crate::plan::Plan;
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,14 +15,6 @@ use tokio::task::JoinSet;
 
 /// How often a long apply looks for a waiting trigger.
 const IDLE_POLL: Duration = Duration::from_millis(250);
-
-/// What one reconcile works on.
-pub(super) struct Pass<'a> {
-    pub id: u64,
-    pub desired: &'a Arc<Desired>,
-    pub revision: &'a str,
-    pub hosts: &'a [Host],
-}
 
 /// One reconcile's applies in flight, and the hosts they hold.
 struct InFlight {

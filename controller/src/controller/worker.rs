@@ -2,7 +2,6 @@
 //! apply → report. Each step is a method in the file named after it; the
 //! policies (backoff, coalescing, health-check cadence) live beside it.
 
-use super::apply_step::Pass;
 use super::coalesce::{Queued, Trigger};
 use super::context::{now_unix, Context, Good};
 use super::engine::{ActionOutcome, ActionResult, Engine};
@@ -12,6 +11,14 @@ use crate::plan::{self, Plan};
 use crate::source::Source;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+
+/// What one reconcile works on.
+pub(super) struct Pass<'a> {
+    pub id: u64,
+    pub desired: &'a Arc<Desired>,
+    pub revision: &'a str,
+    pub hosts: &'a [Host],
+}
 
 pub(super) struct Worker {
     pub(super) ctx: Arc<Context>,

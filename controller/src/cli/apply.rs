@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use tend::apply::{self, ActionOutcome, ApplyOptions, ApplyReport, Event};
 use tend::manifest::{self, Secrets};
 use tend::model::Desired;
-use tend::plan::{Plan, Status};
+use tend::plan::{ActionKind, Plan, Status};
 use tend::transport::pool::{Pool, PoolOptions};
 
 #[derive(Debug, Args)]
@@ -291,7 +291,44 @@ fn print_summary(r: &ApplyReport) {
         if r.converged() {
             ""
         } else {
-            " — not converged"
+            " — not converged:"
         }
     );
+    if !r.converged() {
+        for line in not_converged(r) {
+            println!("  {line}");
+        }
+    }
+}
+
+/// What keeps a run from converging, one line each: what is blocked or
+/// failed, and why.
+fn not_converged(r: &ApplyReport) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in &r.plan.services {
+        if let Some(why) = &s.blocked {
+            out.push(format!("{}: blocked: {why}", s.id()));
+        }
+    }
+    for a in &r.actions {
+        let pruning_off = !r.pruning && a.action.kind == ActionKind::Prune;
+        match &a.outcome {
+            ActionOutcome::Succeeded => {}
+            ActionOutcome::Skipped(_) if pruning_off => {}
+            o => out.push(format!(
+                "{}: {} {}: {}",
+                a.action.id(),
+                a.action.kind.as_str(),
+                o.as_str(),
+                o.message().unwrap_or("")
+            )),
+        }
+    }
+    for (h, why) in &r.locked {
+        out.push(format!("{h}: locked: {why}"));
+    }
+    for (h, why) in &r.plan.unreachable {
+        out.push(format!("{h}: unreachable: {why}"));
+    }
+    out
 }

@@ -18,8 +18,11 @@ pub(crate) trait Tree {
     fn dir(&self, dir: &str) -> Result<Option<Vec<SourceFile>>, String>;
 }
 
+/// A YAML file, but not the controller's own config (`tend.yaml` may sit
+/// beside the manifests; it is not one of them).
 fn is_manifest(path: &str) -> bool {
-    path.ends_with(".yaml") || path.ends_with(".yml")
+    let name = path.rsplit('/').next().unwrap_or(path);
+    (path.ends_with(".yaml") || path.ends_with(".yml")) && name != "tend.yaml" && name != "tend.yml"
 }
 
 pub(crate) struct SliceTree<'a>(pub(crate) &'a [TreeFile]);
@@ -168,4 +171,16 @@ pub(crate) fn normalize(p: &str) -> Option<String> {
         return None;
     }
     Some(parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_controller_config_beside_the_manifests_is_not_a_manifest() {
+        assert!(super::is_manifest("m/web.yaml"));
+        assert!(super::is_manifest("m/hosts.yml"));
+        assert!(!super::is_manifest("m/tend.yaml"));
+        assert!(!super::is_manifest("tend.yml"));
+        assert!(super::is_manifest("m/mytend.yaml"));
+    }
 }

@@ -31,6 +31,9 @@ pub fn skip_unless_e2e(test: &str) -> bool {
                 panic!("{test}: e2e tests are required (TEND_E2E=required) but cannot run: {why}");
             }
             println!("skipped {test}: {why}");
+            // Past the harness's capture, so `cargo test` shows what skipped.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "tend-e2e: SKIPPED {test}: {why}");
             false
         }
     }

@@ -22,11 +22,15 @@ impl Worker {
                 let mut s = ctx.lock();
                 s.source.fetch_error = None;
                 s.source.polled_at = Some(now_unix());
+                if s.source.manifests_valid {
+                    ctx.metrics.source_ok(now_unix());
+                }
                 return;
             }
             Ok(Poll::Changed(snap)) => snap,
             Err(e) => {
                 tracing::warn!("source: {e}");
+                ctx.metrics.source_error(e.source_reason());
                 problems.push(format!("source: {e}"));
                 let mut s = ctx.lock();
                 s.source.fetch_error = Some(e.to_string());
@@ -56,6 +60,7 @@ impl Worker {
                 s.source.errors.clear();
                 s.source.warnings = warnings;
                 ctx.metrics.manifests_valid(true);
+                ctx.metrics.source_ok(now_unix());
                 ctx.metrics.source(&snap.revision, self.source.branch());
             }
             Err(d) => {
@@ -69,6 +74,7 @@ impl Worker {
                 s.source.manifests_valid = false;
                 s.source.errors = errors.clone();
                 ctx.metrics.manifests_valid(false);
+                ctx.metrics.source_error("invalid");
                 if s.notified_invalid.as_deref() != Some(snap.revision.as_str()) {
                     s.notified_invalid = Some(snap.revision.clone());
                     let kept = s

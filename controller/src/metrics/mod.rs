@@ -121,6 +121,13 @@ pub struct Metrics {
     last_success: F64Gauge,
     triggers: Family<TriggerLabels, Counter>,
     host_errors: Family<HostErrorLabels, Counter>,
+    source_errors: Family<ReasonLabels, Counter>,
+    source_last_success: F64Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
 }
 
 fn duration_buckets() -> Histogram {
@@ -161,6 +168,8 @@ impl Metrics {
             last_success: F64Gauge::default(),
             triggers: Family::default(),
             host_errors: Family::default(),
+            source_errors: Family::default(),
+            source_last_success: F64Gauge::default(),
         };
         let r = &mut registry;
         r.register(
@@ -267,6 +276,16 @@ impl Metrics {
             "tend_host_errors",
             "Times a host could not be observed or locked, by the error's label",
             m.host_errors.clone(),
+        );
+        r.register(
+            "tend_source_errors",
+            "Polls of the source that did not give a revision to follow (fetch, rewritten, signature, invalid)",
+            m.source_errors.clone(),
+        );
+        r.register(
+            "tend_source_last_success_timestamp_seconds",
+            "Unix time of the last poll that left a valid revision of the newest commit in force",
+            m.source_last_success.clone(),
         );
         registry.register_collector(Box::new(ProcessCollector));
         Metrics { registry, ..m }
@@ -410,6 +429,22 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    /// A poll that did not give a revision to follow: `fetch` (remote
+    /// gone, no branch, git or disk error), `rewritten`, `signature`,
+    /// `invalid` (manifests refused).
+    pub fn source_error(&self, reason: &str) {
+        self.source_errors
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// The source is followed: the newest commit is the one in force.
+    pub fn source_ok(&self, unix: f64) {
+        self.source_last_success.set(unix);
     }
 
     pub fn source(&self, revision: &str, branch: &str) {

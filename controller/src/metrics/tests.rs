@@ -28,6 +28,8 @@ fn sample() -> Metrics {
     m.trigger("api");
     m.host_error("tencent", "timeout");
     m.host_error("tencent", "backoff");
+    m.source_error("fetch");
+    m.source_ok(1.7e9);
     m.source("abc123", "main");
     m.manifests_valid(true);
     drop(m.reconcile_timer());
@@ -60,6 +62,8 @@ fn every_contract_name_is_exported() {
         "tend_triggers_total{",
         "tend_service_oom_kills{",
         "tend_host_errors_total{",
+        "tend_source_errors_total{",
+        "tend_source_last_success_timestamp_seconds ",
         "process_resident_memory_bytes ",
         "process_cpu_seconds_total ",
         "process_start_time_seconds ",

@@ -62,6 +62,15 @@ impl SourceError {
             SourceError::Io { .. } => "io",
         }
     }
+
+    /// The `reason` of `tend_source_errors_total`: coarser than the label,
+    /// what an alert tells apart.
+    pub fn source_reason(&self) -> &'static str {
+        match self {
+            SourceError::Rewritten { .. } => "rewritten",
+            _ => "fetch",
+        }
+    }
 }
 
 impl From<git2::Error> for SourceError {

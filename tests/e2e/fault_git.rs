@@ -32,6 +32,10 @@ async fn an_unreachable_remote_keeps_the_last_good_revision_and_status_says_why(
     let m = metrics(&r).await;
     assert!(m.contains(&in_force_metric(&good)), "{m}");
     assert!(!m.contains(&in_force_metric(&newer)), "{m}");
+    assert!(
+        m.contains("tend_source_errors_total{reason=\"fetch\"} "),
+        "the outage is a metric an alert can see: {m}"
+    );
 
     // Back: the newer commit is applied, the error cleared.
     std::fs::rename(&moved, repo.bare()).unwrap();
@@ -69,5 +73,6 @@ async fn a_force_pushed_history_is_refused_and_the_revision_in_force_stays() {
     let m = metrics(&r).await;
     assert!(m.contains(&in_force_metric(&good)), "{m}");
     assert!(!m.contains(&in_force_metric(&rewritten)), "{m}");
+    assert!(m.contains("tend_source_errors_total{reason=\"rewritten\"} "), "{m}");
     r.stop().await;
 }

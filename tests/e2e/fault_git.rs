@@ -73,6 +73,9 @@ async fn a_force_pushed_history_is_refused_and_the_revision_in_force_stays() {
     let m = metrics(&r).await;
     assert!(m.contains(&in_force_metric(&good)), "{m}");
     assert!(!m.contains(&in_force_metric(&rewritten)), "{m}");
-    assert!(m.contains("tend_source_errors_total{reason=\"rewritten\"} "), "{m}");
+    assert!(
+        m.contains("tend_source_errors_total{reason=\"rewritten\"} "),
+        "{m}"
+    );
     r.stop().await;
 }

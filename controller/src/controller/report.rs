@@ -10,7 +10,7 @@ use super::status::{
 };
 use super::worker::Worker;
 use crate::metrics::{HostSample, ServiceSample};
-use crate::model::{Desired, Observation};
+use crate::model::{CgroupMode, Desired, Observation};
 use crate::notify::{Event, EventAction, EventKind};
 use crate::plan::{Plan, Status};
 use std::collections::BTreeMap;
@@ -152,6 +152,14 @@ impl Worker {
                 }
                 None => (false, Some("not observed".into()), None),
             };
+            let limits_note = match observed.get(name) {
+                Some(Observation::Reachable(st)) if st.facts.cgroup == CgroupMode::None => Some(
+                    "memory limits are not enforced: no writable memory cgroup on this host \
+                     (as a normal user, or cgroup v2 without the memory controller delegated)"
+                        .to_string(),
+                ),
+                _ => None,
+            };
             let budget = p.memory.iter().find(|m| &m.host == name);
             let committed = budget
                 .map(|b| b.committed)
@@ -175,6 +183,7 @@ impl Worker {
                     .and_then(|b| b.until_wall)
                     .map(unix_time::secs),
                 labels: h.labels.clone(),
+                limits_note,
                 memory: Some(MemoryStatus {
                     capacity: h.capacity,
                     reserved: h.reserved,
@@ -193,6 +202,7 @@ impl Worker {
                 backoff_until: None,
                 labels: BTreeMap::new(),
                 memory: None,
+                limits_note: None,
                 services,
             });
         }

@@ -71,6 +71,9 @@ pub struct HostStatus {
     pub backoff_until: Option<f64>,
     pub labels: BTreeMap<String, String>,
     pub memory: Option<MemoryStatus>,
+    /// Why memory limits are not enforced there, when they are not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits_note: Option<String>,
     pub services: Vec<ServiceStatus>,
 }
 

@@ -1,3 +1,6 @@
+//! The drift and ordering rules, case by case, then properties over random
+//! fleets, failures and moves: long the way a table of cases is.
+
 use super::*;
 use crate::instance::InstanceId;
 use crate::model::{

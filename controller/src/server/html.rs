@@ -135,6 +135,9 @@ schedule <code>{}</code>{}</p>",
                 format!("down: {}", esc(host.reason.as_deref().unwrap_or("?")))
             }
         );
+        if let Some(note) = &host.limits_note {
+            let _ = write!(h, "<p><i>{}</i></p>", esc(note));
+        }
         if let Some(m) = &host.memory {
             let _ = write!(
                 h,

@@ -2,7 +2,7 @@
 //! host blocks, a service killed on another is repaired by the same running
 //! controller. Two local hosts (two roots), real processes, real Git.
 
-use super::common::http::{eventually, free_port, get_json, http};
+use super::common::http::{eventually, free_port, get_json, http, post_as};
 use super::common::repo::{Repo, TOKEN};
 use std::path::{Path, PathBuf};
 use tend::controller;
@@ -78,14 +78,7 @@ async fn a_service_killed_on_one_host_is_repaired_while_an_install_on_another_ho
         gate.display()
     );
     fleet.commit(&manifests("2", &extra), "v2");
-    let (code, body) = http(
-        r.addr,
-        "POST",
-        "/reconcile",
-        &[("Authorization", &auth)],
-        b"",
-    )
-    .await;
+    let (code, body) = post_as(r.addr, "/reconcile", &auth).await;
     assert_eq!(code, 202, "{body}");
     eventually(120, "the slow install runs", || async {
         started.exists().then_some(())
@@ -96,14 +89,7 @@ async fn a_service_killed_on_one_host_is_repaired_while_an_install_on_another_ho
     let old = pid_in(&quick_root, "quicksvc").expect("quicksvc's pid");
     // SAFETY: kill has no memory preconditions.
     unsafe { libc::kill(old, libc::SIGKILL) };
-    let (code, body) = http(
-        r.addr,
-        "POST",
-        "/reconcile",
-        &[("Authorization", &auth)],
-        b"",
-    )
-    .await;
+    let (code, body) = post_as(r.addr, "/reconcile", &auth).await;
     assert_eq!(code, 202, "{body}");
     eventually(120, "quicksvc repaired", || async {
         let new = pid_in(&quick_root, "quicksvc");

@@ -205,14 +205,7 @@ async fn a_host_lost_mid_apply_fails_its_waiting_actions_at_once_and_the_next_ru
         let (pool, d) = (pool.clone(), d.clone());
         tokio::spawn(async move { apply::converge(&d, pool.as_ref(), &fast_opts(), None).await })
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while !started.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "l0's install never started"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    super::common::wait_for_file(&started, "an install never started").await;
     h.link_down().unwrap();
     let r = task.await.unwrap();
     h.link_up().unwrap();

@@ -60,14 +60,7 @@ async fn no_secret_is_readable_in_any_argv_or_foreign_environment_while_an_insta
     let pool = pool();
     let opts = ApplyOptions::default();
     let apply = tokio::spawn(async move { converge(&pool, &d, &opts).await });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while !started.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the install never started"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    super::common::wait_for_file(&started, "the install never started").await;
     let found = leaks(&secret, &marker);
     std::fs::write(&gate, "").unwrap();
     let r = apply.await.unwrap();

@@ -175,3 +175,16 @@ pub fn hosts_yaml(f: &Fleet) -> String {
     }
     y
 }
+
+/// Wait until `path` exists (a script on a host says it got there), for at
+/// most two minutes: a bound, not a measurement.
+pub async fn wait_for_file(path: &Path, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !path.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -100,7 +100,8 @@ pub struct GitAuth {
     pub token_env: Option<String>,
     /// User name sent with the token (GitHub accepts any; Gitea wants the owner).
     pub username: Option<String>,
-    /// Verify SSH-signed commits against this allowed-signers file (not built yet).
+    /// Take only revisions whose head commit carries a valid SSH signature by
+    /// a key in this OpenSSH allowed-signers file (Git sources only).
     pub allowed_signers: Option<PathBuf>,
     /// Accept a branch whose new head does not descend from the revision in
     /// force (force push). Off: the old revision stays and status says why.
@@ -342,10 +343,6 @@ impl Config {
                 "prune.max_share: {} is not between 0 and 1",
                 self.prune.max_share
             ));
-        }
-        if self.git.allowed_signers.is_some() {
-            // Refused rather than ignored: nobody should believe commits are checked.
-            return Err("git.allowed_signers: signed-commit verification is not built yet".into());
         }
         if self.concurrency == 0 {
             return Err("concurrency: must be at least 1".into());

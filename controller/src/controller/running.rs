@@ -23,7 +23,7 @@ pub fn make_source(config: &Config) -> Result<Source, ControllerError> {
                 (_, Some(f)) => Some(crate::config::read_secret(f)?),
                 _ => None,
             };
-            Source::Git(source::git::GitSource::new(
+            let git = source::git::GitSource::new(
                 &url,
                 &branch,
                 &config.cache_dir,
@@ -34,10 +34,37 @@ pub fn make_source(config: &Config) -> Result<Source, ControllerError> {
                     username: config.git.username.clone(),
                 },
                 config.git.allow_rewrites,
-            ))
+            );
+            Source::Git(match &config.git.allowed_signers {
+                Some(f) => git.verify_with(allowed_signers(f)?),
+                None => git,
+            })
         }
-        SourceSpec::Dir { root } => Source::Dir(source::dir::DirSource::new(&root, &config.path)),
+        SourceSpec::Dir { root } => {
+            if config.git.allowed_signers.is_some() {
+                // Refused rather than ignored: a directory has no signatures.
+                return Err(crate::config::ConfigError::Invalid {
+                    file: "tend.yaml".into(),
+                    why: "git.allowed_signers: a directory source has no commits to verify".into(),
+                }
+                .into());
+            }
+            Source::Dir(source::dir::DirSource::new(&root, &config.path))
+        }
     })
+}
+
+/// The allowed-signers file, parsed; a bad line names the file and line.
+fn allowed_signers(
+    f: &std::path::Path,
+) -> Result<source::signature::AllowedSigners, ControllerError> {
+    let file = f.display().to_string();
+    let text = std::fs::read_to_string(f).map_err(|e| crate::config::ConfigError::Read {
+        file: file.clone(),
+        why: e.to_string(),
+    })?;
+    source::signature::AllowedSigners::parse(&text)
+        .map_err(|why| crate::config::ConfigError::Invalid { file, why }.into())
 }
 
 /// The loop. Returns after `shutdown` resolves and the reconcile in progress

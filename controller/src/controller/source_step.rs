@@ -35,6 +35,22 @@ impl Worker {
                 let mut s = ctx.lock();
                 s.source.fetch_error = Some(e.to_string());
                 s.source.polled_at = Some(now_unix());
+                // A refused signature is news once per revision, not every tick.
+                if let crate::source::SourceError::Signature { revision, .. } = &e {
+                    if s.notified_invalid.as_deref() != Some(revision.as_str()) {
+                        s.notified_invalid = Some(revision.clone());
+                        drop(s);
+                        ctx.notify(Event {
+                            kind: EventKind::Failure,
+                            controller: ctx.config.ident.clone(),
+                            reconcile: None,
+                            revision: Some(revision.clone()),
+                            summary: "revision refused: its signature does not verify".into(),
+                            actions: vec![],
+                            errors: vec![e.to_string()],
+                        });
+                    }
+                }
                 return;
             }
         };

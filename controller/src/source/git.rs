@@ -31,6 +31,8 @@ pub struct GitSource {
     bare: PathBuf,
     creds: Arc<Credentials>,
     allow_rewrites: bool,
+    /// When set, a head commit without a valid signature by one of these is refused.
+    signers: Option<Arc<super::signature::AllowedSigners>>,
     /// The commit of the last snapshot handed out.
     seen: Option<Oid>,
 }
@@ -51,8 +53,15 @@ impl GitSource {
             bare: cache_dir.join("git").join(format!("{tag}.git")),
             creds: Arc::new(creds),
             allow_rewrites,
+            signers: None,
             seen: None,
         }
+    }
+
+    /// Take only revisions whose head commit `signers` signed.
+    pub fn verify_with(mut self, signers: super::signature::AllowedSigners) -> GitSource {
+        self.signers = Some(Arc::new(signers));
+        self
     }
 
     pub fn url(&self) -> &str {
@@ -70,8 +79,13 @@ impl GitSource {
         let seen = self.seen;
         let in_force = in_force.and_then(|r| Oid::from_str(r).ok());
         let allow_rewrites = self.allow_rewrites;
+        let signers = self.signers.clone();
         let res = tokio::task::spawn_blocking(move || {
-            poll_blocking(&url, &branch, &bare, &creds, seen, in_force, allow_rewrites)
+            let res = poll_blocking(&url, &branch, &bare, &creds, seen, in_force, allow_rewrites)?;
+            if let (Poll::Changed(s), Some(signers)) = (&res, &signers) {
+                verify_head(&open_or_init(&bare)?, &s.revision, signers)?;
+            }
+            Ok::<Poll, SourceError>(res)
         })
         .await
         .map_err(|e| SourceError::Git(format!("poll task: {e}")))??;
@@ -247,6 +261,30 @@ fn poll_blocking(
         subject: commit.summary().ok().flatten().unwrap_or("").to_string(),
         files,
     }))
+}
+
+/// The head commit carries a valid SSH signature by an allowed signer.
+fn verify_head(
+    repo: &Repository,
+    revision: &str,
+    signers: &super::signature::AllowedSigners,
+) -> Result<(), SourceError> {
+    let refuse = |why: String| SourceError::Signature {
+        revision: revision.to_string(),
+        why,
+    };
+    let oid = Oid::from_str(revision).map_err(|e| refuse(e.message().to_string()))?;
+    let (sig, data) = match repo.extract_signature(&oid, None) {
+        Ok(x) => x,
+        Err(_) => return Err(refuse("the head commit is not signed".into())),
+    };
+    match signers.verify(&sig, &data) {
+        Ok(who) => {
+            tracing::info!(revision, signer = %who, "signature verified");
+            Ok(())
+        }
+        Err(why) => Err(refuse(why)),
+    }
 }
 
 /// Every blob of the tree: regular and executable files; symlinks and

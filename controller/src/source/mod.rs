@@ -4,6 +4,7 @@
 
 pub mod dir;
 pub mod git;
+pub mod signature;
 
 use serde::Serialize;
 use std::path::Path;
@@ -48,6 +49,8 @@ keeping {old} (restart the controller or set git.allow_rewrites to accept it)"
     },
     #[error("git: {0}")]
     Git(String),
+    #[error("revision {revision} refused: {why}; the last good revision stays in force")]
+    Signature { revision: String, why: String },
     #[error("{path}: {why}")]
     Io { path: String, why: String },
 }
@@ -59,6 +62,7 @@ impl SourceError {
             SourceError::NoBranch { .. } => "no_branch",
             SourceError::Rewritten { .. } => "rewritten",
             SourceError::Git(_) => "git",
+            SourceError::Signature { .. } => "signature",
             SourceError::Io { .. } => "io",
         }
     }
@@ -68,6 +72,7 @@ impl SourceError {
     pub fn source_reason(&self) -> &'static str {
         match self {
             SourceError::Rewritten { .. } => "rewritten",
+            SourceError::Signature { .. } => "signature",
             _ => "fetch",
         }
     }

@@ -351,6 +351,9 @@ pub struct ObservedService {
     pub memory_limit: Option<u64>,
     /// The kernel OOM-killed something in the service's cgroup.
     pub oom_killed: bool,
+    /// How many OOM kills since tend started it (the cgroup's count, or the
+    /// systemd hook's in the record); 0 when none or unknown.
+    pub oom_kills: u64,
     /// Result of the last health check; None when not checked.
     pub healthy: Option<bool>,
 }

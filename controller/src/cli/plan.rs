@@ -186,6 +186,14 @@ pub fn render(plan: &Plan, desired: &Desired, colour: bool) -> String {
                 );
                 lines += 1;
             }
+            if let Some(n) = s.oom_kills {
+                let _ = writeln!(
+                    out,
+                    "  {}",
+                    p.wrap("31;1", &format!("! {} OOM-killed {n}×", s.service))
+                );
+                lines += 1;
+            }
             if s.status == Status::Suspended {
                 let extra = if s.reasons.is_empty() {
                     String::new()
@@ -282,6 +290,7 @@ mod tests {
             desired_version: to.map(String::from),
             observed_version: from.map(String::from),
             blocked: None,
+            oom_kills: None,
         }
     }
 

@@ -287,6 +287,7 @@ mod tests {
                 memory_usage: None,
                 memory_limit: None,
                 oom_killed: false,
+                oom_kills: 0,
                 healthy: None,
             },
         );

@@ -267,22 +267,24 @@ pub fn parse(stdout: &[u8]) -> Result<HostState, ObserveError> {
             }
             _ => {}
         }
-        let (memory_usage, memory_limit, oom_killed) = match &raw.memory {
+        let (memory_usage, memory_limit, cgroup_ooms) = match &raw.memory {
             Some((cur, max, oom)) => (
                 cur.parse::<u64>().ok(),
                 max.parse::<u64>().ok().filter(|m| *m < V1_UNLIMITED),
-                oom.parse::<u64>().is_ok_and(|n| n > 0),
+                oom.parse::<u64>().unwrap_or(0),
             ),
-            None => (None, None, false),
+            None => (None, None, 0),
         };
         // systemd removes a unit's cgroup (and the kernel's count) when it
         // stops; the unit's ExecStopPost hook keeps the count in the record.
-        let oom_killed = oom_killed
-            || raw.text.lines().any(|l| {
-                l.strip_prefix("oom_kills=")
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .is_some_and(|n| n > 0)
-            });
+        let recorded_ooms = raw
+            .text
+            .lines()
+            .filter_map(|l| l.strip_prefix("oom_kills=")?.parse::<u64>().ok())
+            .last()
+            .unwrap_or(0);
+        let oom_kills = cgroup_ooms.max(recorded_ooms);
+        let oom_killed = oom_kills > 0;
         let healthy = if running {
             checks.get(&record.name).copied().flatten()
         } else {
@@ -296,6 +298,7 @@ pub fn parse(stdout: &[u8]) -> Result<HostState, ObserveError> {
                 memory_usage,
                 memory_limit,
                 oom_killed,
+                oom_kills,
                 healthy,
             },
         );

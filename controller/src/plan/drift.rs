@@ -45,6 +45,7 @@ pub(super) fn diff(
                         desired_version: Some(s.version.clone()),
                         observed_version: None,
                         blocked: None,
+                        oom_kills: None,
                     });
                 }
             }
@@ -73,6 +74,7 @@ pub(super) fn diff(
                         desired_version: None,
                         observed_version: Some(o.record.version.clone()),
                         blocked: None,
+                        oom_kills: None,
                     });
                     if !suspended {
                         actions.push(Action {
@@ -141,6 +143,9 @@ fn plan_service(
             if o.running && o.healthy == Some(false) {
                 reasons.insert(DriftReason::Unhealthy);
             }
+            if o.oom_killed {
+                reasons.insert(DriftReason::OomKilled);
+            }
         }
     }
 
@@ -171,7 +176,12 @@ fn plan_service(
         } else {
             ActionKind::Start
         })
-    } else if has(DriftReason::MemoryLimit) || has(DriftReason::Unhealthy) {
+    } else if has(DriftReason::MemoryLimit)
+        || has(DriftReason::Unhealthy)
+        || has(DriftReason::OomKilled)
+    {
+        // Restarted by its supervisor after an OOM kill: a fresh start
+        // resets the count, so the plan is clean once it runs within limits.
         Some(ActionKind::Restart)
     } else {
         None
@@ -221,6 +231,7 @@ fn plan_service(
         } else {
             Some(blocked.join("; "))
         },
+        oom_kills: obs.map(|o| o.oom_kills).filter(|n| *n > 0),
     };
     (sp, action)
 }

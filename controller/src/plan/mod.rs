@@ -28,10 +28,12 @@ pub enum DriftReason {
     Unhealthy,
     /// Installed by tend, no longer in Git: a prune candidate.
     Unmanaged,
+    /// The kernel OOM-killed it since tend started it (count: `oom_kills`).
+    OomKilled,
 }
 
 impl DriftReason {
-    pub const ALL: [DriftReason; 8] = [
+    pub const ALL: [DriftReason; 9] = [
         DriftReason::Missing,
         DriftReason::Stopped,
         DriftReason::Version,
@@ -40,6 +42,7 @@ impl DriftReason {
         DriftReason::Port,
         DriftReason::Unhealthy,
         DriftReason::Unmanaged,
+        DriftReason::OomKilled,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -51,6 +54,7 @@ impl DriftReason {
             DriftReason::Port => "port",
             DriftReason::Unhealthy => "unhealthy",
             DriftReason::Unmanaged => "unmanaged",
+            DriftReason::OomKilled => "oom_killed",
         }
     }
 }
@@ -109,6 +113,9 @@ pub struct ServicePlan {
     pub observed_version: Option<String>,
     /// Why no action converges this drift (e.g. a stranger holds the port).
     pub blocked: Option<String>,
+    /// OOM kills the host counted since tend started the service, when any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

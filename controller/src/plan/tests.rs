@@ -90,6 +90,7 @@ fn converged(d: &Desired) -> BTreeMap<String, Observation> {
                     // The kernel rounds down to pages.
                     memory_limit: s.memory.map(|m| m - m % 4096),
                     oom_killed: false,
+                    oom_kills: 0,
                     healthy: s.health.as_ref().map(|_| true),
                 },
             );
@@ -723,6 +724,7 @@ fn perturb(g: &Gen) -> (Desired, BTreeMap<String, Observation>) {
                 memory_usage: None,
                 memory_limit: None,
                 oom_killed: false,
+                oom_kills: 0,
                 healthy: None,
             },
         );

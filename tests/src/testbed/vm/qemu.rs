@@ -254,7 +254,18 @@ impl VmHost {
             "-o",
             "LogLevel=ERROR",
             "-o",
+            "ServerAliveInterval=2",
+            "-o",
+            "ServerAliveCountMax=5",
+            // One login for all commands: a login costs ~5 s under TCG.
+            "-o",
+            "ControlMaster=auto",
+            "-o",
+            "ControlPersist=yes",
+            "-o",
         ])
+        .arg(format!("ControlPath={}", self.control_path().display()))
+        .arg("-o")
         .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
         .arg("-i")
         .arg(&self.identity)
@@ -265,6 +276,22 @@ impl VmHost {
         .arg(cmd)
         .stdin(Stdio::null());
         c.output().context("run ssh")
+    }
+
+    fn control_path(&self) -> PathBuf {
+        self.dir.path().join("cm.sock")
+    }
+
+    /// End the shared ssh connection (before the VM goes away under it).
+    fn close_master(&self) {
+        let _ = Command::new("ssh")
+            .args(["-o", "LogLevel=QUIET", "-O", "exit", "-o"])
+            .arg(format!("ControlPath={}", self.control_path().display()))
+            .arg("tend-vm")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 
     /// Run `cmd` on the VM (over ssh, as root, by its login shell).
@@ -291,6 +318,7 @@ impl VmHost {
         let start = Instant::now();
         // The connection may die before ssh reports anything: ignore its status.
         let _ = self.ssh(&["-o", "ConnectTimeout=5"], "systemctl reboot");
+        self.close_master();
         self.wait_ssh(start, Some(&old))
     }
 
@@ -299,12 +327,14 @@ impl VmHost {
         let old = self.boot_id()?;
         let start = Instant::now();
         self.monitor("system_reset")?;
+        self.close_master();
         self.wait_ssh(start, Some(&old))
     }
 
     /// The monitor's `system_powerdown` (ACPI power button); returns when qemu exited.
     pub fn power_off(&self) -> Result<()> {
         self.monitor("system_powerdown")?;
+        self.close_master();
         let start = Instant::now();
         loop {
             let mut g = self.qemu.lock().unwrap_or_else(|p| p.into_inner());
@@ -421,6 +451,7 @@ impl VmHost {
 
 impl Drop for VmHost {
     fn drop(&mut self) {
+        self.close_master();
         let mut g = self.qemu.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(mut c) = g.take() {
             let _ = c.kill();

@@ -128,8 +128,8 @@ pub fn apply_clean(vm: &VmHost, dir: &Path, when: &str) {
 pub fn record_field(vm: &VmHost, svc: &str, key: &str) -> Option<String> {
     let rec = vm.exec_ok(&format!("cat {ROOT}/records/{svc}.rec")).ok()?;
     rec.lines()
-        .filter_map(|l| l.strip_prefix(&format!("{key}=")))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
         .map(str::to_string)
 }
 

@@ -280,8 +280,8 @@ pub fn parse(stdout: &[u8]) -> Result<HostState, ObserveError> {
         let recorded_ooms = raw
             .text
             .lines()
-            .filter_map(|l| l.strip_prefix("oom_kills=")?.parse::<u64>().ok())
-            .last()
+            .rev()
+            .find_map(|l| l.strip_prefix("oom_kills=")?.parse::<u64>().ok())
             .unwrap_or(0);
         let oom_kills = cgroup_ooms.max(recorded_ooms);
         let oom_killed = oom_kills > 0;

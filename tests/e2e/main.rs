@@ -24,3 +24,5 @@ mod status_page;
 mod testbed_smoke;
 mod transport;
 mod transport_query;
+mod vm_common;
+mod vm_hosts;

@@ -186,6 +186,15 @@ pub fn render(plan: &Plan, desired: &Desired, colour: bool) -> String {
                 );
                 lines += 1;
             }
+            if s.oom_kills > 0 {
+                let n = s.oom_kills;
+                let _ = writeln!(
+                    out,
+                    "  {}",
+                    p.wrap("31;1", &format!("! {} OOM-killed {n}×", s.service))
+                );
+                lines += 1;
+            }
             if s.status == Status::Suspended {
                 let extra = if s.reasons.is_empty() {
                     String::new()

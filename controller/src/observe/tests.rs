@@ -71,6 +71,17 @@ fn ok(text: &str) -> HostState {
 }
 
 #[test]
+fn oom_kills_a_systemd_hook_kept_in_the_record_count_when_the_cgroup_is_gone() {
+    let mut r = record("unit", 300, 7000);
+    r.runtime = Some(RuntimeKind::Systemd);
+    let body = framed(&r).replace("endrecord", "| oom_kills=2\n| oom_kills=3\nendrecord");
+    let st = ok(&report(&[&facts(), &body]));
+    let u = &st.services["unit"];
+    assert!(u.oom_killed);
+    assert_eq!(u.oom_kills, 3, "the last count the hook wrote");
+}
+
+#[test]
 fn a_report_without_records_gives_the_host_facts() {
     let st = ok(&report(&[&facts()]));
     assert_eq!(st.facts.hostname, "web-1");
@@ -94,6 +105,7 @@ fn a_full_report_gives_services_memory_listeners_and_health() {
     let db = &st.services["db"];
     assert_eq!(db.memory_limit, None, "v1's huge limit means none");
     assert!(db.oom_killed);
+    assert_eq!((api.oom_kills, db.oom_kills), (0, 2));
     assert_eq!(db.healthy, Some(false));
     // A worker in the cgroup holds the socket: still the service's.
     assert_eq!(st.listeners[&8100].service.as_deref(), Some("api"));
@@ -878,7 +890,7 @@ fn a_v2_host_reports_memory_current_max_and_oom_kills() {
         ("tend/web/memory.max", "67108864\n".to_string()),
         (
             "tend/web/memory.events",
-            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n".to_string(),
+            "low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\n".to_string(),
         ),
         ("tend/web/cgroup.procs", format!("{pid}\n")),
         (
@@ -918,6 +930,7 @@ fn a_v2_host_reports_memory_current_max_and_oom_kills() {
         (web.memory_usage, web.memory_limit, web.oom_killed),
         (Some(1234567), Some(64 << 20), true)
     );
+    assert_eq!(web.oom_kills, 2, "the count from memory.events");
     let unit = &st.services["unit"];
     assert!(unit.running, "a unit runs when its cgroup has a process");
     assert_eq!(

@@ -148,9 +148,6 @@ fn plan_service(
         Some(o) => {
             if !o.running {
                 reasons.insert(DriftReason::Stopped);
-                if o.oom_killed {
-                    reasons.insert(DriftReason::OomKilled);
-                }
             }
             if o.record.version != s.version {
                 reasons.insert(DriftReason::Version);
@@ -171,6 +168,9 @@ fn plan_service(
             }
             if o.running && o.healthy == Some(false) {
                 reasons.insert(DriftReason::Unhealthy);
+            }
+            if o.oom_killed {
+                reasons.insert(DriftReason::OomKilled);
             }
         }
     }
@@ -202,7 +202,12 @@ fn plan_service(
         } else {
             ActionKind::Start
         })
-    } else if has(DriftReason::MemoryLimit) || has(DriftReason::Unhealthy) {
+    } else if has(DriftReason::MemoryLimit)
+        || has(DriftReason::Unhealthy)
+        || has(DriftReason::OomKilled)
+    {
+        // Restarted by its supervisor after an OOM kill: a fresh start
+        // resets the count, so the plan is clean once it runs within limits.
         Some(ActionKind::Restart)
     } else {
         None

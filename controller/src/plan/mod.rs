@@ -26,7 +26,8 @@ pub enum DriftReason {
     Port,
     /// Running, but its health check fails.
     Unhealthy,
-    /// Not running, and the kernel OOM-killed it (the count is in the plan).
+    /// The kernel OOM-killed it since tend started it (count: `oom_kills`):
+    /// stopped, or restarted by its supervisor (planned as a restart).
     OomKilled,
     /// Its record on the host cannot be read: nothing is done to it until a
     /// person repairs or removes the file; the host's other services are.

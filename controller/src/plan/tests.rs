@@ -191,6 +191,34 @@ fn a_dead_process_plans_stopped_and_a_start() {
 }
 
 #[test]
+fn an_oom_killed_service_plans_oom_killed_with_its_count() {
+    let d = fleet(&["a"], vec![svc("x", "a"), svc("y", "a")]);
+    let mut o = converged(&d);
+    let st = state(&mut o, "a");
+    // x died of it; y was restarted by its supervisor and runs again.
+    for (name, running, n) in [("x", false, 1), ("y", true, 3)] {
+        if let Some(s) = st.services.get_mut(name) {
+            s.running = running;
+            s.oom_killed = true;
+            s.oom_kills = n;
+        }
+    }
+    let p = plan(&d, &o);
+    assert_eq!(
+        sp(&p, "x").reasons,
+        vec![DriftReason::Stopped, DriftReason::OomKilled]
+    );
+    assert_eq!(sp(&p, "x").oom_kills, 1);
+    assert_eq!(sp(&p, "y").reasons, vec![DriftReason::OomKilled]);
+    assert_eq!(sp(&p, "y").oom_kills, 3);
+    assert_eq!(
+        kinds(&p),
+        vec![(ActionKind::Start, "x"), (ActionKind::Restart, "y")]
+    );
+    assert_eq!(sp(&plan(&d, &converged(&d)), "x").oom_kills, 0);
+}
+
+#[test]
 fn a_changed_desired_version_plans_an_upgrade() {
     let mut d = fleet(&["a"], vec![svc("x", "a")]);
     let o = converged(&d);

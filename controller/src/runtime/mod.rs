@@ -394,6 +394,7 @@ pub fn gc_releases(root: &str, service: &str, keep: &[&str]) -> Result<String, R
 pub(crate) const REMOVE_COMMON: &str = r#"rm -rf "$d" "$root/env/$svc.env" "$root/env/.tmp-$svc.env"
 rmdir "/sys/fs/cgroup/tend/$cgname" 2>/dev/null || true
 rmdir "/sys/fs/cgroup/memory/tend/$cgname" 2>/dev/null || true
+rmdir "/sys/fs/cgroup/systemd/tend/$cgname" "/sys/fs/cgroup/unified/tend/$cgname" 2>/dev/null || true
 rm -f "$root/records/.tmp-$svc.static" "$root/records/.tmp-$svc.rec"
 rm -f "$root/records/$svc.rec"
 echo "tend: removed $svc"

@@ -63,7 +63,7 @@ impl Runtime for Process {
 /// Positional parameters are read before the env file is sourced, so no env
 /// key can change them.
 const LAUNCH: &str = r#"cg=$1; envf=$2; shift 2
-if [ -n "$cg" ]; then echo $$ > "$cg/cgroup.procs"; fi
+for c in $cg; do echo $$ > "$c/cgroup.procs"; done
 set -a; . "$envf"; set +a
 exec "$@""#;
 
@@ -88,6 +88,16 @@ if [ -n "$cgdir" ]; then
     if [ -n "$mem" ] && [ -f "$cgdir/memory.memsw.limit_in_bytes" ]; then echo "$mem" > "$cgdir/memory.memsw.limit_in_bytes" 2>/dev/null || true; fi
   fi
   cgrel="/tend/$cgname"
+  # cgroup v1 under systemd: systemd tracks processes in its own hierarchy
+  # (name=systemd, and cgroup2 at unified/ in hybrid mode). Leave the ssh
+  # session's scope there too, or logind kills the service with the session.
+  case $cgdir in /sys/fs/cgroup/memory/*)
+    for h in systemd unified; do
+      x="/sys/fs/cgroup/$h"
+      [ -w "$x/cgroup.procs" ] || continue
+      mkdir -p "$x/tend/$cgname" && cgdir="$cgdir $x/tend/$cgname"
+    done ;;
+  esac
 elif [ -n "$mem" ]; then
   echo "tend: no memory cgroup on this host: the limit of $svc is not enforced" >&2
 fi

@@ -17,9 +17,47 @@
 mod fleet;
 mod net;
 mod systemd;
+pub mod vm;
 
 pub use fleet::{Fleet, TestHost, ALT_PORT, HOST_DIRS};
 pub use systemd::{SystemdHost, SSHD_UNIT};
+pub use vm::{skip_unless_vm, VmHost, VmOptions};
+
+use anyhow::Result;
+use std::process::Output;
+
+/// What a test needs of a host, whichever kind it is (namespace, systemd
+/// container, VM): run a command on it, and address it as tend does.
+pub trait Remote {
+    fn name(&self) -> &str;
+    /// `sh -c cmd` (or the login shell's `-c`) on the host, as root.
+    fn exec(&self, cmd: &str) -> Result<Output>;
+    /// Fails unless `cmd` exits 0; its stdout.
+    fn exec_ok(&self, cmd: &str) -> Result<String> {
+        fleet::stdout_if_ok(self.name(), cmd, self.exec(cmd)?)
+    }
+    /// The host as tend's model has it, host key pinned.
+    fn tend_host(&self) -> tend::model::Host;
+}
+
+macro_rules! remote {
+    ($t:ty) => {
+        impl Remote for $t {
+            fn name(&self) -> &str {
+                &self.name
+            }
+            fn exec(&self, cmd: &str) -> Result<Output> {
+                <$t>::exec(self, cmd)
+            }
+            fn tend_host(&self) -> tend::model::Host {
+                <$t>::tend_host(self)
+            }
+        }
+    };
+}
+remote!(TestHost);
+remote!(SystemdHost);
+remote!(VmHost);
 
 /// True when e2e tests can run here. Otherwise prints "skipped <test>: <why>"
 /// and returns false — or panics when `TEND_E2E=required`.

@@ -1,0 +1,110 @@
+//! tend on real hosts: Debian 12 VMs booted by their own kernel, systemd as
+//! PID 1, cgroup v2 (and v1 from the kernel command line), reached over ssh.
+//! Process, systemd and podman services converge with memory limits in
+//! force; a service allocating past its limit is killed by the kernel and
+//! the plan says so; a reboot and a hard reset end, after the next
+//! reconcile, with every service serving once and a clean plan.
+
+use super::vm_common::{
+    apply_clean, assert_limits, assert_serving, eat, manifests, plan_entry, prepare, record_field,
+    SERVICES,
+};
+use tend_e2e::testbed::{skip_unless_vm, VmHost, VmOptions};
+
+fn boot(test: &str, name: &str, v1: bool) -> Option<VmHost> {
+    if !skip_unless_vm(test) {
+        return None;
+    }
+    let mut o = VmOptions::new(name);
+    o.cgroup_v1 = v1;
+    let vm = VmHost::start(o).unwrap_or_else(|e| panic!("{test}: VM: {e:#}"));
+    let cg = vm
+        .exec_ok("stat -f -c %T /sys/fs/cgroup")
+        .expect("cgroup fs");
+    let want = if v1 { "tmpfs" } else { "cgroup2fs" };
+    assert_eq!(cg.trim(), want, "cgroup layout of {name}");
+    prepare(&vm);
+    Some(vm)
+}
+
+/// Converge, check limits, OOM-kill both hogs and see the plan report it,
+/// converge again.
+fn converge_and_oom(vm: &VmHost, dir: &std::path::Path, v1: bool) {
+    apply_clean(vm, dir, "first apply");
+    assert_serving(vm, "first apply");
+    assert_limits(vm, v1);
+    for (name, _, port) in SERVICES.iter().filter(|s| s.0.starts_with("hog")) {
+        eat(vm, name, *port);
+        let (code, entry) = plan_entry(dir, name);
+        assert_eq!(code, 2, "{name} OOM-killed: plan exit");
+        let reasons = entry["reasons"].to_string();
+        assert!(reasons.contains("oom_killed"), "{name}: {entry}");
+        assert!(
+            entry["oom_kills"].as_u64().is_some_and(|n| n >= 1),
+            "{name}: {entry}"
+        );
+    }
+    apply_clean(vm, dir, "apply after the OOM kills");
+    assert_serving(vm, "apply after the OOM kills");
+}
+
+/// After the VM came back: records all there, the next apply converges,
+/// every service serves once, the plan is clean.
+fn after_restart(vm: &VmHost, dir: &std::path::Path, when: &str, boot_before: &str) {
+    let boot = vm.boot_id().expect("boot id");
+    assert_ne!(boot, boot_before, "{when}: same boot");
+    for (name, _, _) in SERVICES {
+        assert_eq!(
+            record_field(vm, name, "version").as_deref(),
+            Some("1"),
+            "{when}: record of {name}"
+        );
+    }
+    apply_clean(vm, dir, when);
+    assert_serving(vm, when);
+}
+
+#[test]
+fn a_cgroup_v2_vm_converges_every_runtime_reports_oom_kills_and_survives_reboot_and_reset() {
+    let test =
+        "a_cgroup_v2_vm_converges_every_runtime_reports_oom_kills_and_survives_reboot_and_reset";
+    let Some(vm) = boot(test, "vm-v2", false) else {
+        return;
+    };
+    let dir = manifests(&vm);
+    converge_and_oom(&vm, dir.path(), false);
+
+    let before = vm.boot_id().expect("boot id");
+    vm.reboot().expect("reboot");
+    after_restart(&vm, dir.path(), "after reboot", &before);
+
+    let before = vm.boot_id().expect("boot id");
+    vm.hard_reset().expect("system_reset");
+    after_restart(&vm, dir.path(), "after a hard reset", &before);
+    eprintln!(
+        "testbed: {} boots to ssh {:?} s, qemu RSS {:?} KiB",
+        vm.name,
+        vm.boot_seconds(),
+        vm.qemu_rss_kib()
+    );
+}
+
+#[test]
+fn a_cgroup_v1_vm_converges_every_runtime_reports_oom_kills_and_survives_a_hard_reset() {
+    let test = "a_cgroup_v1_vm_converges_every_runtime_reports_oom_kills_and_survives_a_hard_reset";
+    let Some(vm) = boot(test, "vm-v1", true) else {
+        return;
+    };
+    let dir = manifests(&vm);
+    converge_and_oom(&vm, dir.path(), true);
+
+    let before = vm.boot_id().expect("boot id");
+    vm.hard_reset().expect("system_reset");
+    after_restart(&vm, dir.path(), "after a hard reset", &before);
+    eprintln!(
+        "testbed: {} boots to ssh {:?} s, qemu RSS {:?} KiB",
+        vm.name,
+        vm.boot_seconds(),
+        vm.qemu_rss_kib()
+    );
+}

@@ -81,7 +81,7 @@ fn start(h: &TestHost, cg: Option<(&str, u64)>, cmd: &str, port: u16) -> u32 {
     // Bounded wait for the listener (not a timing assertion).
     let hex = format!(":{port:04X} ");
     h.exec_ok(&format!(
-        "i=0; while ! grep -q '{hex}.* 0A ' /proc/net/tcp; do i=$((i+1)); [ $i -gt 400 ] && exit 1; sleep 0.05; done"
+        "i=0; while ! grep -q '{hex}.* 0A ' /proc/net/tcp; do i=$((i+1)); [ $i -gt 2400 ] && exit 1; sleep 0.05; done"
     ))
     .unwrap();
     pid
@@ -227,7 +227,7 @@ async fn a_killed_process_plans_stopped() {
     let h = fleet.host(1);
     h.exec_ok(&format!(
         "kill {p}; i=0; while [ -d /proc/{p} ] && ! grep -q '^State:.*Z' /proc/{p}/status; do \
-         i=$((i+1)); [ $i -gt 200 ] && exit 1; sleep 0.05; done",
+         i=$((i+1)); [ $i -gt 1200 ] && exit 1; sleep 0.05; done",
         p = pids[1]
     ))
     .unwrap();
@@ -476,14 +476,29 @@ async fn later_probes_verify_the_known_sockets_and_still_find_a_stranger_after_a
             panic!("{} unreachable", h.name)
         };
         assert_eq!(a.listeners[&port], b.listeners[&port]);
-        assert_eq!(a.services, b.services);
+        // Everything but the live memory use, which moves between probes.
+        let steady = |st: &tend::model::HostState| {
+            st.services
+                .iter()
+                .map(|(n, o)| {
+                    (
+                        n.clone(),
+                        o.record.clone(),
+                        o.running,
+                        o.memory_limit,
+                        o.oom_kills,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(steady(a), steady(b));
     }
     // web1 dies and a stranger takes its port: the known socket is gone, so
     // the probe walks the table again and names the stranger.
     let h = fleet.host(1);
     h.exec_ok(&format!(
         "kill {p}; i=0; while [ -d /proc/{p} ] && ! grep -q '^State:.*Z' /proc/{p}/status; do \
-         i=$((i+1)); [ $i -gt 200 ] && exit 1; sleep 0.05; done",
+         i=$((i+1)); [ $i -gt 1200 ] && exit 1; sleep 0.05; done",
         p = pids[1]
     ))
     .unwrap();

@@ -39,7 +39,12 @@ pub fn desired_instances(desired: &Desired, service: &str) -> Vec<InstanceId> {
     desired
         .services
         .get(service)
-        .map(|s| vec![InstanceId::new(&s.name, &s.host)])
+        .map(|s| {
+            s.hosts
+                .iter()
+                .map(|h| InstanceId::new(&s.name, h))
+                .collect()
+        })
         .unwrap_or_default()
 }
 

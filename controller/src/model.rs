@@ -25,7 +25,7 @@ pub struct Desired {
 impl Desired {
     /// Services placed on `host`, in name order.
     pub fn services_on<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a Service> + 'a {
-        self.services.values().filter(move |s| s.host == host)
+        self.services.values().filter(move |s| s.runs_on(host))
     }
 }
 
@@ -67,7 +67,11 @@ pub struct SshTarget {
 pub struct Service {
     pub name: String,
     pub labels: BTreeMap<String, String>,
-    pub host: String,
+    /// Where it runs, resolved from `host`, `hosts` or `hostSelector`:
+    /// one instance per host, in name order.
+    pub hosts: Vec<String>,
+    /// How an upgrade moves across the instances.
+    pub rollout: Rollout,
     pub runtime: RuntimeKind,
     /// Declared version, or `src-<hash>` of the source tree when not declared.
     pub version: String,
@@ -87,6 +91,10 @@ pub struct Service {
 }
 
 impl Service {
+    pub fn runs_on(&self, host: &str) -> bool {
+        self.hosts.iter().any(|h| h == host)
+    }
+
     /// Hash of everything that, when changed, needs a restart (not the version:
     /// that is its own drift reason). Secrets are part of it so a rotated secret
     /// restarts the service; only the digest ever leaves the controller.
@@ -130,6 +138,66 @@ impl Service {
         }
         hex::encode(&h.finalize()[..12])
     }
+}
+
+/// How an upgrade of a service with many instances proceeds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rollout {
+    /// Instances that may be down at once, counting those already down.
+    pub max_unavailable: Share,
+    /// Wait between one batch turning healthy and the next starting.
+    #[serde(with = "humantime_serde")]
+    pub pause_between: Duration,
+    pub failure_action: FailureAction,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Rollout {
+            max_unavailable: Share::Count(1),
+            pause_between: Duration::ZERO,
+            failure_action: FailureAction::Rollback,
+        }
+    }
+}
+
+/// A number of instances, or a percentage of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Share {
+    Count(u32),
+    Percent(u32),
+}
+
+impl Share {
+    /// Out of `n` instances, rounded down, and at least 1 so a rollout
+    /// always moves (Kubernetes rounds `maxUnavailable` the same way).
+    pub fn of(self, n: usize) -> usize {
+        let k = match self {
+            Share::Count(c) => c as usize,
+            Share::Percent(p) => n * p as usize / 100,
+        };
+        k.max(1)
+    }
+}
+
+impl fmt::Display for Share {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Share::Count(c) => write!(f, "{c}"),
+            Share::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// What the first failed batch of a rollout does besides stopping it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    /// The instances already on the new version go back to the old one.
+    Rollback,
+    /// The instances that passed their gate keep the new version.
+    Pause,
 }
 
 /// How a release's files reach the host.

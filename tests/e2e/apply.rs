@@ -46,7 +46,8 @@ pub fn service(name: &str, host: &str, version: &str, command: &[&str]) -> Servi
     Service {
         name: name.into(),
         labels: BTreeMap::new(),
-        host: host.into(),
+        hosts: vec![host.into()],
+        rollout: Default::default(),
         runtime: RuntimeKind::Process,
         version: version.into(),
         delivery: Delivery::None,

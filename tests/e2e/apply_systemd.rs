@@ -52,7 +52,8 @@ fn web(h: &SystemdHost, name: &str, version: &str, port: u16) -> Service {
     Service {
         name: name.into(),
         labels: BTreeMap::new(),
-        host: h.name.clone(),
+        hosts: vec![h.name.clone()],
+        rollout: Default::default(),
         runtime: RuntimeKind::Systemd,
         version: version.into(),
         delivery: source(&[("serve", SERVE, true), ("health", &body, false)]),

@@ -23,7 +23,8 @@ fn web(name: &str, host: &str, port: u16) -> Service {
     Service {
         name: name.into(),
         labels: BTreeMap::new(),
-        host: host.into(),
+        hosts: vec![host.into()],
+        rollout: Default::default(),
         runtime: RuntimeKind::Process,
         version: "1.0".into(),
         delivery: Delivery::None,

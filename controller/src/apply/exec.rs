@@ -234,7 +234,7 @@ pub(crate) async fn run_action(
         }
         ActionKind::Start | ActionKind::Upgrade | ActionKind::Restart => {
             match ctx.desired.services.get(&a.service) {
-                Some(s) if s.host == a.host => deploy(&mut run, s).await,
+                Some(s) if s.runs_on(&a.host) => deploy(&mut run, s).await,
                 _ => ActionOutcome::Skipped(format!("{} is not in the manifests", a.service)),
             }
         }

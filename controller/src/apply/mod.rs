@@ -262,7 +262,10 @@ pub async fn preview(desired: &Desired, transports: &dyn Transports, opts: &Appl
         crate::observe::DEFAULT_CONCURRENCY,
     )
     .await;
-    restrict(crate::plan::plan(desired, &observed), &selected)
+    restrict(
+        crate::plan::plan_for(desired, &observed, Some(&selected)),
+        &selected,
+    )
 }
 
 fn selected_hosts(desired: &Desired, opts: &ApplyOptions) -> BTreeSet<String> {
@@ -276,18 +279,20 @@ fn selected_hosts(desired: &Desired, opts: &ApplyOptions) -> BTreeSet<String> {
     }
 }
 
-/// The selected hosts and those their services depend on (observed only, so
-/// a dependency's health is known).
+/// The selected hosts, those their services depend on, and those of the
+/// other instances of their services (observed only, so a dependency's
+/// health and a rollout's unavailable instances are known).
 fn observe_set(desired: &Desired, selected: &BTreeSet<String>) -> Vec<String> {
     let mut set = selected.clone();
     for s in desired
         .services
         .values()
-        .filter(|s| selected.contains(&s.host))
+        .filter(|s| s.hosts.iter().any(|h| selected.contains(h)))
     {
+        set.extend(s.hosts.iter().cloned());
         for d in &s.depends_on {
             if let Some(dep) = desired.services.get(d) {
-                set.insert(dep.host.clone());
+                set.extend(dep.hosts.iter().cloned());
             }
         }
     }
@@ -454,7 +459,10 @@ pub async fn converge(
     }
 
     // 3. Plan; act only where we hold the lock.
-    let mut plan = restrict(crate::plan::plan(desired, &observed), &selected);
+    let mut plan = restrict(
+        crate::plan::plan_for(desired, &observed, Some(&selected)),
+        &selected,
+    );
     for h in locked.keys() {
         plan.unreachable.remove(h);
     }
@@ -470,7 +478,9 @@ pub async fn converge(
         emit: emit.clone(),
     });
     let prune_refusals = prune_guard(&plan, &ctx);
-    let actions = schedule(&plan, runs.clone_handles(), ctx.clone(), prune_refusals).await;
+    let mut actions = schedule(&plan, runs.clone_handles(), ctx.clone(), prune_refusals).await;
+    actions
+        .extend(undo_failed_rollouts(desired, transports, &selected, &runs, &ctx, &actions).await);
 
     // 4. Give the locks back.
     let mut releases = tokio::task::JoinSet::new();
@@ -503,6 +513,73 @@ pub async fn converge(
         host_errors: errors,
         duration: started.elapsed(),
     }
+}
+
+/// A rollout whose gate failed in this run, with `failureAction: rollback`:
+/// observe its hosts again and take the instances already upgraded back,
+/// under the same locks, as the plan says from their fresh records.
+async fn undo_failed_rollouts(
+    desired: &Desired,
+    transports: &dyn Transports,
+    selected: &BTreeSet<String>,
+    runs: &BTreeMap<String, HostRun>,
+    ctx: &Arc<exec::Ctx>,
+    done: &[ActionReport],
+) -> Vec<ActionReport> {
+    let failed: BTreeSet<&str> = done
+        .iter()
+        .filter(|r| {
+            matches!(r.action.kind, ActionKind::Start | ActionKind::Upgrade)
+                && matches!(
+                    r.outcome,
+                    ActionOutcome::RolledBack(_) | ActionOutcome::Failed(_)
+                )
+        })
+        .filter_map(|r| desired.services.get(&r.action.service))
+        .filter(|s| {
+            s.hosts.len() > 1 && s.rollout.failure_action == crate::model::FailureAction::Rollback
+        })
+        .map(|s| s.name.as_str())
+        .collect();
+    if failed.is_empty() {
+        return Vec::new();
+    }
+    let hosts: Vec<String> = runs
+        .keys()
+        .filter(|h| {
+            failed
+                .iter()
+                .any(|s| desired.services.get(*s).is_some_and(|s| s.runs_on(h)))
+        })
+        .cloned()
+        .collect();
+    let fresh = crate::observe::observe_all_with(
+        transports,
+        desired,
+        &hosts,
+        ctx.opts.observe_timeout,
+        crate::observe::DEFAULT_CONCURRENCY,
+    )
+    .await;
+    let mut observed = ctx.observed.clone();
+    observed.extend(fresh);
+    let mut plan = restrict(
+        crate::plan::plan_for(desired, &observed, Some(selected)),
+        selected,
+    );
+    plan.actions
+        .retain(|a| a.kind == ActionKind::Rollback && failed.contains(a.service.as_str()));
+    if plan.actions.is_empty() {
+        return Vec::new();
+    }
+    let ctx = Arc::new(exec::Ctx {
+        desired: ctx.desired.clone(),
+        observed,
+        opts: ctx.opts.clone(),
+        redactor: ctx.redactor.clone(),
+        emit: ctx.emit.clone(),
+    });
+    schedule(&plan, runs.clone_handles(), ctx, HashMap::new()).await
 }
 
 trait CloneHandles {

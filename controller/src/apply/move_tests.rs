@@ -23,7 +23,8 @@ fn svc(name: &str, host: &str, deps: &[&str]) -> Service {
     Service {
         name: name.into(),
         labels: BTreeMap::new(),
-        host: host.into(),
+        hosts: vec![host.into()],
+        rollout: Default::default(),
         runtime: RuntimeKind::Process,
         version: "1".into(),
         delivery: Delivery::None,

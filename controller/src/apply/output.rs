@@ -72,7 +72,8 @@ mod tests {
         let s = Service {
             name: "x".into(),
             labels: Default::default(),
-            host: "h".into(),
+            hosts: vec!["h".into()],
+            rollout: Default::default(),
             runtime: crate::record::RuntimeKind::Process,
             version: "1".into(),
             delivery: crate::model::Delivery::None,

@@ -107,6 +107,9 @@ pub(super) async fn schedule(
                         match deps.wait(&a, i, &mut done_rx).await {
                             Err(why) => skip(why),
                             Ok(()) => {
+                                if !a.pause.is_zero() {
+                                    tokio::time::sleep(a.pause).await;
+                                }
                                 let _host = host_limit.acquire().await;
                                 let _fleet = limit.acquire().await;
                                 exec::run_action(&ctx, lock, t.as_ref(), &a).await
@@ -197,29 +200,68 @@ impl Deps {
                 let _ = done.wait_for(|d| d.contains_key(id)).await;
             }
         }
+        // By service: all of a service's instances, unless `needs` says fewer.
+        let mut groups: BTreeMap<&str, Vec<&InstanceId>> = BTreeMap::new();
         for dep in &a.after {
-            match self.index.get(dep) {
-                Some(&j) if j < i => {
-                    let seen = done
-                        .wait_for(|d| d.contains_key(dep))
-                        .await
-                        .map_err(|_| format!("dependency {dep}: its result never came"))?;
-                    if seen.get(dep) != Some(&true) {
-                        return Err(format!("dependency {dep} did not converge"));
+            groups.entry(dep.service.as_str()).or_default().push(dep);
+        }
+        for (service, deps) in groups {
+            let need = a
+                .needs
+                .iter()
+                .find(|n| n.service == service)
+                .map_or(deps.len(), |n| n.at_least.min(deps.len()));
+            let mut ok = 0;
+            let mut first_why = None;
+            for dep in deps.iter().copied() {
+                match self.converged(dep, i, done).await {
+                    Ok(()) => ok += 1,
+                    Err(why) => {
+                        first_why.get_or_insert(why);
                     }
                 }
-                Some(_) => return Err(format!("dependency {dep} is planned after it")),
-                None => match self.status.get(dep) {
-                    Some(Status::InSync) | Some(Status::Suspended) | None => {}
-                    Some(Status::Drifted) => return Err(format!("dependency {dep} is drifted")),
-                    Some(Status::Unknown) => {
-                        return Err(format!(
-                            "dependency {dep} is on a host that was not observed"
-                        ))
-                    }
-                },
+            }
+            if ok < need {
+                let why = first_why.unwrap_or_default();
+                return Err(if need == deps.len() {
+                    why
+                } else {
+                    format!(
+                        "{ok} of {} instances of {service} converged, it needs {need} ({why})",
+                        deps.len()
+                    )
+                });
             }
         }
         Ok(())
+    }
+
+    /// Whether one dependency instance converged (waiting for its action).
+    async fn converged(
+        &self,
+        dep: &InstanceId,
+        i: usize,
+        done: &mut watch::Receiver<Done>,
+    ) -> Result<(), String> {
+        match self.index.get(dep) {
+            Some(&j) if j < i => {
+                let seen = done
+                    .wait_for(|d| d.contains_key(dep))
+                    .await
+                    .map_err(|_| format!("dependency {dep}: its result never came"))?;
+                if seen.get(dep) != Some(&true) {
+                    return Err(format!("dependency {dep} did not converge"));
+                }
+                Ok(())
+            }
+            Some(_) => Err(format!("dependency {dep} is planned after it")),
+            None => match self.status.get(dep) {
+                Some(Status::InSync) | Some(Status::Suspended) | None => Ok(()),
+                Some(Status::Drifted) => Err(format!("dependency {dep} is drifted")),
+                Some(Status::Unknown) => Err(format!(
+                    "dependency {dep} is on a host that was not observed"
+                )),
+            },
+        }
     }
 }

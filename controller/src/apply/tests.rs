@@ -71,7 +71,8 @@ fn check(env_v: &str, arg: &str, step: &str, version: &str, fname: &str) {
     let s = Service {
         name: name.clone(),
         labels: BTreeMap::new(),
-        host: "local".into(),
+        hosts: vec!["local".into()],
+        rollout: Default::default(),
         runtime: RuntimeKind::Process,
         version: version.into(),
         delivery: Delivery::Source(SourceTree {
@@ -255,7 +256,8 @@ fn an_artifact_is_fetched_and_refused_when_its_sha256_differs() {
         let mk = |sha: String| Service {
             name: name.clone(),
             labels: BTreeMap::new(),
-            host: "local".into(),
+            hosts: vec!["local".into()],
+            rollout: Default::default(),
             runtime: RuntimeKind::Process,
             version: "1".into(),
             delivery: Delivery::Artifact {

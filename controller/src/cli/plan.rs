@@ -301,7 +301,9 @@ mod tests {
             service: name.into(),
             host: "h1".into(),
             after: vec![],
+            needs: vec![],
             reasons: vec![r],
+            pause: std::time::Duration::ZERO,
         }
     }
 
@@ -328,6 +330,7 @@ mod tests {
                 mem_total: Some(4 << 30),
                 mem_available: Some(2 << 30),
             }],
+            rollouts: vec![],
         };
         let text = render(&plan, &Desired::default(), false);
         assert!(text.contains("  + start api (missing)\n"), "{text}");

@@ -222,7 +222,8 @@ mod tests {
         Service {
             name: "web".into(),
             labels: BTreeMap::new(),
-            host: HOST.into(),
+            hosts: vec![HOST.into()],
+            rollout: Default::default(),
             runtime: RuntimeKind::Process,
             version: "1".into(),
             delivery: Delivery::None,

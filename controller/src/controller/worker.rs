@@ -182,8 +182,13 @@ pub(super) fn shard(desired: &Arc<Desired>, selector: &BTreeMap<String, String>)
     let services = desired
         .services
         .iter()
-        .filter(|(_, s)| hosts.contains_key(&s.host))
-        .map(|(k, s)| (k.clone(), s.clone()))
+        .filter(|(_, s)| s.hosts.iter().any(|h| hosts.contains_key(h)))
+        .map(|(k, s)| {
+            // Instances on other controllers' hosts are theirs to count.
+            let mut s = s.clone();
+            s.hosts.retain(|h| hosts.contains_key(h));
+            (k.clone(), s)
+        })
         .collect();
     Arc::new(Desired { hosts, services })
 }

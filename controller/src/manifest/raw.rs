@@ -161,8 +161,17 @@ pub enum Runtime {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServiceSpec {
-    /// Name of a Host.
-    pub host: S<String>,
+    /// Name of a Host. Exactly one of `host`, `hosts`, `hostSelector`.
+    pub host: Option<S<String>>,
+    /// Names of Hosts: one instance on each.
+    pub hosts: Option<S<Vec<S<String>>>>,
+    /// Labels a Host must all have: one instance on each such host.
+    pub host_selector: Option<S<BTreeMap<String, S<String>>>>,
+    /// A `hostSelector` may match no host (otherwise that is an error).
+    #[serde(default)]
+    pub allow_no_hosts: bool,
+    /// How an upgrade moves across the instances.
+    pub rollout: Option<S<RolloutSpec>>,
     pub runtime: S<Runtime>,
     /// Required unless `source` is set (then `src-<digest>`).
     pub version: Option<S<String>>,
@@ -239,7 +248,71 @@ pub struct TcpCheck {
     pub port: S<u16>,
 }
 
+/// Batches of an upgrade across a service's instances.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// Instances down at once, counting those already down: `1` (default)
+    /// or a percentage such as `25%` (rounded down, at least 1).
+    pub max_unavailable: Option<S<ShareSpec>>,
+    /// Wait after a batch turned healthy before the next starts, e.g. `10s`.
+    pub pause_between: Option<S<String>>,
+    /// `rollback` (default): a failed batch takes every upgraded instance
+    /// back; `pause`: instances that passed their gate stay upgraded.
+    pub failure_action: Option<S<FailureActionSpec>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureActionSpec {
+    Rollback,
+    Pause,
+}
+
 // ------------------------------------------------------------------ scalars
+
+/// A count (`2`) or a percentage (`"25%"`) as written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShareSpec(pub String);
+
+impl<'de> Deserialize<'de> for ShareSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ShareSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number of instances or a percentage such as 25%")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ShareSpec, E> {
+                Ok(ShareSpec(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ShareSpec, E> {
+                Ok(ShareSpec(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ShareSpec, E> {
+                Ok(ShareSpec(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for ShareSpec {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "Share".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        schemars::json_schema!({
+            "description": "A number of instances (at least 1), or a percentage of them such as 25%.",
+            "type": ["string", "integer"],
+            "minimum": 1,
+            "pattern": "^[0-9]+%?$"
+        })
+    }
+}
 
 /// A byte quantity as written: `512MiB`, `1.5GiB`, `2GB` or a number of bytes.
 #[derive(Debug, Clone, PartialEq)]

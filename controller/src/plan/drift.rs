@@ -1,6 +1,6 @@
 //! Drift rules: desired service × what its host showed → reasons and one action.
 
-use super::{Action, ActionKind, DriftReason, MemoryBudget, ServicePlan, Status};
+use super::{Action, ActionKind, DriftReason, MemoryBudget, Need, ServicePlan, Status};
 use crate::instance::{desired_instances, InstanceId};
 use crate::model::{
     CgroupMode, Desired, HostState, Listener, Observation, ObservedService, Service,
@@ -60,13 +60,13 @@ pub(super) fn diff(
                     actions.extend(action);
                 }
                 for (name, why) in &st.bad_records {
-                    if desired.services.get(name).is_none_or(|s| &s.host != host) {
+                    if desired.services.get(name).is_none_or(|s| !s.runs_on(host)) {
                         here.push(unreadable(name, host, None, why));
                     }
                 }
                 for (name, o) in &st.services {
                     let in_git = desired.services.get(name);
-                    if in_git.is_some_and(|s| &s.host == host) {
+                    if in_git.is_some_and(|s| s.runs_on(host)) {
                         continue;
                     }
                     // A suspended service is never acted on, not even its old copy.
@@ -91,7 +91,9 @@ pub(super) fn diff(
                             service: name.clone(),
                             host: host.clone(),
                             after: Vec::new(),
+                            needs: Vec::new(),
                             reasons: vec![DriftReason::Unmanaged],
+                            pause: std::time::Duration::ZERO,
                         });
                     }
                 }
@@ -223,11 +225,27 @@ fn plan_service(
         .collect();
     after.sort();
     after.dedup();
+    let needs: Vec<Need> = s
+        .depends_on
+        .iter()
+        .filter_map(|d| desired.services.get(d))
+        .filter(|d| d.name != s.name && d.hosts.len() > 1)
+        .map(|d| Need {
+            service: d.name.clone(),
+            at_least: d
+                .hosts
+                .len()
+                .saturating_sub(d.rollout.max_unavailable.of(d.hosts.len()))
+                .max(1),
+        })
+        .collect();
     let action = kind.map(|kind| Action {
         kind,
         service: s.name.clone(),
         host: host.to_string(),
         after,
+        needs,
+        pause: std::time::Duration::ZERO,
         reasons: reasons
             .iter()
             .copied()

@@ -6,7 +6,8 @@
 use crate::instance::InstanceId;
 use crate::model::{Desired, Observation};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 /// Why a service does not match Git.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -29,6 +30,9 @@ pub enum DriftReason {
     /// The kernel OOM-killed it since tend started it (count: `oom_kills`):
     /// stopped, or restarted by its supervisor (planned as a restart).
     OomKilled,
+    /// Another instance's health gate failed this version, and the
+    /// rollout's `failureAction: rollback` takes this one back too.
+    RolloutFailed,
     /// Its record on the host cannot be read: nothing is done to it until a
     /// person repairs or removes the file; the host's other services are.
     Record,
@@ -37,7 +41,7 @@ pub enum DriftReason {
 }
 
 impl DriftReason {
-    pub const ALL: [DriftReason; 10] = [
+    pub const ALL: [DriftReason; 11] = [
         DriftReason::Missing,
         DriftReason::Stopped,
         DriftReason::Version,
@@ -46,6 +50,7 @@ impl DriftReason {
         DriftReason::Port,
         DriftReason::Unhealthy,
         DriftReason::OomKilled,
+        DriftReason::RolloutFailed,
         DriftReason::Record,
         DriftReason::Unmanaged,
     ];
@@ -59,6 +64,7 @@ impl DriftReason {
             DriftReason::Port => "port",
             DriftReason::Unhealthy => "unhealthy",
             DriftReason::OomKilled => "oom_killed",
+            DriftReason::RolloutFailed => "rollout_failed",
             DriftReason::Record => "record",
             DriftReason::Unmanaged => "unmanaged",
         }
@@ -133,10 +139,43 @@ pub struct Action {
     pub kind: ActionKind,
     pub service: String,
     pub host: String,
-    /// Instances (any host) that must be healthy before this action runs.
+    /// Instances (any host) that must be healthy before this action runs:
+    /// all of them, unless `needs` asks fewer of a service's.
     pub after: Vec<InstanceId>,
+    /// Of a replicated dependency's instances in `after`, how many suffice.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<Need>,
     /// The drift this action repairs.
     pub reasons: Vec<DriftReason>,
+    /// Wait this long once `after` converged (a rollout's pause between batches).
+    #[serde(with = "humantime_serde", skip_serializing_if = "Duration::is_zero")]
+    pub pause: Duration,
+}
+
+/// At least `at_least` of the instances of `service` in an action's `after`
+/// must converge: a replicated dependency is there when no more than its
+/// `maxUnavailable` instances are missing, and at least one is up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Need {
+    pub service: String,
+    pub at_least: usize,
+}
+
+/// How a service with several instances stands in its rollout.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RolloutStatus {
+    pub service: String,
+    pub instances: usize,
+    /// Instances in sync with Git.
+    pub current: usize,
+    pub unavailable: usize,
+    pub max_unavailable: usize,
+    /// Hosts of each batch this plan runs, in order (repairs of instances
+    /// already down come first).
+    pub batches: Vec<Vec<String>>,
+    /// Why the rollout is stopped, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub halted: Option<String>,
 }
 
 impl Action {
@@ -173,6 +212,9 @@ pub struct Plan {
     /// Hosts that could not be observed, with the reason.
     pub unreachable: BTreeMap<String, String>,
     pub memory: Vec<MemoryBudget>,
+    /// Services with more than one instance.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rollouts: Vec<RolloutStatus>,
 }
 
 impl Plan {
@@ -188,6 +230,7 @@ impl Plan {
 
 mod drift;
 mod order;
+mod rollout;
 #[cfg(test)]
 mod tests;
 
@@ -198,7 +241,18 @@ pub use drift::{limits_match, PAGE_TOLERANCE};
 /// Only hosts present in `observed` are planned (a label selector observes a
 /// subset); desired services on other hosts do not appear.
 pub fn plan(desired: &Desired, observed: &BTreeMap<String, Observation>) -> Plan {
-    let (services, actions, memory) = drift::diff(desired, observed);
+    plan_for(desired, observed, None)
+}
+
+/// The plan when only `selected` hosts may be acted on (None: all): the
+/// other observed hosts count for rollouts' availability, get no batches.
+pub fn plan_for(
+    desired: &Desired,
+    observed: &BTreeMap<String, Observation>,
+    selected: Option<&BTreeSet<String>>,
+) -> Plan {
+    let (mut services, mut actions, memory) = drift::diff(desired, observed);
+    let rollouts = rollout::shape(desired, observed, selected, &mut services, &mut actions);
     let unreachable = observed
         .iter()
         .filter_map(|(h, o)| match o {
@@ -211,5 +265,6 @@ pub fn plan(desired: &Desired, observed: &BTreeMap<String, Observation>) -> Plan
         actions: order::order(actions),
         unreachable,
         memory,
+        rollouts,
     }
 }

@@ -28,7 +28,8 @@ fn svc(name: &str, host: &str) -> Service {
     Service {
         name: name.into(),
         labels: BTreeMap::new(),
-        host: host.into(),
+        hosts: vec![host.into()],
+        rollout: Default::default(),
         runtime: RuntimeKind::Process,
         version: "1.0".into(),
         delivery: Delivery::None,
@@ -686,7 +687,7 @@ fn perturb(g: &Gen) -> (Desired, BTreeMap<String, Observation>) {
     let names: Vec<String> = d.services.keys().cloned().collect();
     for (i, f) in g.faults.iter().enumerate() {
         let Some(name) = names.get(i) else { continue };
-        let Some(h) = d.services.get(name).map(|s| s.host.clone()) else {
+        let Some(h) = d.services.get(name).map(|s| s.hosts[0].clone()) else {
             continue;
         };
         let st = state(&mut o, &h);
@@ -873,15 +874,15 @@ proptest! {
         let mut moved = Vec::new();
         for (s, ix) in d.services.values_mut().zip(&to) {
             let h = hosts[ix.index(hosts.len())].clone();
-            if h != s.host {
-                moved.push((s.name.clone(), s.host.clone(), h.clone()));
-                s.host = h;
+            if h != s.hosts[0] {
+                moved.push((s.name.clone(), s.hosts[0].clone(), h.clone()));
+                s.hosts = vec![h];
             }
         }
         let p = plan(&d, &o);
         for (i, a) in p.actions.iter().enumerate() {
             for dep in &a.after {
-                let placed = d.services.get(&dep.service).map(|s| s.host.as_str());
+                let placed = d.services.get(&dep.service).map(|s| s.hosts[0].as_str());
                 prop_assert_eq!(placed, Some(dep.host.as_str()), "{} waits on {}", a.id(), dep);
                 if let Some(j) = p.actions.iter().position(|b| b.id() == *dep) {
                     prop_assert!(j < i, "{} runs before its dependency {}", a.id(), dep);

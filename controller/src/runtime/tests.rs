@@ -13,7 +13,8 @@ fn svc(runtime: RuntimeKind) -> Service {
     Service {
         name: "web".into(),
         labels: BTreeMap::new(),
-        host: "h".into(),
+        hosts: vec!["h".into()],
+        rollout: Default::default(),
         runtime,
         version: "1.0 'beta' $(x)".into(),
         delivery: match runtime {

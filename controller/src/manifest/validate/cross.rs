@@ -7,30 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub(super) fn cross_checks(
     desired: &Desired,
-    host_names: &BTreeMap<String, Origin>,
     host_info: &BTreeMap<String, HostInfo>,
     services: &BTreeMap<String, ServiceInfo>,
     r: &mut Report,
 ) {
     // References.
     for (name, s) in services {
-        if !host_names.contains_key(&s.host.value) {
-            let known: Vec<&str> = host_names.keys().map(String::as_str).collect();
-            r.error(
-                &s.file,
-                s.host.at,
-                "spec.host",
-                format!(
-                    "unknown host `{}` (hosts: {})",
-                    s.host.value,
-                    if known.is_empty() {
-                        "none".into()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            );
-        }
         for (i, d) in s.depends_on.iter().enumerate() {
             if d.value != *name && !services.contains_key(&d.value) {
                 r.error(
@@ -56,24 +38,28 @@ pub(super) fn cross_checks(
     // Two services on one port of a host.
     let mut taken: BTreeMap<(&str, u16), (&str, Origin)> = BTreeMap::new();
     for (name, s) in services {
-        for (i, p) in s.ports.iter().enumerate() {
+        for (h, (i, p)) in s
+            .hosts
+            .iter()
+            .flat_map(|h| s.ports.iter().enumerate().map(move |ip| (h, ip)))
+        {
             let origin = Origin {
                 file: s.file.clone(),
                 at: p.at,
             };
-            match taken.get(&(s.host.value.as_str(), p.value)) {
+            match taken.get(&(h.as_str(), p.value)) {
                 Some((other, first)) if *other != name.as_str() => r.error(
                     &s.file,
                     p.at,
                     format!("spec.ports[{i}]"),
                     format!(
                         "port {} on host `{}` is taken by both `{other}` ({first}) and `{name}` ({origin})",
-                        p.value, s.host.value
+                        p.value, h
                     ),
                 ),
                 Some(_) => {}
                 None => {
-                    taken.insert((s.host.value.as_str(), p.value), (name.as_str(), origin));
+                    taken.insert((h.as_str(), p.value), (name.as_str(), origin));
                 }
             }
         }
@@ -89,7 +75,7 @@ pub(super) fn cross_checks(
         let budget = capacity.saturating_sub(host.reserved);
         let mut parts = Vec::new();
         let mut sum = 0u64;
-        for (sname, s) in services.iter().filter(|(_, s)| &s.host.value == hname) {
+        for (sname, s) in services.iter().filter(|(_, s)| s.hosts.contains(hname)) {
             match desired.services.get(sname).and_then(|svc| svc.memory) {
                 Some(m) => {
                     sum = sum.saturating_add(m);

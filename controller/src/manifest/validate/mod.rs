@@ -2,6 +2,7 @@
 
 mod cross;
 mod hosts;
+mod placement;
 mod rules;
 mod services;
 
@@ -66,7 +67,9 @@ impl std::fmt::Display for Origin {
 struct ServiceInfo {
     file: String,
     spec_at: At,
-    host: S<String>,
+    placement: placement::Placement,
+    /// Resolved from `placement`.
+    hosts: Vec<String>,
     ports: Vec<S<u16>>,
     depends_on: Vec<S<String>>,
     health_port: Option<(u16, At, String)>,
@@ -153,7 +156,8 @@ pub(crate) fn build(
                 let info = ServiceInfo {
                     file: d.file.clone(),
                     spec_at: s.spec.at,
-                    host: spec.host.clone(),
+                    placement: placement::read(&d.file, spec, s.spec.at, report),
+                    hosts: Vec::new(),
                     ports: spec.ports.clone(),
                     depends_on: spec.depends_on.clone(),
                     health_port: spec.health.as_ref().and_then(|h| {
@@ -183,6 +187,7 @@ pub(crate) fn build(
         }
     }
 
-    cross_checks(&desired, &host_names, &host_info, &service_info, report);
+    placement::resolve(&mut desired, &mut service_info, report);
+    cross_checks(&desired, &host_info, &service_info, report);
     report.errors.is_empty().then_some(desired)
 }

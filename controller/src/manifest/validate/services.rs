@@ -251,7 +251,8 @@ pub(super) fn service(
     (r.errors.len() == before).then(|| Service {
         name: name.clone(),
         labels,
-        host: spec.host.value.clone(),
+        hosts: Vec::new(),
+        rollout: super::placement::rollout(file, spec, r),
         runtime,
         version,
         delivery,

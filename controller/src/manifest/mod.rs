@@ -118,4 +118,6 @@ impl fmt::Display for Diagnostics {
 }
 
 #[cfg(test)]
+mod placement_tests;
+#[cfg(test)]
 mod tests;

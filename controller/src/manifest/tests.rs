@@ -12,7 +12,7 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn tf(path: &str, text: &str) -> TreeFile {
+pub(super) fn tf(path: &str, text: &str) -> TreeFile {
     TreeFile {
         path: path.into(),
         executable: false,
@@ -58,11 +58,11 @@ fn with(mut files: Vec<TreeFile>, path: &str, text: &str) -> Vec<TreeFile> {
     files
 }
 
-fn load(files: &[TreeFile]) -> Result<Loaded, Diagnostics> {
+pub(super) fn load(files: &[TreeFile]) -> Result<Loaded, Diagnostics> {
     load_tree(files, "m", Secrets::Placeholder)
 }
 
-fn errors(files: &[TreeFile]) -> Vec<Diagnostic> {
+pub(super) fn errors(files: &[TreeFile]) -> Vec<Diagnostic> {
     match load(files) {
         Ok(_) => panic!("expected the manifests to be refused"),
         Err(d) => d.0,
@@ -71,7 +71,13 @@ fn errors(files: &[TreeFile]) -> Vec<Diagnostic> {
 
 /// The one error at `file:line`, whose field and message contain the given text.
 #[track_caller]
-fn expect_error(files: &[TreeFile], file: &str, line: usize, field: &str, msg: &str) -> Diagnostic {
+pub(super) fn expect_error(
+    files: &[TreeFile],
+    file: &str,
+    line: usize,
+    field: &str,
+    msg: &str,
+) -> Diagnostic {
     let all = errors(files);
     let found = all.iter().find(|d| {
         d.file == file && d.line == line && d.field.contains(field) && d.message.contains(msg)

@@ -138,14 +138,14 @@ fn shape_one(
         if a.service != s.name || !s.runs_on(&a.host) || !may_act(&a.host) {
             continue;
         }
-        if a.kind == ActionKind::Rollback {
-            // Undoing a failed rollout goes at once: those instances run a
-            // version that failed elsewhere.
-            continue;
-        }
         if unavailable.contains(&a.host) {
             repairs.push(a.id());
-        } else if matches!(a.kind, ActionKind::Upgrade | ActionKind::Restart) {
+        } else if matches!(
+            a.kind,
+            ActionKind::Upgrade | ActionKind::Restart | ActionKind::Rollback
+        ) {
+            // Undoing a failed rollout takes instances down too: batched
+            // like the upgrade was.
             disruptive.push(i);
         }
     }
@@ -198,13 +198,28 @@ fn shape_one(
         .filter(|sp| ours(sp))
         .filter(|sp| sp.status == Status::InSync)
         .count();
+    let progress = progress(n, current, mu, halted.is_some());
     RolloutStatus {
         service: s.name.clone(),
         instances: n,
         current,
+        progress,
         unavailable: unavailable.len(),
         max_unavailable: mu,
         batches,
         halted,
     }
+}
+
+/// `3/5 current, batch 2 of 3`: batches of `mu` counted from the instances
+/// already current, so an interrupted rollout reads where it stands.
+pub(super) fn progress(n: usize, current: usize, mu: usize, halted: bool) -> String {
+    if current >= n {
+        return format!("{n}/{n} current");
+    }
+    let mu = mu.max(1);
+    let of = n.div_ceil(mu);
+    let batch = (current / mu + 1).min(of);
+    let state = if halted { ", halted" } else { "" };
+    format!("{current}/{n} current, batch {batch} of {of}{state}")
 }

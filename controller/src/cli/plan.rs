@@ -119,11 +119,14 @@ fn action_line(a: &Action, sp: Option<&ServicePlan>, p: &Paint) -> String {
             (None, None) => String::new(),
         }
     };
-    let after = if a.after.is_empty() {
+    let mut after = if a.after.is_empty() {
         String::new()
     } else {
         format!(" after {}", crate::cli::join_ids(&a.after, ", "))
     };
+    if !a.pause.is_zero() {
+        let _ = write!(after, " then {}", humantime::format_duration(a.pause));
+    }
     match a.kind {
         ActionKind::Start => p.wrap("32", &format!("+ start {} ({why}){after}", a.service)),
         ActionKind::Upgrade => p.wrap(
@@ -215,6 +218,10 @@ pub fn render(plan: &Plan, desired: &Desired, colour: bool) -> String {
         }
     }
 
+    if !plan.rollouts.is_empty() {
+        out.push('\n');
+        out.push_str(&rollout_lines(plan, &p));
+    }
     if !plan.memory.is_empty() {
         out.push('\n');
         out.push_str(&memory_table(plan));
@@ -242,6 +249,31 @@ pub fn render(plan: &Plan, desired: &Desired, colour: bool) -> String {
         format!("drift: {}", parts.join(", "))
     };
     let _ = writeln!(out, "\n{summary}");
+    out
+}
+
+/// One line per replicated service: progress, then its batches in order.
+fn rollout_lines(plan: &Plan, p: &Paint) -> String {
+    let mut out = String::new();
+    for r in &plan.rollouts {
+        let _ = writeln!(
+            out,
+            "{}",
+            p.wrap(
+                "1",
+                &format!(
+                    "rollout {}: {} (maxUnavailable {}, {} unavailable)",
+                    r.service, r.progress, r.max_unavailable, r.unavailable
+                )
+            )
+        );
+        for (i, b) in r.batches.iter().enumerate() {
+            let _ = writeln!(out, "  batch {}: {}", i + 1, b.join(", "));
+        }
+        if let Some(why) = &r.halted {
+            let _ = writeln!(out, "  {}", p.wrap("31;1", &format!("! {why}")));
+        }
+    }
     out
 }
 
@@ -330,9 +362,22 @@ mod tests {
                 mem_total: Some(4 << 30),
                 mem_available: Some(2 << 30),
             }],
-            rollouts: vec![],
+            rollouts: vec![tend::plan::RolloutStatus {
+                service: "web".into(),
+                instances: 5,
+                current: 2,
+                progress: "2/5 current, batch 2 of 3".into(),
+                unavailable: 0,
+                max_unavailable: 2,
+                batches: vec![vec!["h3".into(), "h4".into()], vec!["h5".into()]],
+                halted: None,
+            }],
         };
         let text = render(&plan, &Desired::default(), false);
+        assert!(
+            text.contains("rollout web: 2/5 current, batch 2 of 3 (maxUnavailable 2, 0 unavailable)\n  batch 1: h3, h4\n  batch 2: h5\n"),
+            "{text}"
+        );
         assert!(text.contains("  + start api (missing)\n"), "{text}");
         assert!(
             text.contains("  ~ upgrade auth 1.0 → 1.1 (version)\n"),

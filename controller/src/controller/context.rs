@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::Desired;
 use crate::notify::{Event, Notifier};
+use crate::plan::RolloutStatus;
 use crate::source::Source;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +32,7 @@ pub(super) struct State {
     pub(super) source: SourceStatus,
     pub(super) good: Option<Good>,
     pub(super) hosts: Vec<HostStatus>,
+    pub(super) rollouts: Vec<RolloutStatus>,
     pub(super) last_actions: BTreeMap<(String, String), ActionRecord>,
     pub(super) history: VecDeque<ReconcileRecord>,
     pub(super) backoff: BTreeMap<String, Backoff>,
@@ -81,6 +83,7 @@ impl Context {
                 },
                 good: None,
                 hosts: vec![],
+                rollouts: vec![],
                 last_actions: BTreeMap::new(),
                 history: VecDeque::new(),
                 backoff: BTreeMap::new(),
@@ -124,6 +127,7 @@ impl Context {
             selector: self.config.selector.clone(),
             source: s.source.clone(),
             hosts: s.hosts.clone(),
+            rollouts: s.rollouts.clone(),
             running: self.coalescer.running(),
             pending: self.coalescer.pending(),
             reconciles: s.history.iter().rev().cloned().collect(),

@@ -19,6 +19,7 @@ mod fault_service;
 mod fault_trust;
 mod fault_unreachable;
 mod plan;
+mod rollout;
 mod source_signed;
 mod status_page;
 mod testbed_smoke;

@@ -67,11 +67,14 @@ fn shape_one(
         .cloned()
         .collect();
     let mut halted = None;
-    if let Some(first) = failed_on.first() {
+    if !failed_on.is_empty() {
+        // Instances taken back by `failureAction: rollback` record the
+        // version as failed too: name them all, not a guessed first.
         let why = format!(
-            "the rollout of version {} stopped: it failed its health check on {first}; \
-             change the manifest to retry",
-            s.version
+            "the rollout of version {} stopped: it failed its health check \
+             (rolled back on {}); change the manifest to retry",
+            s.version,
+            failed_on.join(", ")
         );
         halted = Some(why.clone());
         for sp in services.iter_mut().filter(|sp| ours(sp)) {

@@ -180,7 +180,7 @@ fn a_version_that_failed_anywhere_halts_the_rollout_and_rolls_back_the_upgraded_
         .halted
         .as_deref()
         .unwrap_or("")
-        .contains("failed its health check on h1"));
+        .contains("failed its health check (rolled back on h1)"));
     assert!(r.progress.ends_with(", halted"), "{}", r.progress);
     assert_eq!(kinds(&p), vec![(ActionKind::Rollback, "web")]);
     assert_eq!(action(&p, "h0").reasons, vec![DriftReason::RolloutFailed]);

@@ -2,12 +2,14 @@
 //! same test hosts in the same run. See BENCHMARKS.md.
 //!
 //! `cargo run --release -p tend-bench -- --hosts 10,50 --services 5 --runs 5`
+//! `cargo run --release -p tend-bench -- --hosts 50 --rolling 10 --runs 3`
 
 mod ansible;
 mod floor;
 mod hosts;
 mod procfs;
 mod profile;
+mod rolling;
 mod stats;
 mod tendside;
 mod util;
@@ -61,6 +63,11 @@ struct Args {
     /// Also break the probe's host-side cost down (adds ~1 min per fleet).
     #[arg(long)]
     profile: bool,
+    /// Only the rolling upgrade of one service on every host, in batches of
+    /// this size (tend's maxUnavailable, Ansible's serial), instead of the
+    /// no-op/converge phases.
+    #[arg(long)]
+    rolling: Option<usize>,
     /// KEY=VALUE added to `tend run`'s environment (repeatable), e.g. MALLOC_ARENA_MAX=1.
     #[arg(long = "controller-env")]
     controller_env: Vec<String>,
@@ -136,7 +143,15 @@ fn main() -> anyhow::Result<()> {
             util::loadavg()
         ));
         let ctx = Ctx::new(&fleet, &out.join(format!("n{n}")), &args)?;
-        bench_fleet(&ctx, tend_bin.as_deref(), ansible_bin.as_deref(), &mut rows);
+        match args.rolling {
+            Some(batch) => rows.extend(rolling::phases(
+                &ctx,
+                tend_bin.as_deref(),
+                ansible_bin.as_deref(),
+                batch,
+            )),
+            None => bench_fleet(&ctx, tend_bin.as_deref(), ansible_bin.as_deref(), &mut rows),
+        }
         env.push(format!(
             "{n} hosts: finished {}, loadavg {}",
             now_utc(),
@@ -150,7 +165,11 @@ fn main() -> anyhow::Result<()> {
     env.push(format!("loadavg at end: {}", util::loadavg()));
     env.push(format!("finished: {}", now_utc()));
     write_json(&out.join("results.json"), &rows, &env)?;
-    let md = format!("{}\n{}", stats::markdown(&rows), ratios(&rows, &args.hosts));
+    let md = if args.rolling.is_some() {
+        stats::markdown(&rows)
+    } else {
+        format!("{}\n{}", stats::markdown(&rows), ratios(&rows, &args.hosts))
+    };
     std::fs::write(out.join("results.md"), &md).context("write results.md")?;
     println!("{md}");
     for e in &env {
@@ -286,7 +305,7 @@ impl<'a> Ctx<'a> {
 }
 
 /// Kill by pid what tend's records and cgroups name, then remove its tree.
-const WIPE_TEND: &str = r#"
+pub(crate) const WIPE_TEND: &str = r#"
 for f in /var/lib/tend/records/*.rec; do
   [ -f "$f" ] || continue
   p=$(sed -n 's/^pid=//p' "$f" | tail -n 1)

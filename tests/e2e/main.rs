@@ -20,6 +20,7 @@ mod fault_trust;
 mod fault_unreachable;
 mod plan;
 mod rollout;
+mod scale;
 mod source_signed;
 mod status_page;
 mod testbed_smoke;

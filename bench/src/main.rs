@@ -1,4 +1,4 @@
-//! tend-bench: tend against Ansible and the OpenSSH ControlMaster floor, on the
+//! tend-bench: tend against Ansible, pyinfra and the OpenSSH ControlMaster floor, on the
 //! same test hosts in the same run. See BENCHMARKS.md.
 //!
 //! `cargo run --release -p tend-bench -- --hosts 10,50 --services 5 --runs 5`
@@ -9,6 +9,7 @@ mod floor;
 mod hosts;
 mod procfs;
 mod profile;
+mod pyinfra;
 mod rolling;
 mod stats;
 mod tendside;
@@ -60,6 +61,9 @@ struct Args {
     deadline: Option<String>,
     #[arg(long)]
     skip_tend: bool,
+    /// Leave pyinfra out (it is pip-installed into `<out>/venv-pyinfra`).
+    #[arg(long)]
+    skip_pyinfra: bool,
     /// Also break the probe's host-side cost down (adds ~1 min per fleet).
     #[arg(long)]
     profile: bool,
@@ -129,6 +133,22 @@ fn main() -> anyhow::Result<()> {
         }
     };
 
+    let pyinfra_bin = if args.skip_pyinfra {
+        None
+    } else {
+        match pyinfra::ensure_venv(&out.join("venv-pyinfra")) {
+            Ok(b) => {
+                env.push(format!("pyinfra: {}", version_line(&b)));
+                Some(b)
+            }
+            Err(e) => {
+                eprintln!("tend-bench: cannot install pyinfra: {e:#}");
+                env.push(format!("pyinfra: not installed: {e:#}"));
+                None
+            }
+        }
+    };
+
     for &n in &args.hosts {
         eprintln!(
             "== {n} hosts, {} services each, {} runs ==",
@@ -150,7 +170,12 @@ fn main() -> anyhow::Result<()> {
                 ansible_bin.as_deref(),
                 batch,
             )),
-            None => bench_fleet(&ctx, tend_bin.as_deref(), ansible_bin.as_deref(), &mut rows),
+            None => {
+                bench_fleet(&ctx, tend_bin.as_deref(), ansible_bin.as_deref(), &mut rows);
+                if let Some(b) = pyinfra_bin.as_deref() {
+                    rows.extend(pyinfra::phases(&ctx, b));
+                }
+            }
         }
         env.push(format!(
             "{n} hosts: finished {}, loadavg {}",
@@ -655,8 +680,13 @@ fn ratios(rows: &[Measurement], sizes: &[usize]) -> String {
             "- {n} hosts, no-op: ansible-playbook --check / tend = {} (target ≥ 30× at 50 hosts)\n",
             r(a, t)
         ));
+        let py = median_of(rows, "noop", "pyinfra --dry", n);
         s.push_str(&format!(
-            "- {n} hosts, no-op: tend / ControlMaster floor = {} (target ≤ 1.5×)\n",
+            "- {n} hosts, no-op: pyinfra --dry / tend = {} (target ≥ 20×)\n",
+            r(py, t)
+        ));
+        s.push_str(&format!(
+            "- {n} hosts, no-op: tend / ControlMaster floor = {} (target ≤ 0.5×)\n",
             r(t, f)
         ));
         let ctl = median_of(rows, "noop", "tend run (POST /reconcile?wait=true)", n);
@@ -674,9 +704,11 @@ fn ratios(rows: &[Measurement], sizes: &[usize]) -> String {
         ));
         let conv = median_of(rows, "converge", "tend apply", n);
         let aconv = median_of(rows, "converge", "ansible-playbook", n);
+        let pconv = median_of(rows, "converge", "pyinfra", n);
         s.push_str(&format!(
-            "- {n} hosts, converge from empty: ansible / tend apply = {}\n",
-            r(aconv, conv)
+            "- {n} hosts, converge from empty: ansible / tend apply = {}, pyinfra / tend apply = {}\n",
+            r(aconv, conv),
+            r(pconv, conv)
         ));
         let idle = rows
             .iter()

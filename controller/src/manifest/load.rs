@@ -4,6 +4,7 @@
 //! `apiVersion`/`kind` and to name the field an error points at), then each
 //! document into its typed form, so field positions survive.
 
+use super::encrypted::AgeIdentities;
 use super::node::{Node, NodeKind};
 use super::raw::{At, DocKind, TypedDoc, S};
 use super::tree::{normalize, FsTree, SliceTree, Tree};
@@ -19,14 +20,40 @@ pub fn load_tree(
     manifests_dir: &str,
     secrets: Secrets,
 ) -> Result<Loaded, Diagnostics> {
+    load_tree_with(files, manifests_dir, secrets, None)
+}
+
+/// [`load_tree`] with age identities for `fromAge` values.
+pub fn load_tree_with(
+    files: &[TreeFile],
+    manifests_dir: &str,
+    secrets: Secrets,
+    age: Option<&AgeIdentities>,
+) -> Result<Loaded, Diagnostics> {
     let dir = normalize(manifests_dir).unwrap_or_default();
-    load(&SliceTree(files), &dir, secrets)
+    load(&SliceTree(files), &dir, Resolver { secrets, age })
+}
+
+/// How secret values are resolved in one load.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Resolver<'a> {
+    pub secrets: Secrets,
+    pub age: Option<&'a AgeIdentities>,
 }
 
 /// Loads manifests from a directory (or one file) on disk. The repository
 /// root (for `source.path`) is the nearest ancestor holding `.git`, else the
 /// directory itself (or a file's parent). Diagnostics name files as given.
 pub fn load_path(path: &Path, secrets: Secrets) -> Result<Loaded, Diagnostics> {
+    load_path_with(path, secrets, None)
+}
+
+/// [`load_path`] with age identities for `fromAge` values.
+pub fn load_path_with(
+    path: &Path,
+    secrets: Secrets,
+    age: Option<&AgeIdentities>,
+) -> Result<Loaded, Diagnostics> {
     let fail = |why: String| {
         Diagnostics(vec![Diagnostic::new(
             path.display().to_string(),
@@ -58,7 +85,7 @@ pub fn load_path(path: &Path, secrets: Secrets) -> Result<Loaded, Diagnostics> {
         }
         ds
     };
-    match load(&tree, &rel.join("/"), secrets) {
+    match load(&tree, &rel.join("/"), Resolver { secrets, age }) {
         Ok(mut l) => {
             l.warnings = rename(l.warnings);
             Ok(l)
@@ -84,7 +111,7 @@ pub fn repo_root(path: &Path) -> PathBuf {
     }
 }
 
-pub(crate) fn load(tree: &dyn Tree, dir: &str, secrets: Secrets) -> Result<Loaded, Diagnostics> {
+pub(crate) fn load(tree: &dyn Tree, dir: &str, secrets: Resolver) -> Result<Loaded, Diagnostics> {
     let shown = if dir.is_empty() { "." } else { dir };
     let files = tree.manifests(dir).map_err(|why| {
         Diagnostics(vec![Diagnostic::new(
@@ -344,7 +371,8 @@ fn schema_problems(kind: DocKind, node: &Node) -> Vec<(String, At, String)> {
                 out.push((
                     field,
                     at,
-                    "expected a string, {fromEnv: NAME} or {fromFile: PATH}".into(),
+                    "expected a string, {fromEnv: NAME}, {fromFile: PATH} or {fromAge: ARMORED}"
+                        .into(),
                 ));
             }
             _ => out.push((field, at, e.to_string())),

@@ -6,9 +6,10 @@ mod placement;
 mod rules;
 mod services;
 
+use super::load::Resolver;
 use super::raw::{At, HostDoc, ServiceDoc, S};
 use super::tree::Tree;
-use super::{Diagnostic, Secrets};
+use super::Diagnostic;
 use crate::model::Desired;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -84,7 +85,7 @@ struct HostInfo {
 pub(crate) fn build(
     docs: Vec<ParsedDoc>,
     tree: &dyn Tree,
-    secrets: Secrets,
+    secrets: Resolver,
     report: &mut Report,
 ) -> Option<Desired> {
     let mut desired = Desired::default();

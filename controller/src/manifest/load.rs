@@ -9,7 +9,7 @@ use super::node::{Node, NodeKind};
 use super::raw::{At, DocKind, TypedDoc, S};
 use super::tree::{normalize, FsTree, SliceTree, Tree};
 use super::validate::{self, Parsed, ParsedDoc, Report};
-use super::{Diagnostic, Diagnostics, Loaded, Secrets, TreeFile};
+use super::{Diagnostic, Diagnostics, Loaded, Resolver, Secrets, TreeFile};
 use serde_saphyr::DuplicateKeyPolicy;
 use std::path::{Path, PathBuf};
 
@@ -32,13 +32,6 @@ pub fn load_tree_with(
 ) -> Result<Loaded, Diagnostics> {
     let dir = normalize(manifests_dir).unwrap_or_default();
     load(&SliceTree(files), &dir, Resolver { secrets, age })
-}
-
-/// How secret values are resolved in one load.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Resolver<'a> {
-    pub secrets: Secrets,
-    pub age: Option<&'a AgeIdentities>,
 }
 
 /// Loads manifests from a directory (or one file) on disk. The repository

@@ -40,6 +40,13 @@ pub enum Secrets {
     Placeholder,
 }
 
+/// How secret values are resolved in one load.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Resolver<'a> {
+    pub secrets: Secrets,
+    pub age: Option<&'a encrypted::AgeIdentities>,
+}
+
 /// Value given to secrets that could not be read under [`Secrets::Placeholder`].
 pub const UNRESOLVED: &str = "<unresolved>";
 

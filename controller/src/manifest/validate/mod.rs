@@ -6,10 +6,10 @@ mod placement;
 mod rules;
 mod services;
 
-use super::load::Resolver;
 use super::raw::{At, HostDoc, ServiceDoc, S};
 use super::tree::Tree;
 use super::Diagnostic;
+use super::Resolver;
 use crate::model::Desired;
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -3,9 +3,9 @@
 use super::rules::{bytes_field, dns_label, labels, port_not_zero};
 use super::{Report, DEFAULT_INTERVAL, DEFAULT_RETRIES, DEFAULT_TIMEOUT};
 use crate::manifest::encrypted::{self, AgeError};
-use crate::manifest::load::Resolver;
 use crate::manifest::raw::{self, At, EnvSource, ServiceDoc, S};
 use crate::manifest::tree::{normalize, Tree};
+use crate::manifest::Resolver;
 use crate::manifest::{Secrets, PLACEHOLDER_NOTE, SHAPE_ONLY_NOTE, UNRESOLVED};
 use crate::model::{Delivery, EnvValue, Health, HealthCheck, Service, SourceFile, SourceTree};
 use crate::record::RuntimeKind;

@@ -878,9 +878,9 @@ fn armor(to: &::age::x25519::Recipient, plain: &str) -> String {
 }
 
 #[test]
-fn an_age_encrypted_value_decrypts_into_a_secret() {
+fn an_age_encrypted_value_decrypts_into_a_secret_without_echos_newline() {
     let (key, ids) = age_key();
-    let files = with_age("DB_PASSWORD", &armor(&key.to_public(), "pa55-from-age"));
+    let files = with_age("DB_PASSWORD", &armor(&key.to_public(), "pa55-from-age\n"));
     let l =
         load_tree_with(&files, "m", Secrets::Resolve, Some(&ids)).unwrap_or_else(|e| panic!("{e}"));
     let v = &l.desired.services["web"].env["DB_PASSWORD"];

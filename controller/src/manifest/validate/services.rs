@@ -383,7 +383,15 @@ pub(super) fn env(
 fn from_age(armored: &str, resolver: Resolver) -> Result<EnvValue, AgeError> {
     encrypted::check_shape(armored)?;
     let ids = resolver.age.ok_or(AgeError::NoIdentities)?;
-    ids.decrypt(armored).map(EnvValue::secret)
+    let mut s = ids.decrypt(armored)?;
+    // As for fromFile: `echo value | age …` adds a newline that is not the secret's.
+    if s.ends_with('\n') {
+        s.pop();
+        if s.ends_with('\r') {
+            s.pop();
+        }
+    }
+    Ok(EnvValue::secret(s))
 }
 
 pub(super) fn unresolved(

@@ -19,6 +19,7 @@ mod fault_service;
 mod fault_trust;
 mod fault_unreachable;
 mod plan;
+mod source_secret;
 mod source_signed;
 mod status_page;
 mod testbed_smoke;

@@ -1000,3 +1000,19 @@ fn the_seed_fleet_decrypts_with_its_test_only_identity() {
         l.warnings
     );
 }
+
+#[test]
+fn re_encrypting_the_same_value_keeps_the_config_hash_and_a_new_value_changes_it() {
+    let (key, ids) = age_key();
+    let hash = |plain: &str| {
+        let files = with_age("DB_PASSWORD", &armor(&key.to_public(), plain));
+        let l = load_tree_with(&files, "m", Secrets::Resolve, Some(&ids))
+            .unwrap_or_else(|e| panic!("{e}"));
+        l.desired.services["web"].config_hash()
+    };
+    // Each encryption differs (a new file key): only the plaintext counts,
+    // so rotating the age key restarts nothing, rotating the secret does.
+    assert_eq!(hash("one"), hash("one"));
+    assert_ne!(hash("one"), hash("two"));
+    assert!(!hash("one").contains("one"));
+}

@@ -21,6 +21,7 @@ mod fault_unreachable;
 mod plan;
 mod source_secret;
 mod source_signed;
+mod source_ssh;
 mod status_page;
 mod testbed_smoke;
 mod transport;

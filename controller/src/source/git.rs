@@ -107,7 +107,20 @@ fn open_or_init(bare: &Path) -> Result<Repository, SourceError> {
     }
 }
 
-fn callbacks<'a>(url: &str, creds: &'a Credentials) -> RemoteCallbacks<'a> {
+/// Why the host-key check refused the remote: libgit2 reports only "invalid
+/// or unknown remote ssh hostkey", so the reason is kept here for the error.
+type Refusal = std::sync::Mutex<Option<String>>;
+
+/// The host-key refusal if there was one, else libgit2's message.
+fn why(e: &git2::Error, refused: &Refusal) -> String {
+    refused
+        .lock()
+        .ok()
+        .and_then(|mut r| r.take())
+        .unwrap_or_else(|| e.message().to_string())
+}
+
+fn callbacks<'a>(url: &str, creds: &'a Credentials, refused: &'a Refusal) -> RemoteCallbacks<'a> {
     let port = ssh_port(url);
     let mut cb = RemoteCallbacks::new();
     // libgit2 calls back until it gets a working credential: bound the tries.
@@ -144,7 +157,13 @@ fn callbacks<'a>(url: &str, creds: &'a Credentials) -> RemoteCallbacks<'a> {
             };
             check_host_key(kh, host, port, key)
                 .map(|()| git2::CertificateCheckStatus::CertificateOk)
-                .map_err(|why| git2::Error::from_str(&why))
+                .map_err(|why| {
+                    let e = git2::Error::from_str(&why);
+                    if let Ok(mut r) = refused.lock() {
+                        *r = Some(why);
+                    }
+                    e
+                })
         });
     }
     cb
@@ -189,12 +208,17 @@ fn remote_head(
     branch: &str,
     creds: &Credentials,
 ) -> Result<Oid, SourceError> {
+    let refused = Refusal::default();
     let mut remote = repo.remote_anonymous(url)?;
     let conn = remote
-        .connect_auth(Direction::Fetch, Some(callbacks(url, creds)), None)
+        .connect_auth(
+            Direction::Fetch,
+            Some(callbacks(url, creds, &refused)),
+            None,
+        )
         .map_err(|e| SourceError::Unreachable {
             url: super::redact_url(url),
-            why: e.message().to_string(),
+            why: why(&e, &refused),
         })?;
     let want = format!("refs/heads/{branch}");
     let heads = conn.list()?;
@@ -214,16 +238,17 @@ fn fetch(
     branch: &str,
     creds: &Credentials,
 ) -> Result<(), SourceError> {
+    let refused = Refusal::default();
     let mut remote = repo.remote_anonymous(url)?;
     let mut fo = FetchOptions::new();
-    fo.remote_callbacks(callbacks(url, creds));
+    fo.remote_callbacks(callbacks(url, creds, &refused));
     fo.download_tags(AutotagOption::None);
     let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
     remote
         .fetch(&[spec], Some(&mut fo), None)
         .map_err(|e| SourceError::Unreachable {
             url: super::redact_url(url),
-            why: e.message().to_string(),
+            why: why(&e, &refused),
         })
 }
 

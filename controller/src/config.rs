@@ -544,9 +544,14 @@ notifications:\n  - {kind: slack, url: 'http://127.0.0.1:1/hook'}\n";
             "TEND_LISTEN" => Some("127.0.0.1:1234".into()),
             "TEND_SCHEDULE" => Some("0 * * * *".into()),
             "TEND_SELECTOR" => Some("role=apps,cloud=aliyun".into()),
+            "TEND_AGE_IDENTITIES" => Some("/run/credentials/tend.service/age".into()),
             _ => None,
         })
         .unwrap();
+        assert_eq!(
+            c.secrets.age_identities.as_deref(),
+            Some(Path::new("/run/credentials/tend.service/age"))
+        );
         assert_eq!(c.listen, "127.0.0.1:1234");
         assert_eq!(c.schedule, "0 * * * *");
         assert_eq!(c.selector.len(), 2);

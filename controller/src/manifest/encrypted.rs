@@ -113,9 +113,14 @@ impl AgeIdentities {
         let mut plain = Vec::new();
         reader
             .by_ref()
-            .take(MAX_BYTES)
+            .take(MAX_BYTES + 1)
             .read_to_end(&mut plain)
             .map_err(|e| AgeError::Decrypt(e.to_string()))?;
+        if plain.len() as u64 > MAX_BYTES {
+            return Err(AgeError::Decrypt(
+                "the value is larger than 1 MiB: too large for an environment value".into(),
+            ));
+        }
         let text = String::from_utf8(plain).map_err(|_| AgeError::NotText)?;
         if text.contains('\0') {
             return Err(AgeError::NotText);
@@ -161,9 +166,15 @@ fn dearmor(armored: &str) -> Result<Vec<u8>, AgeError> {
     if !text.starts_with(ARMOR_BEGIN) {
         return Err(AgeError::NotArmored);
     }
+    // Base64 is 4/3 of the bytes: past this, the plaintext would be too.
+    if text.len() as u64 > MAX_BYTES * 2 {
+        return Err(AgeError::Armor(format!(
+            "{} bytes: larger than an environment value should be",
+            text.len()
+        )));
+    }
     let mut out = Vec::new();
     ArmoredReader::new(text.as_bytes())
-        .take(MAX_BYTES * 2)
         .read_to_end(&mut out)
         .map_err(|e| AgeError::Armor(e.to_string()))?;
     Ok(out)

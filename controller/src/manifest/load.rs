@@ -104,7 +104,7 @@ pub fn repo_root(path: &Path) -> PathBuf {
     }
 }
 
-pub(crate) fn load(tree: &dyn Tree, dir: &str, secrets: Resolver) -> Result<Loaded, Diagnostics> {
+pub(crate) fn load(tree: &dyn Tree, dir: &str, resolver: Resolver) -> Result<Loaded, Diagnostics> {
     let shown = if dir.is_empty() { "." } else { dir };
     let files = tree.manifests(dir).map_err(|why| {
         Diagnostics(vec![Diagnostic::new(
@@ -136,7 +136,7 @@ pub(crate) fn load(tree: &dyn Tree, dir: &str, secrets: Resolver) -> Result<Load
             "no Host or Service documents here",
         ));
     }
-    let desired = validate::build(docs, tree, secrets, &mut report);
+    let desired = validate::build(docs, tree, resolver, &mut report);
     let mut errors = report.errors;
     errors.sort();
     errors.dedup();

@@ -85,7 +85,7 @@ struct HostInfo {
 pub(crate) fn build(
     docs: Vec<ParsedDoc>,
     tree: &dyn Tree,
-    secrets: Resolver,
+    resolver: Resolver,
     report: &mut Report,
 ) -> Option<Desired> {
     let mut desired = Desired::default();
@@ -181,7 +181,7 @@ pub(crate) fn build(
                     }),
                 };
                 service_info.insert(name.value.clone(), info);
-                if let Some(svc) = service(&d.file, &s, tree, secrets, report) {
+                if let Some(svc) = service(&d.file, &s, tree, resolver, report) {
                     desired.services.insert(svc.name.clone(), svc);
                 }
             }

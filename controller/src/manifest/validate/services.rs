@@ -5,8 +5,7 @@ use super::{Report, DEFAULT_INTERVAL, DEFAULT_RETRIES, DEFAULT_TIMEOUT};
 use crate::manifest::encrypted::{self, AgeError};
 use crate::manifest::raw::{self, At, EnvSource, ServiceDoc, S};
 use crate::manifest::tree::{normalize, Tree};
-use crate::manifest::Resolver;
-use crate::manifest::{Secrets, PLACEHOLDER_NOTE, SHAPE_ONLY_NOTE, UNRESOLVED};
+use crate::manifest::{Resolver, Secrets, PLACEHOLDER_NOTE, SHAPE_ONLY_NOTE, UNRESOLVED};
 use crate::model::{Delivery, EnvValue, Health, HealthCheck, Service, SourceFile, SourceTree};
 use crate::record::RuntimeKind;
 use sha2::{Digest, Sha256};
@@ -18,7 +17,7 @@ pub(super) fn service(
     file: &str,
     doc: &ServiceDoc,
     tree: &dyn Tree,
-    secrets: Resolver,
+    resolver: Resolver,
     r: &mut Report,
 ) -> Option<Service> {
     let before = r.errors.len();
@@ -190,7 +189,7 @@ pub(super) fn service(
         }
     }
 
-    let env = env(file, spec, secrets, r);
+    let env = env(file, spec, resolver, r);
 
     let mut ports = Vec::new();
     for (i, p) in spec.ports.iter().enumerate() {

@@ -6,7 +6,7 @@ use clap::Args;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::process::ExitCode;
-use tend::manifest::{self, format_bytes, Secrets};
+use tend::manifest::format_bytes;
 use tend::model::{Address, Desired};
 use tend::plan::{Action, ActionKind, Plan, ServicePlan, Status};
 use tend::transport::pool::{Pool, PoolOptions};
@@ -38,7 +38,7 @@ pub fn select_hosts(desired: &Desired, selectors: &[String]) -> anyhow::Result<V
 }
 
 pub fn run(a: PlanArgs) -> anyhow::Result<ExitCode> {
-    let loaded = match manifest::load_path(&a.fleet.path, Secrets::Resolve) {
+    let loaded = match a.fleet.load() {
         Ok(l) => l,
         Err(diags) => {
             eprintln!("error: {diags}");

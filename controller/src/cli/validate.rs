@@ -160,9 +160,17 @@ no --age-identities to decrypt with",
                     );
                 }
                 print!("{}", table(&hosts));
+                let instances: usize =
+                    loaded.desired.services.values().map(|s| s.hosts.len()).sum();
+                let services = loaded.desired.services.len();
                 println!(
-                    "valid: {} in {}",
-                    count(loaded.desired.services.len(), "service"),
+                    "valid: {}{} in {}",
+                    count(services, "service"),
+                    if instances == services {
+                        String::new()
+                    } else {
+                        format!(" ({})", count(instances, "instance"))
+                    },
                     count(loaded.files, "file")
                 );
             }

@@ -160,8 +160,12 @@ no --age-identities to decrypt with",
                     );
                 }
                 print!("{}", table(&hosts));
-                let instances: usize =
-                    loaded.desired.services.values().map(|s| s.hosts.len()).sum();
+                let instances: usize = loaded
+                    .desired
+                    .services
+                    .values()
+                    .map(|s| s.hosts.len())
+                    .sum();
                 let services = loaded.desired.services.len();
                 println!(
                     "valid: {}{} in {}",

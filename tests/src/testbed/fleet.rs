@@ -14,6 +14,10 @@ pub(crate) const SSHD: &str = "/usr/sbin/sshd";
 pub const ALT_PORT: u16 = 2222;
 pub(super) const CLEAN_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Hosts in one fleet: 250 per /24 subnet, four subnets (10.77-80.N.0/24).
+pub const MAX_HOSTS: usize = 1000;
+const PER_SUBNET: usize = 250;
+
 /// Directories each host has of its own (bound over the machine's).
 pub const HOST_DIRS: &[&str] = &[
     "srv",
@@ -63,8 +67,8 @@ pub struct TestHost {
 impl Fleet {
     /// Start `n` hosts (one at a time for the namespaces, sshds in parallel).
     pub fn start(n: usize) -> Result<Fleet> {
-        if n == 0 || n > 250 {
-            bail!("a fleet has 1..=250 hosts, not {n}");
+        if n == 0 || n > MAX_HOSTS {
+            bail!("a fleet has 1..={MAX_HOSTS} hosts, not {n}");
         }
         let lock = net::allocate_fleet()?;
         let number = lock.number;
@@ -99,11 +103,14 @@ impl Fleet {
         write(&self.dir.join("authorized_keys"), &authorized)?;
 
         let bridge = net::bridge_name(self.number);
-        let bridge_cidr = format!("{}/24", self.bridge_ip());
         {
             let _g = net::netns_guard()?;
             net::run("ip", &["link", "add", &bridge, "type", "bridge"])?;
-            net::run("ip", &["addr", "add", &bridge_cidr, "dev", &bridge])?;
+            // One /24 per PER_SUBNET hosts, the bridge the gateway of each.
+            for k in 0..n.div_ceil(PER_SUBNET) {
+                let cidr = format!("{}/24", self.gateway(k));
+                net::run("ip", &["addr", "add", &cidr, "dev", &bridge])?;
+            }
             net::run("ip", &["link", "set", &bridge, "up"])?;
         }
         let hierarchies = net::cgroup_hierarchies();
@@ -127,7 +134,9 @@ impl Fleet {
 
     fn create_host(&self, i: usize, hierarchies: &[Hierarchy]) -> Result<TestHost> {
         let name = format!("host{i}");
-        let ip = format!("10.77.{}.{}", self.number, i + 2);
+        let (k, j) = (i / PER_SUBNET, i % PER_SUBNET);
+        let ip = format!("10.{}.{}.{}", 77 + k, self.number, j + 2);
+        let gateway = self.gateway(k);
         let ns = net::netns_name(self.number, i);
         let veth = net::veth_name(self.number, i);
         let peer = net::peer_name(self.number, i);
@@ -186,7 +195,7 @@ impl Fleet {
                     "add",
                     "default",
                     "via",
-                    &self.bridge_ip(),
+                    &gateway,
                 ],
             )?;
         }
@@ -284,14 +293,19 @@ impl Fleet {
     pub fn is_empty(&self) -> bool {
         self.hosts.is_empty()
     }
-    /// The fleet number N: subnet 10.77.N.0/24.
+    /// The fleet number N: subnet 10.77.N.0/24 (and 10.78.N.0/24 … past 250 hosts).
     pub fn number(&self) -> u8 {
         self.number
     }
     /// The machine's address on the fleet's bridge, reachable from every host
     /// (e.g. for `git daemon --listen`).
     pub fn bridge_ip(&self) -> String {
-        format!("10.77.{}.1", self.number)
+        self.gateway(0)
+    }
+
+    /// The bridge's address in the k-th subnet (10.(77+k).N.0/24).
+    fn gateway(&self, k: usize) -> String {
+        format!("10.{}.{}.1", 77 + k, self.number)
     }
     /// The fleet's own directory on the machine (keys, known_hosts, host trees).
     pub fn dir(&self) -> &Path {

@@ -1,6 +1,6 @@
 //! The e2e test bed: real OpenSSH hosts in network namespaces.
 //!
-//! A [`Fleet`] is n hosts on one bridge (`10.77.<fleet>.1/24`); host `i` is
+//! A [`Fleet`] is n hosts on one bridge (`10.77.<fleet>.1/24`, and one more /24 per 250 hosts); host `i < 250` is
 //! `host<i>` at `10.77.<fleet>.<i+2>`, port 22 (and 2222), with its own
 //! hostname, mounts (/srv, /root, /tmp, /var/lib/tend, /var/lib/containers,
 //! /etc/systemd/system bound to per-host dirs, a private tmpfs /run), and its

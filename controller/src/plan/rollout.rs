@@ -21,14 +21,14 @@ pub(super) fn shape(
     actions: &mut Vec<Action>,
 ) -> Vec<RolloutStatus> {
     let mut out = Vec::new();
-    for s in desired.services.values() {
+    // One instance has nothing to batch, nobody to halt or take back: its
+    // drift rules already said all. Skipping it keeps a plan linear in the
+    // fleet (shaping scans the plan once per replicated service).
+    for s in desired.services.values().filter(|s| s.hosts.len() > 1) {
         if s.suspend {
             continue;
         }
-        let st = shape_one(s, observed, selected, services, actions);
-        if s.hosts.len() > 1 {
-            out.push(st);
-        }
+        out.push(shape_one(s, observed, selected, services, actions));
     }
     out
 }

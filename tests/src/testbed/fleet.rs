@@ -188,15 +188,7 @@ impl Fleet {
             net::run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
             net::run(
                 "ip",
-                &[
-                    "-n",
-                    &ns,
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &gateway,
-                ],
+                &["-n", &ns, "route", "add", "default", "via", &gateway],
             )?;
         }
 

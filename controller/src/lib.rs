@@ -21,3 +21,4 @@ pub mod server;
 pub mod shell;
 pub mod source;
 pub mod transport;
+pub mod window;

@@ -85,6 +85,8 @@ pub struct Config {
     pub ident: String,
     /// Reconciles kept in `/status`.
     pub history: usize,
+    /// Sync windows: when drift may be acted on (`window` module).
+    pub windows: Vec<crate::window::WindowSpec>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -179,6 +181,7 @@ impl Default for Config {
             cache_dir: PathBuf::from(".tend"),
             ident: default_ident(),
             history: 20,
+            windows: Vec::new(),
         }
     }
 }
@@ -360,6 +363,7 @@ impl Config {
                 return Err(format!("{name}: must be positive"));
             }
         }
+        crate::window::Windows::new(&self.windows).map_err(|e| e.to_string())?;
         for n in &self.notifications {
             if !(n.url.starts_with("http://") || n.url.starts_with("https://")) {
                 return Err(format!("notifications: {:?} is not an http(s) URL", n.url));
@@ -468,6 +472,20 @@ mod tests {
         assert_eq!(c.path, DEMO_PATH);
         assert_eq!(c.listen, DEFAULT_LISTEN);
         assert_eq!(c.source_spec(), SourceSpec::Dir { root: ".".into() });
+    }
+
+    #[test]
+    fn windows_parse_and_a_bad_time_zone_is_refused_by_name() {
+        let ok = "windows:\n  - name: freeze\n    kind: deny\n    schedule: '0 9 * * 1-5'\n    duration: 9h\n    timezone: Europe/Berlin\n    manual_override: true\n";
+        let c = Config::parse(ok, "tend.yaml").unwrap();
+        assert_eq!(c.windows.len(), 1);
+        assert!(c.windows[0].manual_override);
+        let bad = ok.replace("Europe/Berlin", "Europe/Nowhere");
+        let e = Config::parse(&bad, "tend.yaml").unwrap_err().to_string();
+        assert!(
+            e.contains("\"freeze\"") && e.contains("Europe/Nowhere"),
+            "{e}"
+        );
     }
 
     #[test]

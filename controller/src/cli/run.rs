@@ -31,6 +31,9 @@ pub struct TriggerArgs {
     /// Wait for the reconcile to finish and print its result.
     #[arg(long)]
     pub wait: bool,
+    /// Act past sync windows whose `manual_override` allows it (recorded in status).
+    #[arg(long)]
+    pub override_window: bool,
     #[arg(long, value_enum, default_value_t = super::Output::Text)]
     pub output: super::Output,
 }
@@ -170,6 +173,7 @@ pub fn trigger(a: TriggerArgs) -> anyhow::Result<ExitCode> {
         let resp = client()?
             .post(&url)
             .bearer_auth(token)
+            .json(&serde_json::json!({ "override_window": a.override_window }))
             .send()
             .await
             .with_context(|| format!("cannot reach the controller at {}", a.url))?;

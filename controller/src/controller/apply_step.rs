@@ -97,7 +97,7 @@ impl Worker {
             return;
         }
         observed.extend(self.observe(&idle, desired, false).await);
-        let mut p = crate::plan::plan(desired, observed);
+        let mut p = self.plan_gated(desired, observed, pass.overriding);
         p.actions.retain(|a| !flight.touched.contains(&a.host));
         self.publish(desired, observed, &p);
         if !p.actions.is_empty() {

@@ -6,13 +6,14 @@ use super::checks;
 use super::coalesce::{Coalescer, Ticket, Trigger};
 use super::error::ControllerError;
 use super::status::{
-    unix_time, ActionRecord, HostStatus, ReconcileRecord, SourceStatus, StatusReport,
+    unix_time, ActionRecord, HostStatus, ReconcileRecord, SourceStatus, StatusReport, WindowStatus,
 };
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::Desired;
 use crate::notify::{Event, Notifier};
 use crate::source::Source;
+use crate::window::Windows;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,10 +41,13 @@ pub(super) struct State {
     pub(super) last_result: Option<String>,
     /// Last HTTP health check of each running service and its verdict.
     pub(super) health: checks::Cache,
+    /// Window holds the running reconcile's manual override let through.
+    pub(super) overrides: Vec<String>,
 }
 
 pub struct Context {
     pub config: Config,
+    pub windows: Windows,
     pub metrics: Metrics,
     pub coalescer: Arc<Coalescer>,
     pub token: Option<String>,
@@ -59,9 +63,11 @@ impl Context {
     pub fn new(config: Config, source: &Source) -> Result<Arc<Context>, ControllerError> {
         let token = config.token()?;
         let webhook_secret = config.webhook_secret()?;
+        let windows = Windows::new(&config.windows)?;
         let metrics = Metrics::new();
         metrics.manifests_valid(false);
         Ok(Arc::new(Context {
+            windows,
             notifier: Notifier::new(config.notifications.clone()),
             metrics,
             coalescer: Arc::new(Coalescer::new()),
@@ -87,6 +93,7 @@ impl Context {
                 notified_invalid: None,
                 last_result: None,
                 health: checks::Cache::default(),
+                overrides: Vec::new(),
             }),
             ready: AtomicBool::new(false),
             finished: watch::channel(0).0,
@@ -104,8 +111,13 @@ impl Context {
 
     /// Count and queue a trigger.
     pub fn trigger(&self, t: Trigger) -> Ticket {
+        self.trigger_with(t, false)
+    }
+
+    /// Count and queue a trigger that may override sync windows.
+    pub fn trigger_with(&self, t: Trigger, override_window: bool) -> Ticket {
         self.metrics.trigger(t.as_str());
-        self.coalescer.trigger(t)
+        self.coalescer.trigger_with(t, override_window)
     }
 
     /// Wait until reconcile `id` (or a later one) has finished.
@@ -126,8 +138,30 @@ impl Context {
             hosts: s.hosts.clone(),
             running: self.coalescer.running(),
             pending: self.coalescer.pending(),
+            windows: self.window_status(chrono::Utc::now()),
             reconciles: s.history.iter().rev().cloned().collect(),
         }
+    }
+
+    pub fn window_status(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<WindowStatus> {
+        let snap = self.windows.at(now);
+        snap.states
+            .iter()
+            .map(|st| {
+                let w = st.window;
+                let until = st.until.or_else(|| w.next_start(now));
+                WindowStatus {
+                    name: w.spec.name.clone(),
+                    kind: w.spec.kind,
+                    schedule: w.spec.schedule.clone(),
+                    timezone: w.spec.timezone.clone(),
+                    active: st.until.is_some(),
+                    until: until.map(|t| t.timestamp_millis() as f64 / 1000.0),
+                    until_local: until.map(|t| crate::window::local_time(t, now, w.tz())),
+                    manual_override: w.spec.manual_override,
+                }
+            })
+            .collect()
     }
 
     pub fn reconcile_record(&self, id: u64) -> Option<ReconcileRecord> {

@@ -6,6 +6,8 @@ pub enum ControllerError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
+    #[error(transparent)]
+    Window(#[from] crate::window::WindowError),
     #[error("cannot listen on {addr}: {why}")]
     Listen { addr: String, why: String },
 }
@@ -13,7 +15,7 @@ pub enum ControllerError {
 impl ControllerError {
     pub fn metric_label(&self) -> &'static str {
         match self {
-            ControllerError::Config(_) => "config",
+            ControllerError::Config(_) | ControllerError::Window(_) => "config",
             ControllerError::Source(e) => e.metric_label(),
             ControllerError::Listen { .. } => "listen",
         }

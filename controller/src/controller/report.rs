@@ -245,6 +245,7 @@ impl Worker {
         tracing::info!(id = q.id, result, duration, "reconcile done");
         {
             let mut s = ctx.lock();
+            let overrode = std::mem::take(&mut s.overrides);
             s.history.push_back(ReconcileRecord {
                 id: q.id,
                 trigger: q.trigger,
@@ -255,6 +256,7 @@ impl Worker {
                 revision,
                 actions,
                 error,
+                overrode,
             });
             while s.history.len() > ctx.config.history {
                 s.history.pop_front();

@@ -38,8 +38,25 @@ pub struct StatusReport {
     pub hosts: Vec<HostStatus>,
     pub running: Option<Queued>,
     pub pending: Option<Queued>,
+    /// Sync windows and whether each is active now.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<WindowStatus>,
     /// Newest first.
     pub reconciles: Vec<ReconcileRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WindowStatus {
+    pub name: String,
+    pub kind: crate::window::WindowKind,
+    pub schedule: String,
+    pub timezone: String,
+    pub active: bool,
+    /// Unix time the active period ends (active) or the next one starts.
+    pub until: Option<f64>,
+    /// `until`, in the window's zone.
+    pub until_local: Option<String>,
+    pub manual_override: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -128,6 +145,9 @@ pub struct ReconcileRecord {
     pub revision: Option<String>,
     pub actions: Vec<ActionSummary>,
     pub error: Option<String>,
+    /// Holds a manual `--override-window` let through (`api@h1 past deny window `x``).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub overrode: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -9,6 +9,7 @@ use super::status::ActionSummary;
 use crate::model::{Desired, Host, Observation};
 use crate::plan::{self, Plan};
 use crate::source::Source;
+use crate::window;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -18,6 +19,8 @@ pub(super) struct Pass<'a> {
     pub desired: &'a Arc<Desired>,
     pub revision: &'a str,
     pub hosts: &'a [Host],
+    /// A manual trigger asked to act past windows that allow it.
+    pub overriding: bool,
 }
 
 pub(super) struct Worker {
@@ -33,6 +36,8 @@ impl Worker {
         let started = now_unix();
         tracing::info!(id = q.id, trigger = q.trigger.as_str(), "reconcile");
         let mut problems: Vec<String> = Vec::new();
+        ctx.lock().overrides.clear();
+        let overriding = q.override_window && matches!(q.trigger, Trigger::Api | Trigger::Cli);
 
         // Source and load: a new revision that does not validate is not applied.
         self.refresh_source(&mut problems).await;
@@ -49,7 +54,7 @@ impl Worker {
         // A person asking for a reconcile wants every host tried now.
         let retry_all = matches!(q.trigger, Trigger::Api | Trigger::Cli | Trigger::Webhook);
         let mut observed = self.observe_timed(&hosts, &desired, retry_all).await;
-        let mut the_plan = self.plan_timed(&desired, &observed);
+        let mut the_plan = self.plan_timed(&desired, &observed, overriding);
 
         let mut outcomes = Vec::new();
         if !the_plan.actions.is_empty() {
@@ -60,6 +65,7 @@ impl Worker {
                 desired: &desired,
                 revision: &good.revision,
                 hosts: &hosts,
+                overriding,
             };
             let (done, touched) = self
                 .apply_step(&pass, &the_plan, &mut observed, &mut problems)
@@ -72,7 +78,7 @@ impl Worker {
                 .cloned()
                 .collect();
             observed.extend(self.observe_timed(&again, &desired, true).await);
-            the_plan = self.plan_timed(&desired, &observed);
+            the_plan = self.plan_timed(&desired, &observed, overriding);
         }
 
         self.publish(&desired, &observed, &the_plan);
@@ -112,9 +118,40 @@ impl Worker {
         self.observe(hosts, desired, retry_all).await
     }
 
-    fn plan_timed(&self, desired: &Desired, observed: &BTreeMap<String, Observation>) -> Plan {
+    fn plan_timed(
+        &self,
+        desired: &Desired,
+        observed: &BTreeMap<String, Observation>,
+        overriding: bool,
+    ) -> Plan {
         let _t = self.ctx.metrics.phase_timer("plan");
-        plan::plan(desired, observed)
+        self.plan_gated(desired, observed, overriding)
+    }
+
+    /// The plan with what sync windows hold taken out (`window::gate`).
+    pub(super) fn plan_gated(
+        &self,
+        desired: &Desired,
+        observed: &BTreeMap<String, Observation>,
+        overriding: bool,
+    ) -> Plan {
+        let mut p = plan::plan(desired, observed);
+        let ctx = &self.ctx;
+        if ctx.windows.is_empty() {
+            return p;
+        }
+        let gated = window::gate(&mut p, &ctx.windows.at(chrono::Utc::now()), overriding);
+        ctx.metrics.set_held(&gated.held);
+        if !gated.overridden.is_empty() {
+            tracing::warn!(overridden = ?gated.overridden, "manual override of sync windows");
+            let mut s = ctx.lock();
+            for o in gated.overridden {
+                if !s.overrides.contains(&o) {
+                    s.overrides.push(o);
+                }
+            }
+        }
+        p
     }
 }
 

@@ -123,6 +123,12 @@ pub struct Metrics {
     host_errors: Family<HostErrorLabels, Counter>,
     source_errors: Family<ReasonLabels, Counter>,
     source_last_success: F64Gauge,
+    drift_held: Family<WindowLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WindowLabels {
+    pub window: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -170,6 +176,7 @@ impl Metrics {
             host_errors: Family::default(),
             source_errors: Family::default(),
             source_last_success: F64Gauge::default(),
+            drift_held: Family::default(),
         };
         let r = &mut registry;
         r.register(
@@ -287,6 +294,11 @@ impl Metrics {
             "Unix time of the last poll that left a valid revision of the newest commit in force",
             m.source_last_success.clone(),
         );
+        r.register(
+            "tend_drift_held_by_window",
+            "Instances whose drift a sync window holds (not acted on), by window",
+            m.drift_held.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         Metrics { registry, ..m }
     }
@@ -304,6 +316,20 @@ impl Metrics {
     /// ask for OpenMetrics: counter families are named with their `_total`.
     pub fn encode_prometheus(&self) -> String {
         to_prometheus_text(&self.encode())
+    }
+
+    /// Instances held now, by window; windows holding none have no series.
+    pub fn set_held(&self, held: &std::collections::BTreeMap<String, usize>) {
+        let _g = self.swap.write().unwrap_or_else(|e| e.into_inner());
+        self.drift_held.clear();
+        for (window, n) in held {
+            let l = WindowLabels {
+                window: window.clone(),
+            };
+            self.drift_held
+                .get_or_create(&l)
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
     }
 
     /// Replace every per-host and per-service series with these samples, so

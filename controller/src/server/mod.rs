@@ -105,6 +105,17 @@ struct ReconcileQuery {
     /// Answer only when the queued reconcile has finished.
     #[serde(default)]
     wait: bool,
+    /// Act past sync windows that allow a manual override.
+    #[serde(default)]
+    override_window: bool,
+}
+
+/// The optional JSON body of `POST /reconcile`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReconcileBody {
+    #[serde(default)]
+    override_window: bool,
 }
 
 /// Equal without leaking where the inputs differ (or their lengths: both
@@ -130,6 +141,7 @@ async fn reconcile(
     State(ctx): State<Arc<Context>>,
     Query(q): Query<ReconcileQuery>,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
     let Some(token) = ctx.token.as_deref() else {
         return unauthorized("no token configured on the controller (token_file / token_env)");
@@ -149,7 +161,24 @@ async fn reconcile(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ua| ua.starts_with("tend/"));
     let trigger = if from_cli { Trigger::Cli } else { Trigger::Api };
-    let ticket = ctx.trigger(trigger);
+    let asked: ReconcileBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ReconcileBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return (StatusCode::BAD_REQUEST, format!("body: {e}\n")).into_response();
+            }
+        }
+    };
+    let override_window = q.override_window || asked.override_window;
+    if override_window {
+        tracing::warn!(
+            trigger = trigger.as_str(),
+            "reconcile asked to override sync windows"
+        );
+    }
+    let ticket = ctx.trigger_with(trigger, override_window);
     if q.wait {
         ctx.wait_for(ticket.id).await;
         let record = ctx.reconcile_record(ticket.id);

@@ -7,6 +7,10 @@
 //! firing of its cron (in its time zone) for `duration`; firings whose
 //! periods touch or overlap make one longer period.
 
+mod gate;
+
+pub use gate::{gate, Gated};
+
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds};

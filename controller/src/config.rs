@@ -87,6 +87,8 @@ pub struct Config {
     pub history: usize,
     /// Sync windows: when drift may be acted on (`window` module).
     pub windows: Vec<crate::window::WindowSpec>,
+    /// The record of what reconciles did (`ledger` module).
+    pub ledger: crate::ledger::LedgerConfig,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -182,6 +184,7 @@ impl Default for Config {
             ident: default_ident(),
             history: 20,
             windows: Vec::new(),
+            ledger: crate::ledger::LedgerConfig::default(),
         }
     }
 }
@@ -270,6 +273,7 @@ impl Config {
             self.git.allowed_signers.as_mut(),
             self.ssh.identity.as_mut(),
             self.ssh.known_hosts.as_mut(),
+            self.ledger.path.as_mut(),
         ]
         .into_iter()
         .flatten()
@@ -370,6 +374,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Where the ledger is kept: `ledger.path`, or beside the Git cache.
+    pub fn ledger_path(&self) -> PathBuf {
+        self.ledger
+            .path
+            .clone()
+            .unwrap_or_else(|| self.cache_dir.join("ledger.jsonl"))
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {

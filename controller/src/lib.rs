@@ -9,6 +9,7 @@ pub mod config;
 pub mod controller;
 pub mod health;
 pub mod instance;
+pub mod ledger;
 pub mod manifest;
 pub mod metrics;
 pub mod model;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod apply;
+mod history;
 mod plan;
 mod run;
 mod validate;
@@ -65,6 +66,8 @@ pub enum Command {
     Trigger(run::TriggerArgs),
     /// Show a running controller's status.
     Status(run::StatusArgs),
+    /// What reconciles did: the ledger (file or a running controller).
+    History(history::HistoryArgs),
 }
 
 pub fn init_tracing(cli: &Cli) {
@@ -86,6 +89,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(a) => run::run(a),
         Command::Trigger(a) => run::trigger(a),
         Command::Status(a) => run::status(a),
+        Command::History(a) => history::run(a),
     }
 }
 

@@ -48,7 +48,7 @@ pub struct StatusArgs {
 
 const DEMO_TOKEN: &str = "token";
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -140,14 +140,14 @@ async fn watch_signals(stop: tokio::sync::watch::Sender<bool>) {
     std::process::exit(130);
 }
 
-fn client() -> anyhow::Result<reqwest::Client> {
+pub(super) fn client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .user_agent(concat!("tend/", env!("CARGO_PKG_VERSION")))
         .build()
         .context("building the HTTP client")
 }
 
-fn read_token(file: Option<&Path>) -> anyhow::Result<String> {
+pub(super) fn read_token(file: Option<&Path>) -> anyhow::Result<String> {
     if let Ok(t) = std::env::var("TEND_TOKEN") {
         if !t.trim().is_empty() {
             return Ok(t.trim().to_string());

@@ -6,9 +6,11 @@ use super::checks;
 use super::coalesce::{Coalescer, Ticket, Trigger};
 use super::error::ControllerError;
 use super::status::{
-    unix_time, ActionRecord, HostStatus, ReconcileRecord, SourceStatus, StatusReport, WindowStatus,
+    unix_time, ActionRecord, HostStatus, LedgerSummary, ReconcileRecord, SourceStatus,
+    StatusReport, WindowStatus,
 };
 use crate::config::Config;
+use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::model::Desired;
 use crate::notify::{Event, Notifier};
@@ -43,11 +45,16 @@ pub(super) struct State {
     pub(super) health: checks::Cache,
     /// Window holds the running reconcile's manual override let through.
     pub(super) overrides: Vec<String>,
+    /// Newest ledger entries first, for the status page.
+    pub(super) ledger_recent: VecDeque<LedgerSummary>,
+    /// The failure last written to the ledger (the same one is not repeated).
+    pub(super) ledger_last_error: Option<String>,
 }
 
 pub struct Context {
     pub config: Config,
     pub windows: Windows,
+    pub ledger: Arc<Ledger>,
     pub metrics: Metrics,
     pub coalescer: Arc<Coalescer>,
     pub token: Option<String>,
@@ -64,10 +71,18 @@ impl Context {
         let token = config.token()?;
         let webhook_secret = config.webhook_secret()?;
         let windows = Windows::new(&config.windows)?;
+        let ledger = Arc::new(Ledger::open(config.ledger_path(), &config.ledger)?);
+        let ledger_recent = ledger
+            .page(super::ledger_step::RECENT, None, None)?
+            .entries
+            .iter()
+            .map(LedgerSummary::of)
+            .collect();
         let metrics = Metrics::new();
         metrics.manifests_valid(false);
         Ok(Arc::new(Context {
             windows,
+            ledger,
             notifier: Notifier::new(config.notifications.clone()),
             metrics,
             coalescer: Arc::new(Coalescer::new()),
@@ -94,6 +109,8 @@ impl Context {
                 last_result: None,
                 health: checks::Cache::default(),
                 overrides: Vec::new(),
+                ledger_recent,
+                ledger_last_error: None,
             }),
             ready: AtomicBool::new(false),
             finished: watch::channel(0).0,
@@ -140,6 +157,7 @@ impl Context {
             pending: self.coalescer.pending(),
             windows: self.window_status(chrono::Utc::now()),
             reconciles: s.history.iter().rev().cloned().collect(),
+            ledger: s.ledger_recent.iter().cloned().collect(),
         }
     }
 

@@ -8,6 +8,8 @@ pub enum ControllerError {
     Source(#[from] crate::source::SourceError),
     #[error(transparent)]
     Window(#[from] crate::window::WindowError),
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
     #[error("cannot listen on {addr}: {why}")]
     Listen { addr: String, why: String },
 }
@@ -18,6 +20,7 @@ impl ControllerError {
             ControllerError::Config(_) | ControllerError::Window(_) => "config",
             ControllerError::Source(e) => e.metric_label(),
             ControllerError::Listen { .. } => "listen",
+            ControllerError::Ledger(_) => "ledger",
         }
     }
 }

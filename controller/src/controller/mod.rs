@@ -12,6 +12,7 @@ pub mod coalesce;
 pub mod context;
 pub mod engine;
 mod error;
+mod ledger_step;
 pub mod memory;
 mod observe_step;
 mod report;

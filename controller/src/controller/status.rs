@@ -43,6 +43,47 @@ pub struct StatusReport {
     pub windows: Vec<WindowStatus>,
     /// Newest first.
     pub reconciles: Vec<ReconcileRecord>,
+    /// The newest ledger entries, short (`GET /ledger` has them whole).
+    pub ledger: Vec<LedgerSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LedgerSummary {
+    pub seq: u64,
+    pub at: f64,
+    pub who: String,
+    pub revision: Option<String>,
+    pub result: String,
+    /// `upgrade api@h1 1 → 2 failed`
+    pub actions: Vec<String>,
+}
+
+impl LedgerSummary {
+    pub fn of(e: &crate::ledger::Entry) -> LedgerSummary {
+        let v = |x: &Option<String>| x.clone().unwrap_or_else(|| "–".into());
+        LedgerSummary {
+            seq: e.seq,
+            at: e.at,
+            who: e.who.clone(),
+            revision: e.revision.clone(),
+            result: e.result.clone(),
+            actions: e
+                .actions
+                .iter()
+                .map(|a| {
+                    format!(
+                        "{} {}@{} {} → {} {}",
+                        a.kind,
+                        a.service,
+                        a.host,
+                        v(&a.version_before),
+                        v(&a.version_after),
+                        a.result
+                    )
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -5,6 +5,7 @@
 use super::coalesce::{Queued, Trigger};
 use super::context::{now_unix, Context, Good};
 use super::engine::{ActionOutcome, ActionResult, Engine};
+use super::ledger_step::Done;
 use super::status::ActionSummary;
 use crate::model::{Desired, Host, Observation};
 use crate::plan::{self, Plan};
@@ -45,6 +46,20 @@ impl Worker {
         let Some(good) = good else {
             let error = problems.first().cloned();
             let error = error.unwrap_or_else(|| "no valid revision yet".into());
+            let done = Done {
+                q: &q,
+                started,
+                duration: timer.elapsed().as_secs_f64(),
+                result: "failure",
+                revision: None,
+                error: Some(&error),
+                outcomes: &[],
+                before: &Plan::default(),
+                after: &Plan::default(),
+                desired: None,
+                plan_id: None,
+            };
+            self.record_ledger(done, vec![]).await;
             self.finish(q, started, timer, "failure", None, vec![], Some(error));
             return;
         };
@@ -57,6 +72,7 @@ impl Worker {
         let mut the_plan = self.plan_timed(&desired, &observed, overriding);
 
         let mut outcomes = Vec::new();
+        let before = the_plan.clone();
         if !the_plan.actions.is_empty() {
             // What needs repair is visible while the repair runs.
             self.publish(&desired, &observed, &the_plan);
@@ -88,6 +104,21 @@ impl Worker {
         }
         let error = join_problems(problems);
         let summaries = summaries(&outcomes);
+        let overrode = ctx.lock().overrides.clone();
+        let done = Done {
+            q: &q,
+            started,
+            duration: timer.elapsed().as_secs_f64(),
+            result,
+            revision: Some(&good.revision),
+            error: error.as_deref(),
+            outcomes: &outcomes,
+            before: &before,
+            after: &the_plan,
+            desired: Some(&desired),
+            plan_id: None,
+        };
+        self.record_ledger(done, overrode).await;
         self.finish(
             q,
             started,

@@ -229,7 +229,27 @@ schedule <code>{}</code>{}</p>",
             esc(r.error.as_deref().unwrap_or(""))
         );
     }
-    h.push_str("</table></body></html>\n");
+    h.push_str("</table>");
+
+    // Ledger: kept on disk, across restarts.
+    if !st.ledger.is_empty() {
+        h.push_str("<h2>Ledger <small><a href=\"/ledger\">all</a></small></h2><table><tr><th>#</th><th>when</th><th>who</th><th>result</th><th>revision</th><th>actions</th></tr>");
+        for e in &st.ledger {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td><code>{}</code></td><td>{}</td></tr>",
+                e.seq,
+                ago(e.at),
+                esc(&e.who),
+                if e.result == "success" { "ok" } else { "bad" },
+                esc(&e.result),
+                esc(e.revision.as_deref().map(crate::source::short).unwrap_or("–")),
+                esc(&e.actions.join(", "))
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("</body></html>\n");
     h
 }
 

@@ -1,5 +1,5 @@
 //! HTTP: `/metrics`, `/healthz`, `/readyz`, `/status` (JSON), `/` (HTML),
-//! `/reconciles/{id}`, `POST /reconcile` (bearer token) and `POST /webhook`
+//! `/reconciles/{id}`, `/ledger`, `POST /reconcile` (bearer token) and `POST /webhook`
 //! (GitHub / Gitea push, HMAC-SHA256).
 
 mod html;
@@ -25,6 +25,7 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/reconciles/{id}", get(reconcile_by_id))
+        .route("/ledger", get(ledger))
         .route("/reconcile", post(reconcile))
         .route("/webhook", post(webhook))
         .with_state(ctx)
@@ -97,6 +98,32 @@ async fn reconcile_by_id(State(ctx): State<Arc<Context>>, Path(id): Path<u64>) -
             format!("reconcile {id} is not in the history\n"),
         )
             .into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct LedgerQuery {
+    limit: Option<usize>,
+    /// Entries older than this `seq` (the previous page's `next_before`).
+    before: Option<u64>,
+    /// Only reconciles that acted on this service.
+    service: Option<String>,
+}
+
+/// Most entries one page gives.
+const LEDGER_PAGE_MAX: usize = 500;
+
+/// `GET /ledger`: newest first, paged by `before`.
+async fn ledger(State(ctx): State<Arc<Context>>, Query(q): Query<LedgerQuery>) -> Response {
+    let limit = q.limit.unwrap_or(50).clamp(1, LEDGER_PAGE_MAX);
+    let ledger = ctx.ledger.clone();
+    let read =
+        tokio::task::spawn_blocking(move || ledger.page(limit, q.before, q.service.as_deref()))
+            .await;
+    match read {
+        Ok(Ok(page)) => Json(page).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }
 

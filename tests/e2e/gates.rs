@@ -165,3 +165,86 @@ async fn a_manual_override_passes_a_window_that_allows_it_and_the_reconcile_reco
     converged(&r, &fleet, "1").await;
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upgrade_is_in_the_ledger_with_its_output_tail_across_a_restart_and_no_secret() {
+    let var = "TEND_E2E_LEDGER_SECRET";
+    let secret = "l3dger-s3cret-value-77";
+    std::env::set_var(var, secret);
+    let fleet = Repo::new("gate-ledger", &["gamma"]);
+    let env = format!("  env: {{API_KEY: {{fromEnv: {var}}}}}\n");
+    fleet.commit(&fleet.manifests("1", &env), "v1");
+    let cfg = fleet.config(NEVER);
+    let file = cfg.ledger_path();
+    let r = controller::spawn(cfg.clone()).await.unwrap();
+    trigger_and_wait(&r).await;
+    converged(&r, &fleet, "1").await;
+
+    // Version 2's install prints the secret and a marker, then fails.
+    let broken = format!(
+        "{env}  install: [\"echo upgrade-broke-here key=$API_KEY; echo {secret}; exit 3\"]\n"
+    );
+    fleet.commit(&fleet.manifests("2", &broken), "v2 broken");
+    trigger_and_wait(&r).await;
+    let (code, raw) = http(r.addr, "GET", "/ledger?limit=10", &[], b"").await;
+    assert_eq!(code, 200, "{raw}");
+    assert!(!raw.contains(secret), "{raw}");
+    let page: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let failed = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| e["actions"].as_array().into_iter().flatten())
+        .find(|a| a["service"] == "gamma" && a["kind"] == "upgrade")
+        .cloned()
+        .unwrap_or_else(|| panic!("no upgrade of gamma in {page}"));
+    assert_ne!(failed["result"], "succeeded", "{failed}");
+    assert_eq!(failed["version_before"], "1", "{failed}");
+    assert!(
+        failed["output"]
+            .as_str()
+            .is_some_and(|o| o.contains("upgrade-broke-here") && o.contains("<redacted>")),
+        "{failed}"
+    );
+    let (_, html) = http(r.addr, "GET", "/", &[], b"").await;
+    assert!(html.contains("upgrade gamma@gate-ledger 1 →"), "{html}");
+    let seq_before = page["entries"][0]["seq"].as_u64().unwrap();
+    r.stop().await;
+
+    // The file outlives the controller; a new one carries on numbering.
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("upgrade-broke-here") && !text.contains(secret));
+    let r = controller::spawn(cfg).await.unwrap();
+    let page = get_json(r.addr, "/ledger").await;
+    assert_eq!(
+        page["entries"][0]["seq"].as_u64(),
+        Some(seq_before),
+        "{page}"
+    );
+    fleet.commit(&fleet.manifests("3", &env), "v3");
+    trigger_and_wait(&r).await;
+    converged(&r, &fleet, "3").await;
+    let page = get_json(r.addr, "/ledger?limit=1").await;
+    let newest = &page["entries"][0];
+    assert!(newest["seq"].as_u64().unwrap() > seq_before, "{newest}");
+    assert_eq!(newest["who"], "api token", "{newest}");
+    assert_eq!(page["next_before"], newest["seq"], "{page}");
+    r.stop().await;
+
+    // `tend history SERVICE` reads the file.
+    let out = std::process::Command::new(super::common::tend_bin())
+        .args(["history", "gamma", "--file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("upgrade gamma@gate-ledger 1 → 3: succeeded"),
+        "{text}"
+    );
+    assert!(
+        text.contains("upgrade-broke-here") && !text.contains(secret),
+        "{text}"
+    );
+}

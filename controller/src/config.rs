@@ -89,6 +89,8 @@ pub struct Config {
     pub windows: Vec<crate::window::WindowSpec>,
     /// The record of what reconciles did (`ledger` module).
     pub ledger: crate::ledger::LedgerConfig,
+    /// observe / approve / auto per service or host (`approval` module).
+    pub mode: crate::approval::Modes,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -185,6 +187,7 @@ impl Default for Config {
             history: 20,
             windows: Vec::new(),
             ledger: crate::ledger::LedgerConfig::default(),
+            mode: crate::approval::Modes::default(),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! scripts; `transport`s run them.
 
 pub mod apply;
+pub mod approval;
 pub mod config;
 pub mod controller;
 pub mod health;

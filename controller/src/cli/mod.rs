@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod apply;
+mod approve;
 mod history;
 mod plan;
 mod run;
@@ -68,6 +69,8 @@ pub enum Command {
     Status(run::StatusArgs),
     /// What reconciles did: the ledger (file or a running controller).
     History(history::HistoryArgs),
+    /// Apply the plan awaiting approval (approve mode), if ID is still current.
+    Approve(approve::ApproveArgs),
 }
 
 pub fn init_tracing(cli: &Cli) {
@@ -90,6 +93,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Trigger(a) => run::trigger(a),
         Command::Status(a) => run::status(a),
         Command::History(a) => history::run(a),
+        Command::Approve(a) => approve::run(a),
     }
 }
 

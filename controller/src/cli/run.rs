@@ -289,6 +289,28 @@ pub fn render_status(v: &serde_json::Value) -> String {
     if let Some(e) = src["fetch_error"].as_str() {
         let _ = writeln!(out, "  ! {e}");
     }
+    for w in v["windows"].as_array().into_iter().flatten() {
+        let state = if w["active"] == true {
+            "active until"
+        } else {
+            "opens"
+        };
+        let _ = writeln!(
+            out,
+            "window {} ({}) {state} {}",
+            s(&w["name"]),
+            s(&w["kind"]),
+            s(&w["until_local"])
+        );
+    }
+    let a = &v["awaiting_approval"];
+    if let Some(id) = a["id"].as_str() {
+        let n = a["actions"].as_array().map_or(0, Vec::len);
+        let _ = writeln!(
+            out,
+            "plan {id} awaits approval: {n} action(s); `tend approve {id}` applies it"
+        );
+    }
     let mut rows = vec![[
         "HOST".to_string(),
         "SERVICE".into(),

@@ -97,7 +97,12 @@ impl Worker {
             return;
         }
         observed.extend(self.observe(&idle, desired, false).await);
-        let mut p = self.plan_gated(desired, observed, pass.overriding);
+        let gates = super::gate_step::Gates {
+            revision,
+            overriding: pass.overriding,
+            acting: true,
+        };
+        let mut p = self.plan_gated(desired, observed, gates);
         p.actions.retain(|a| !flight.touched.contains(&a.host));
         self.publish(desired, observed, &p);
         if !p.actions.is_empty() {

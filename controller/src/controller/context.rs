@@ -6,7 +6,7 @@ use super::checks;
 use super::coalesce::{Coalescer, Ticket, Trigger};
 use super::error::ControllerError;
 use super::status::{
-    unix_time, ActionRecord, HostStatus, LedgerSummary, ReconcileRecord, SourceStatus,
+    unix_time, ActionRecord, Awaiting, HostStatus, LedgerSummary, ReconcileRecord, SourceStatus,
     StatusReport, WindowStatus,
 };
 use crate::config::Config;
@@ -49,6 +49,10 @@ pub(super) struct State {
     pub(super) ledger_recent: VecDeque<LedgerSummary>,
     /// The failure last written to the ledger (the same one is not repeated).
     pub(super) ledger_last_error: Option<String>,
+    /// The plan published for approval, the id approved, the id applying.
+    pub(super) awaiting: Option<Awaiting>,
+    pub(super) approved: Option<String>,
+    pub(super) applying: Option<String>,
 }
 
 pub struct Context {
@@ -111,6 +115,9 @@ impl Context {
                 overrides: Vec::new(),
                 ledger_recent,
                 ledger_last_error: None,
+                awaiting: None,
+                approved: None,
+                applying: None,
             }),
             ready: AtomicBool::new(false),
             finished: watch::channel(0).0,
@@ -158,6 +165,7 @@ impl Context {
             windows: self.window_status(chrono::Utc::now()),
             reconciles: s.history.iter().rev().cloned().collect(),
             ledger: s.ledger_recent.iter().cloned().collect(),
+            awaiting_approval: s.awaiting.clone(),
         }
     }
 
@@ -180,6 +188,18 @@ impl Context {
                 }
             })
             .collect()
+    }
+
+    /// Approve plan `id` if it is the one awaiting: Err(current id) if not.
+    pub fn approve(&self, id: &str) -> Result<(), Option<String>> {
+        let mut s = self.lock();
+        let current = s.awaiting.as_ref().map(|a| a.pending.id.clone());
+        if current.as_deref() != Some(id) {
+            return Err(current);
+        }
+        tracing::info!(plan = id, "plan approved");
+        s.approved = Some(id.to_string());
+        Ok(())
     }
 
     pub fn reconcile_record(&self, id: u64) -> Option<ReconcileRecord> {

@@ -45,6 +45,16 @@ pub struct StatusReport {
     pub reconciles: Vec<ReconcileRecord>,
     /// The newest ledger entries, short (`GET /ledger` has them whole).
     pub ledger: Vec<LedgerSummary>,
+    /// Approve-mode actions waiting for `POST /plans/{id}/approve`.
+    pub awaiting_approval: Option<Awaiting>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Awaiting {
+    #[serde(flatten)]
+    pub pending: crate::approval::Pending,
+    /// Unix time this id was first published.
+    pub since: f64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

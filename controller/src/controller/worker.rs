@@ -5,12 +5,12 @@
 use super::coalesce::{Queued, Trigger};
 use super::context::{now_unix, Context, Good};
 use super::engine::{ActionOutcome, ActionResult, Engine};
+use super::gate_step::Gates;
 use super::ledger_step::Done;
 use super::status::ActionSummary;
 use crate::model::{Desired, Host, Observation};
-use crate::plan::{self, Plan};
+use crate::plan::Plan;
 use crate::source::Source;
-use crate::window;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -69,7 +69,12 @@ impl Worker {
         // A person asking for a reconcile wants every host tried now.
         let retry_all = matches!(q.trigger, Trigger::Api | Trigger::Cli | Trigger::Webhook);
         let mut observed = self.observe_timed(&hosts, &desired, retry_all).await;
-        let mut the_plan = self.plan_timed(&desired, &observed, overriding);
+        let gates = Gates {
+            revision: &good.revision,
+            overriding,
+            acting: true,
+        };
+        let mut the_plan = self.plan_timed(&desired, &observed, gates);
 
         let mut outcomes = Vec::new();
         let before = the_plan.clone();
@@ -94,7 +99,11 @@ impl Worker {
                 .cloned()
                 .collect();
             observed.extend(self.observe_timed(&again, &desired, true).await);
-            the_plan = self.plan_timed(&desired, &observed, overriding);
+            let gates = Gates {
+                acting: false,
+                ..gates
+            };
+            the_plan = self.plan_timed(&desired, &observed, gates);
         }
 
         self.publish(&desired, &observed, &the_plan);
@@ -116,7 +125,7 @@ impl Worker {
             before: &before,
             after: &the_plan,
             desired: Some(&desired),
-            plan_id: None,
+            plan_id: ctx.lock().applying.take(),
         };
         self.record_ledger(done, overrode).await;
         self.finish(
@@ -153,36 +162,10 @@ impl Worker {
         &self,
         desired: &Desired,
         observed: &BTreeMap<String, Observation>,
-        overriding: bool,
+        gates: Gates<'_>,
     ) -> Plan {
         let _t = self.ctx.metrics.phase_timer("plan");
-        self.plan_gated(desired, observed, overriding)
-    }
-
-    /// The plan with what sync windows hold taken out (`window::gate`).
-    pub(super) fn plan_gated(
-        &self,
-        desired: &Desired,
-        observed: &BTreeMap<String, Observation>,
-        overriding: bool,
-    ) -> Plan {
-        let mut p = plan::plan(desired, observed);
-        let ctx = &self.ctx;
-        if ctx.windows.is_empty() {
-            return p;
-        }
-        let gated = window::gate(&mut p, &ctx.windows.at(chrono::Utc::now()), overriding);
-        ctx.metrics.set_held(&gated.held);
-        if !gated.overridden.is_empty() {
-            tracing::warn!(overridden = ?gated.overridden, "manual override of sync windows");
-            let mut s = ctx.lock();
-            for o in gated.overridden {
-                if !s.overrides.contains(&o) {
-                    s.overrides.push(o);
-                }
-            }
-        }
-        p
+        self.plan_gated(desired, observed, gates)
     }
 }
 

@@ -124,6 +124,7 @@ pub struct Metrics {
     source_errors: Family<ReasonLabels, Counter>,
     source_last_success: F64Gauge,
     drift_held: Family<WindowLabels, Gauge>,
+    awaiting_approval: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -177,6 +178,7 @@ impl Metrics {
             source_errors: Family::default(),
             source_last_success: F64Gauge::default(),
             drift_held: Family::default(),
+            awaiting_approval: Gauge::default(),
         };
         let r = &mut registry;
         r.register(
@@ -299,6 +301,11 @@ impl Metrics {
             "Instances whose drift a sync window holds (not acted on), by window",
             m.drift_held.clone(),
         );
+        r.register(
+            "tend_plans_awaiting_approval",
+            "1 while approve-mode actions wait for their plan to be approved",
+            m.awaiting_approval.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         Metrics { registry, ..m }
     }
@@ -316,6 +323,10 @@ impl Metrics {
     /// ask for OpenMetrics: counter families are named with their `_total`.
     pub fn encode_prometheus(&self) -> String {
         to_prometheus_text(&self.encode())
+    }
+
+    pub fn set_awaiting_approval(&self, waiting: bool) {
+        self.awaiting_approval.set(i64::from(waiting));
     }
 
     /// Instances held now, by window; windows holding none have no series.

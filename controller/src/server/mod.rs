@@ -27,6 +27,7 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .route("/reconciles/{id}", get(reconcile_by_id))
         .route("/ledger", get(ledger))
         .route("/reconcile", post(reconcile))
+        .route("/plans/{id}/approve", post(approve))
         .route("/webhook", post(webhook))
         .with_state(ctx)
 }
@@ -164,14 +165,12 @@ fn unauthorized(why: &str) -> Response {
         .into_response()
 }
 
-async fn reconcile(
-    State(ctx): State<Arc<Context>>,
-    Query(q): Query<ReconcileQuery>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+/// The bearer token check every POST but the webhook's makes.
+fn authorized(ctx: &Context, headers: &HeaderMap) -> Result<(), Response> {
     let Some(token) = ctx.token.as_deref() else {
-        return unauthorized("no token configured on the controller (token_file / token_env)");
+        return Err(unauthorized(
+            "no token configured on the controller (token_file / token_env)",
+        ));
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -179,9 +178,55 @@ async fn reconcile(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match given {
-        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => {}
-        Some(_) => return unauthorized("wrong token"),
-        None => return unauthorized("missing bearer token"),
+        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(unauthorized("wrong token")),
+        None => Err(unauthorized("missing bearer token")),
+    }
+}
+
+/// `POST /plans/{id}/approve`: run the plan awaiting approval, if it is
+/// still `id`; 409 when the plan changed since (a stale id).
+async fn approve(
+    State(ctx): State<Arc<Context>>,
+    Path(id): Path<String>,
+    Query(q): Query<ReconcileQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorized(&ctx, &headers) {
+        return r;
+    }
+    if let Err(current) = ctx.approve(&id) {
+        let now = match current {
+            Some(c) => format!("the plan awaiting approval is {c}"),
+            None => "no plan awaits approval".into(),
+        };
+        return (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({
+                "error": format!("plan {id} is not the current plan: {now}"),
+            })),
+        )
+            .into_response();
+    }
+    let ticket = ctx.trigger(Trigger::Api);
+    let mut answer =
+        serde_json::json!({ "plan": id, "id": ticket.id, "coalesced": ticket.coalesced });
+    if q.wait {
+        ctx.wait_for(ticket.id).await;
+        answer["reconcile"] = serde_json::json!(ctx.reconcile_record(ticket.id));
+        return Json(answer).into_response();
+    }
+    (StatusCode::ACCEPTED, Json(answer)).into_response()
+}
+
+async fn reconcile(
+    State(ctx): State<Arc<Context>>,
+    Query(q): Query<ReconcileQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authorized(&ctx, &headers) {
+        return r;
     }
     let from_cli = headers
         .get(header::USER_AGENT)

@@ -1,0 +1,104 @@
+//! Gates between plan and apply: sync windows (`window::gate`), then
+//! observe / approve modes (`approval::hold`). What they hold leaves the
+//! plan; its services say why in `blocked`.
+
+use super::context::now_unix;
+use super::status::Awaiting;
+use super::worker::Worker;
+use crate::approval::{self, Held};
+use crate::model::{Desired, Observation};
+use crate::notify::{Event, EventKind};
+use crate::plan::{self, Plan};
+use crate::window;
+use std::collections::BTreeMap;
+
+/// What the gates need besides the plan.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Gates<'a> {
+    pub revision: &'a str,
+    /// A manual trigger asked to act past windows that allow it.
+    pub overriding: bool,
+    /// The plan's actions will run: an approval may be used up by it (not
+    /// by the plan published after the actions).
+    pub acting: bool,
+}
+
+impl Worker {
+    pub(super) fn plan_gated(
+        &self,
+        desired: &Desired,
+        observed: &BTreeMap<String, Observation>,
+        gates: Gates<'_>,
+    ) -> Plan {
+        let mut p = plan::plan(desired, observed);
+        self.gate_windows(&mut p, gates.overriding);
+        let modes = &self.ctx.config.mode;
+        if !modes.all_auto() {
+            let approved = gates
+                .acting
+                .then(|| self.ctx.lock().approved.clone())
+                .flatten();
+            let held = approval::hold(&mut p, modes, gates.revision, approved.as_deref());
+            self.publish_approval(held);
+        }
+        p
+    }
+
+    fn gate_windows(&self, p: &mut Plan, overriding: bool) {
+        let ctx = &self.ctx;
+        if ctx.windows.is_empty() {
+            return;
+        }
+        let gated = window::gate(p, &ctx.windows.at(chrono::Utc::now()), overriding);
+        ctx.metrics.set_held(&gated.held);
+        if !gated.overridden.is_empty() {
+            tracing::warn!(overridden = ?gated.overridden, "manual override of sync windows");
+            let mut s = ctx.lock();
+            for o in gated.overridden {
+                if !s.overrides.contains(&o) {
+                    s.overrides.push(o);
+                }
+            }
+        }
+    }
+
+    /// Keep the plan awaiting approval current; notify once per new id.
+    fn publish_approval(&self, held: Held) {
+        let ctx = &self.ctx;
+        let mut s = ctx.lock();
+        if let Some(id) = held.applying {
+            tracing::info!(plan = %id, "applying the approved plan");
+            s.approved = None;
+            s.awaiting = None;
+            s.applying = Some(id);
+        } else if held.pending.is_none() {
+            s.awaiting = None;
+        }
+        let mut fresh = None;
+        if let Some(p) = held.pending {
+            if s.awaiting.as_ref().map(|a| &a.pending.id) != Some(&p.id) {
+                // What was approved, if anything, is no longer what would be done.
+                s.approved = None;
+                fresh = Some((p.id.clone(), p.revision.clone(), p.actions.len()));
+                s.awaiting = Some(Awaiting {
+                    pending: p,
+                    since: now_unix(),
+                });
+            }
+        }
+        ctx.metrics.set_awaiting_approval(s.awaiting.is_some());
+        drop(s);
+        if let Some((id, revision, n)) = fresh {
+            tracing::info!(plan = %id, actions = n, "plan awaiting approval");
+            ctx.notify(Event {
+                kind: EventKind::AwaitingApproval,
+                controller: ctx.config.ident.clone(),
+                reconcile: None,
+                revision: Some(revision),
+                summary: format!("plan {id}: {n} action(s) await approval (tend approve {id})"),
+                actions: vec![],
+                errors: vec![],
+            });
+        }
+    }
+}

@@ -248,3 +248,55 @@ async fn a_failed_upgrade_is_in_the_ledger_with_its_output_tail_across_a_restart
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approve_mode_change_waits_is_applied_only_once_approved_and_a_stale_id_is_refused() {
+    let fleet = Repo::new("gate-approve", &["delta", "zeta"]);
+    fleet.commit(&fleet.manifests("1", ""), "v1");
+    let mut cfg = fleet.config(NEVER);
+    cfg.mode.services = [("delta".to_string(), tend::approval::Mode::Approve)].into();
+    let r = controller::spawn(cfg).await.unwrap();
+    trigger_and_wait(&r).await;
+    let st = get_json(r.addr, "/status").await;
+    let first = st["awaiting_approval"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no plan awaiting approval: {st}"))
+        .to_string();
+    let delta = service(&st, "delta").unwrap();
+    assert_eq!(delta["status"], "drifted", "{delta}");
+    assert!(
+        delta["blocked"]
+            .as_str()
+            .is_some_and(|b| b.contains(&format!("awaiting approval of plan {first}"))),
+        "{delta}"
+    );
+    assert_eq!(fleet.pid("delta"), None, "nothing ran before approval");
+    assert_eq!(
+        service(&st, "zeta").unwrap()["status"],
+        "in_sync",
+        "auto mode acts"
+    );
+    assert!(metrics(&r).await.contains("tend_plans_awaiting_approval 1"));
+
+    // Git moves on: a new plan, and the first id is stale.
+    fleet.commit(&fleet.manifests("2", ""), "v2");
+    trigger_and_wait(&r).await;
+    let st = get_json(r.addr, "/status").await;
+    let second = st["awaiting_approval"]["id"].as_str().unwrap().to_string();
+    assert_ne!(first, second);
+    let (code, body) = post_json(r.addr, &format!("/plans/{first}/approve"), "").await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains(&second), "{body}");
+    assert_eq!(fleet.pid("delta"), None, "a stale approval runs nothing");
+
+    let (code, body) = post_json(r.addr, &format!("/plans/{second}/approve?wait=true"), "").await;
+    assert_eq!(code, 200, "{body}");
+    let st = converged(&r, &fleet, "2").await;
+    assert!(st["awaiting_approval"].is_null(), "{st}");
+    assert!(metrics(&r).await.contains("tend_plans_awaiting_approval 0"));
+    let page = get_json(r.addr, "/ledger?limit=1").await;
+    assert_eq!(page["entries"][0]["plan"], second.as_str(), "{page}");
+    let (code, body) = post_json(r.addr, &format!("/plans/{second}/approve"), "").await;
+    assert_eq!(code, 409, "approved once, applied once: {body}");
+    r.stop().await;
+}

@@ -5,11 +5,11 @@
 use super::context::now_unix;
 use super::status::Awaiting;
 use super::worker::Worker;
-use crate::approval::{self, Held};
+use crate::approval::Held;
 use crate::model::{Desired, Observation};
 use crate::notify::{Event, EventKind};
 use crate::plan::{self, Plan};
-use crate::window;
+use crate::window::Gated;
 use std::collections::BTreeMap;
 
 /// What the gates need besides the plan.
@@ -31,25 +31,34 @@ impl Worker {
         gates: Gates<'_>,
     ) -> Plan {
         let mut p = plan::plan(desired, observed);
-        self.gate_windows(&mut p, gates.overriding);
-        let modes = &self.ctx.config.mode;
-        if !modes.all_auto() {
-            let approved = gates
-                .acting
-                .then(|| self.ctx.lock().approved.clone())
-                .flatten();
-            let held = approval::hold(&mut p, modes, gates.revision, approved.as_deref());
+        let approved = gates
+            .acting
+            .then(|| self.ctx.lock().approved.clone())
+            .flatten();
+        let (gated, held) = self.gates(gates, approved).hold(&mut p);
+        self.publish_windows(gated);
+        if !self.ctx.config.mode.all_auto() {
             self.publish_approval(held);
         }
         p
     }
 
-    fn gate_windows(&self, p: &mut Plan, overriding: bool) {
+    /// The gates `apply` keeps in force under each host's lock.
+    pub(super) fn gates(&self, g: Gates<'_>, approved: Option<String>) -> crate::gate::Gates {
+        crate::gate::Gates {
+            windows: self.ctx.windows.clone(),
+            overriding: g.overriding,
+            modes: self.ctx.config.mode.clone(),
+            revision: g.revision.to_string(),
+            approved,
+        }
+    }
+
+    fn publish_windows(&self, gated: Gated) {
         let ctx = &self.ctx;
         if ctx.windows.is_empty() {
             return;
         }
-        let gated = window::gate(p, &ctx.windows.at(chrono::Utc::now()), overriding);
         ctx.metrics.set_held(&gated.held);
         if !gated.overridden.is_empty() {
             tracing::warn!(overridden = ?gated.overridden, "manual override of sync windows");

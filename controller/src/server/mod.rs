@@ -166,11 +166,9 @@ fn unauthorized(why: &str) -> Response {
 }
 
 /// The bearer token check every POST but the webhook's makes.
-fn authorized(ctx: &Context, headers: &HeaderMap) -> Result<(), Response> {
+fn authorized(ctx: &Context, headers: &HeaderMap) -> Result<(), &'static str> {
     let Some(token) = ctx.token.as_deref() else {
-        return Err(unauthorized(
-            "no token configured on the controller (token_file / token_env)",
-        ));
+        return Err("no token configured on the controller (token_file / token_env)");
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -179,8 +177,8 @@ fn authorized(ctx: &Context, headers: &HeaderMap) -> Result<(), Response> {
         .map(str::trim);
     match given {
         Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
-        Some(_) => Err(unauthorized("wrong token")),
-        None => Err(unauthorized("missing bearer token")),
+        Some(_) => Err("wrong token"),
+        None => Err("missing bearer token"),
     }
 }
 
@@ -192,8 +190,8 @@ async fn approve(
     Query(q): Query<ReconcileQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorized(&ctx, &headers) {
-        return r;
+    if let Err(why) = authorized(&ctx, &headers) {
+        return unauthorized(why);
     }
     if let Err(current) = ctx.approve(&id) {
         let now = match current {
@@ -225,8 +223,8 @@ async fn reconcile(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorized(&ctx, &headers) {
-        return r;
+    if let Err(why) = authorized(&ctx, &headers) {
+        return unauthorized(why);
     }
     let from_cli = headers
         .get(header::USER_AGENT)

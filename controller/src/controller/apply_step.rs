@@ -5,8 +5,7 @@
 //! burst of triggers still makes one more reconcile, not many.
 
 use super::engine::{ActionOutcome, Applied};
-use super::gate_step::Gates;
-use super::worker::{Pass, Worker};
+use super::worker::{Gates, Pass, Worker};
 use crate::model::{Host, Observation};
 use crate::plan::Plan;
 use std::collections::{BTreeMap, BTreeSet};

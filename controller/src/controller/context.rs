@@ -77,7 +77,7 @@ impl Context {
         let windows = Windows::new(&config.windows)?;
         let ledger = Arc::new(Ledger::open(config.ledger_path(), &config.ledger)?);
         let ledger_recent = ledger
-            .page(super::ledger_step::RECENT, None, None)?
+            .page(super::status::LEDGER_RECENT, None, None)?
             .entries
             .iter()
             .map(LedgerSummary::of)

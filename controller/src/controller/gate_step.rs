@@ -4,24 +4,13 @@
 
 use super::context::now_unix;
 use super::status::Awaiting;
-use super::worker::Worker;
+use super::worker::{Gates, Worker};
 use crate::approval::Held;
 use crate::model::{Desired, Observation};
 use crate::notify::{Event, EventKind};
 use crate::plan::{self, Plan};
 use crate::window::Gated;
 use std::collections::BTreeMap;
-
-/// What the gates need besides the plan.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Gates<'a> {
-    pub revision: &'a str,
-    /// A manual trigger asked to act past windows that allow it.
-    pub overriding: bool,
-    /// The plan's actions will run: an approval may be used up by it (not
-    /// by the plan published after the actions).
-    pub acting: bool,
-}
 
 impl Worker {
     pub(super) fn plan_gated(

@@ -1,33 +1,12 @@
 //! Ledger: a reconcile that acted or failed becomes one ledger entry, with
 //! versions before and after each action and its output tail, redacted.
 
-use super::coalesce::{Queued, Trigger};
-use super::engine::ActionOutcome;
+use super::coalesce::Trigger;
 use super::status::{self, LedgerSummary};
-use super::worker::Worker;
+use super::worker::{Done, Worker};
 use crate::apply::output::Redactor;
 use crate::ledger::{ActionEntry, Entry};
-use crate::model::Desired;
 use crate::plan::Plan;
-
-/// Shown on the status page.
-pub(super) const RECENT: usize = 5;
-
-/// What one reconcile hands the ledger.
-pub(super) struct Done<'a> {
-    pub q: &'a Queued,
-    pub started: f64,
-    pub duration: f64,
-    pub result: &'a str,
-    pub revision: Option<&'a str>,
-    pub error: Option<&'a str>,
-    pub outcomes: &'a [ActionOutcome],
-    /// The plan before the actions (versions before) and after them.
-    pub before: &'a Plan,
-    pub after: &'a Plan,
-    pub desired: Option<&'a Desired>,
-    pub plan_id: Option<String>,
-}
 
 /// Who a trigger stands for (tokens carry no names: the token is one).
 pub fn who(t: Trigger) -> &'static str {
@@ -102,7 +81,7 @@ impl Worker {
             Ok(Ok(e)) => {
                 let mut s = ctx.lock();
                 s.ledger_recent.push_front(LedgerSummary::of(&e));
-                s.ledger_recent.truncate(RECENT);
+                s.ledger_recent.truncate(super::status::LEDGER_RECENT);
             }
             Ok(Err(e)) => tracing::error!("{e}"),
             Err(e) => tracing::error!("ledger write task: {e}"),

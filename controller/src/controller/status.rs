@@ -23,6 +23,9 @@ pub mod unix_time {
     }
 }
 
+/// Ledger entries the status page shows.
+pub const LEDGER_RECENT: usize = 5;
+
 /// Output kept per action, from the end.
 pub const OUTPUT_TAIL: usize = 2000;
 

@@ -5,8 +5,6 @@
 use super::coalesce::{Queued, Trigger};
 use super::context::{now_unix, Context, Good};
 use super::engine::{ActionOutcome, ActionResult, Engine};
-use super::gate_step::Gates;
-use super::ledger_step::Done;
 use super::status::ActionSummary;
 use crate::model::{Desired, Host, Observation};
 use crate::plan::Plan;
@@ -22,6 +20,33 @@ pub(super) struct Pass<'a> {
     pub hosts: &'a [Host],
     /// A manual trigger asked to act past windows that allow it.
     pub overriding: bool,
+}
+
+/// What the gates need besides the plan.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Gates<'a> {
+    pub revision: &'a str,
+    /// A manual trigger asked to act past windows that allow it.
+    pub overriding: bool,
+    /// The plan's actions will run: an approval may be used up by it (not
+    /// by the plan published after the actions).
+    pub acting: bool,
+}
+
+/// What one reconcile hands the ledger.
+pub(super) struct Done<'a> {
+    pub q: &'a Queued,
+    pub started: f64,
+    pub duration: f64,
+    pub result: &'a str,
+    pub revision: Option<&'a str>,
+    pub error: Option<&'a str>,
+    pub outcomes: &'a [ActionOutcome],
+    /// The plan before the actions (versions before) and after them.
+    pub before: &'a Plan,
+    pub after: &'a Plan,
+    pub desired: Option<&'a Desired>,
+    pub plan_id: Option<String>,
 }
 
 pub(super) struct Worker {

@@ -91,6 +91,8 @@ pub struct Config {
     pub ledger: crate::ledger::LedgerConfig,
     /// observe / approve / auto per service or host (`approval` module).
     pub mode: crate::approval::Modes,
+    /// Report each reconciled revision to the forge as a commit status.
+    pub commit_status: Option<crate::forge::ForgeConfig>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -188,6 +190,7 @@ impl Default for Config {
             windows: Vec::new(),
             ledger: crate::ledger::LedgerConfig::default(),
             mode: crate::approval::Modes::default(),
+            commit_status: None,
         }
     }
 }
@@ -277,6 +280,7 @@ impl Config {
             self.ssh.identity.as_mut(),
             self.ssh.known_hosts.as_mut(),
             self.ledger.path.as_mut(),
+            self.commit_status.as_mut().map(|c| &mut c.token_file),
         ]
         .into_iter()
         .flatten()
@@ -371,6 +375,17 @@ impl Config {
             }
         }
         crate::window::Windows::new(&self.windows).map_err(|e| e.to_string())?;
+        if let Some(c) = &self.commit_status {
+            if !(c.api_url.starts_with("https://") || c.api_url.starts_with("http://")) {
+                return Err(format!(
+                    "commit_status.api_url: {:?} is not an http(s) URL",
+                    c.api_url
+                ));
+            }
+            if c.repository.trim_matches('/').is_empty() {
+                return Err("commit_status.repository: must not be empty".into());
+            }
+        }
         for n in &self.notifications {
             if !(n.url.starts_with("http://") || n.url.starts_with("https://")) {
                 return Err(format!("notifications: {:?} is not an http(s) URL", n.url));

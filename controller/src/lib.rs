@@ -8,6 +8,7 @@ pub mod apply;
 pub mod approval;
 pub mod config;
 pub mod controller;
+pub mod forge;
 pub mod gate;
 pub mod health;
 pub mod instance;

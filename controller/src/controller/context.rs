@@ -53,6 +53,8 @@ pub(super) struct State {
     pub(super) awaiting: Option<Awaiting>,
     pub(super) approved: Option<String>,
     pub(super) applying: Option<String>,
+    /// The (revision, outcome) last sent to the forge as a commit status.
+    pub(super) forge_posted: Option<(String, String)>,
 }
 
 pub struct Context {
@@ -118,6 +120,7 @@ impl Context {
                 awaiting: None,
                 approved: None,
                 applying: None,
+                forge_posted: None,
             }),
             ready: AtomicBool::new(false),
             finished: watch::channel(0).0,

@@ -12,6 +12,7 @@ pub mod coalesce;
 pub mod context;
 pub mod engine;
 mod error;
+mod forge_step;
 mod gate_step;
 mod ledger_step;
 pub mod memory;

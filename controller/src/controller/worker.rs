@@ -153,6 +153,7 @@ impl Worker {
             plan_id: ctx.lock().applying.take(),
         };
         self.record_ledger(done, overrode).await;
+        self.post_commit_status(&good.revision, result, outcomes.len());
         self.finish(
             q,
             started,

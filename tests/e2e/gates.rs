@@ -290,6 +290,8 @@ async fn an_approve_mode_change_waits_is_applied_only_once_approved_and_a_stale_
         "auto mode acts"
     );
     assert!(metrics(&r).await.contains("tend_plans_awaiting_approval 1"));
+    let (_, html) = http(r.addr, "GET", "/", &[], b"").await;
+    assert!(html.contains(&format!("tend approve {first}")), "{html}");
 
     // Git moves on: a new plan, and the first id is stale.
     fleet.commit(&fleet.manifests("2", ""), "v2");
@@ -300,6 +302,16 @@ async fn an_approve_mode_change_waits_is_applied_only_once_approved_and_a_stale_
     let (code, body) = post_json(r.addr, &format!("/plans/{first}/approve"), "").await;
     assert_eq!(code, 409, "{body}");
     assert!(body.contains(&second), "{body}");
+    // `tend approve` says so too, with its own exit code.
+    let out = std::process::Command::new(super::common::tend_bin())
+        .args(["approve", &first, "--url", &format!("http://{}", r.addr)])
+        .arg("--token-file")
+        .arg(fleet.tmp.path().join("token"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("is not the current plan"), "{err}");
     assert_eq!(fleet.pid("delta"), None, "a stale approval runs nothing");
 
     let (code, body) = post_json(r.addr, &format!("/plans/{second}/approve?wait=true"), "").await;

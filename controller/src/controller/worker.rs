@@ -63,7 +63,9 @@ impl Worker {
         tracing::info!(id = q.id, trigger = q.trigger.as_str(), "reconcile");
         let mut problems: Vec<String> = Vec::new();
         ctx.lock().overrides.clear();
-        let overriding = q.override_window && matches!(q.trigger, Trigger::Api | Trigger::Cli);
+        // Only an authenticated POST /reconcile sets it (a schedule tick it
+        // joined carries it too).
+        let overriding = q.override_window;
 
         // Source and load: a new revision that does not validate is not applied.
         self.refresh_source(&mut problems).await;

@@ -129,13 +129,23 @@ impl Ansible {
     /// Run the playbook (with `--check` for the no-op); fails unless every host
     /// was reached and nothing failed.
     pub fn playbook(&self, check: bool) -> Result<RunResult> {
+        let args: &[&str] = if check { &["--check"] } else { &[] };
+        self.run("site.yml", args, check)
+    }
+
+    /// `rolling.yml` (a `serial` rolling upgrade) to `version`.
+    pub fn rolling(&self, version: &str, batch: usize) -> Result<RunResult> {
+        let v = format!("version={version}");
+        let b = format!("batch={batch}");
+        self.run("rolling.yml", &["-e", &v, "-e", &b], false)
+    }
+
+    fn run(&self, playbook: &str, args: &[&str], check: bool) -> Result<RunResult> {
         let mut c = Command::new(&self.playbook_bin);
         c.arg("-i")
             .arg(&self.inventory)
-            .arg(source_dir().join("site.yml"));
-        if check {
-            c.arg("--check");
-        }
+            .arg(source_dir().join(playbook))
+            .args(args);
         c.env("ANSIBLE_CONFIG", &self.config)
             .env("ANSIBLE_HOME", self.work.join("home"))
             .env("ANSIBLE_NOCOLOR", "1")

@@ -1,13 +1,16 @@
-//! tend-bench: tend against Ansible and the OpenSSH ControlMaster floor, on the
+//! tend-bench: tend against Ansible, pyinfra and the OpenSSH ControlMaster floor, on the
 //! same test hosts in the same run. See BENCHMARKS.md.
 //!
 //! `cargo run --release -p tend-bench -- --hosts 10,50 --services 5 --runs 5`
+//! `cargo run --release -p tend-bench -- --hosts 50 --rolling 10 --runs 3`
 
 mod ansible;
 mod floor;
 mod hosts;
 mod procfs;
 mod profile;
+mod pyinfra;
+mod rolling;
 mod stats;
 mod tendside;
 mod util;
@@ -58,9 +61,17 @@ struct Args {
     deadline: Option<String>,
     #[arg(long)]
     skip_tend: bool,
+    /// Leave pyinfra out (it is pip-installed into `<out>/venv-pyinfra`).
+    #[arg(long)]
+    skip_pyinfra: bool,
     /// Also break the probe's host-side cost down (adds ~1 min per fleet).
     #[arg(long)]
     profile: bool,
+    /// Only the rolling upgrade of one service on every host, in batches of
+    /// this size (tend's maxUnavailable, Ansible's serial), instead of the
+    /// no-op/converge phases.
+    #[arg(long)]
+    rolling: Option<usize>,
     /// KEY=VALUE added to `tend run`'s environment (repeatable), e.g. MALLOC_ARENA_MAX=1.
     #[arg(long = "controller-env")]
     controller_env: Vec<String>,
@@ -122,6 +133,22 @@ fn main() -> anyhow::Result<()> {
         }
     };
 
+    let pyinfra_bin = if args.skip_pyinfra {
+        None
+    } else {
+        match pyinfra::ensure_venv(&out.join("venv-pyinfra")) {
+            Ok(b) => {
+                env.push(format!("pyinfra: {}", version_line(&b)));
+                Some(b)
+            }
+            Err(e) => {
+                eprintln!("tend-bench: cannot install pyinfra: {e:#}");
+                env.push(format!("pyinfra: not installed: {e:#}"));
+                None
+            }
+        }
+    };
+
     for &n in &args.hosts {
         eprintln!(
             "== {n} hosts, {} services each, {} runs ==",
@@ -136,7 +163,20 @@ fn main() -> anyhow::Result<()> {
             util::loadavg()
         ));
         let ctx = Ctx::new(&fleet, &out.join(format!("n{n}")), &args)?;
-        bench_fleet(&ctx, tend_bin.as_deref(), ansible_bin.as_deref(), &mut rows);
+        match args.rolling {
+            Some(batch) => rows.extend(rolling::phases(
+                &ctx,
+                tend_bin.as_deref(),
+                ansible_bin.as_deref(),
+                batch,
+            )),
+            None => {
+                bench_fleet(&ctx, tend_bin.as_deref(), ansible_bin.as_deref(), &mut rows);
+                if let Some(b) = pyinfra_bin.as_deref() {
+                    rows.extend(pyinfra::phases(&ctx, b));
+                }
+            }
+        }
         env.push(format!(
             "{n} hosts: finished {}, loadavg {}",
             now_utc(),
@@ -150,7 +190,11 @@ fn main() -> anyhow::Result<()> {
     env.push(format!("loadavg at end: {}", util::loadavg()));
     env.push(format!("finished: {}", now_utc()));
     write_json(&out.join("results.json"), &rows, &env)?;
-    let md = format!("{}\n{}", stats::markdown(&rows), ratios(&rows, &args.hosts));
+    let md = if args.rolling.is_some() {
+        stats::markdown(&rows)
+    } else {
+        format!("{}\n{}", stats::markdown(&rows), ratios(&rows, &args.hosts))
+    };
     std::fs::write(out.join("results.md"), &md).context("write results.md")?;
     println!("{md}");
     for e in &env {
@@ -286,7 +330,7 @@ impl<'a> Ctx<'a> {
 }
 
 /// Kill by pid what tend's records and cgroups name, then remove its tree.
-const WIPE_TEND: &str = r#"
+pub(crate) const WIPE_TEND: &str = r#"
 for f in /var/lib/tend/records/*.rec; do
   [ -f "$f" ] || continue
   p=$(sed -n 's/^pid=//p' "$f" | tail -n 1)
@@ -636,8 +680,13 @@ fn ratios(rows: &[Measurement], sizes: &[usize]) -> String {
             "- {n} hosts, no-op: ansible-playbook --check / tend = {} (target ≥ 30× at 50 hosts)\n",
             r(a, t)
         ));
+        let py = median_of(rows, "noop", "pyinfra --dry", n);
         s.push_str(&format!(
-            "- {n} hosts, no-op: tend / ControlMaster floor = {} (target ≤ 1.5×)\n",
+            "- {n} hosts, no-op: pyinfra --dry / tend = {} (target ≥ 20×)\n",
+            r(py, t)
+        ));
+        s.push_str(&format!(
+            "- {n} hosts, no-op: tend / ControlMaster floor = {} (target ≤ 0.5×)\n",
             r(t, f)
         ));
         let ctl = median_of(rows, "noop", "tend run (POST /reconcile?wait=true)", n);
@@ -655,9 +704,11 @@ fn ratios(rows: &[Measurement], sizes: &[usize]) -> String {
         ));
         let conv = median_of(rows, "converge", "tend apply", n);
         let aconv = median_of(rows, "converge", "ansible-playbook", n);
+        let pconv = median_of(rows, "converge", "pyinfra", n);
         s.push_str(&format!(
-            "- {n} hosts, converge from empty: ansible / tend apply = {}\n",
-            r(aconv, conv)
+            "- {n} hosts, converge from empty: ansible / tend apply = {}, pyinfra / tend apply = {}\n",
+            r(aconv, conv),
+            r(pconv, conv)
         ));
         let idle = rows
             .iter()

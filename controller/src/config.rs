@@ -55,6 +55,8 @@ pub struct Config {
     pub git: GitAuth,
     /// Defaults for hosts that declare no identity / pinned keys.
     pub ssh: SshDefaults,
+    /// Keys for secrets kept encrypted in Git.
+    pub secrets: SecretsConfig,
     pub prune: PrunePolicy,
     /// Hosts observed and converged at once.
     pub concurrency: usize,
@@ -123,6 +125,14 @@ pub struct SshDefaults {
     pub known_hosts: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// age identity file (`age-keygen` output) that decrypts `fromAge`
+    /// values; read on every load, so a rotated key needs no restart.
+    pub age_identities: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PrunePolicy {
@@ -175,6 +185,7 @@ impl Default for Config {
             webhook_secret_file: None,
             git: GitAuth::default(),
             ssh: SshDefaults::default(),
+            secrets: SecretsConfig::default(),
             prune: PrunePolicy::default(),
             concurrency: 8,
             host_timeout: Duration::from_secs(120),
@@ -281,6 +292,7 @@ impl Config {
             self.ssh.known_hosts.as_mut(),
             self.ledger.path.as_mut(),
             self.commit_status.as_mut().map(|c| &mut c.token_file),
+            self.secrets.age_identities.as_mut(),
         ]
         .into_iter()
         .flatten()
@@ -320,6 +332,9 @@ impl Config {
         }
         if let Some(v) = get("TEND_TOKEN_FILE").filter(|x| !x.is_empty()) {
             self.token_file = Some(v.into());
+        }
+        if let Some(v) = get("TEND_AGE_IDENTITIES").filter(|x| !x.is_empty()) {
+            self.secrets.age_identities = Some(v.into());
         }
         if let Some(v) = get("TEND_SELECTOR").filter(|x| !x.is_empty()) {
             self.selector = parse_selectors(v.split(',')).map_err(|why| ConfigError::Env {
@@ -523,6 +538,7 @@ mod tests {
         let text = "repository: https://git.example/fleet.git\nbranch: prod\npath: fleet\n\
 schedule: '*/5 * * * *'\nlisten: 0.0.0.0:9617\ntoken_file: /etc/tend/token\n\
 prune: {enabled: true, max_share: 0.25}\nhost_timeout: 30s\nselector: {cloud: tencent}\n\
+secrets: {age_identities: /etc/tend/age.key}\n\
 notifications:\n  - {kind: slack, url: 'http://127.0.0.1:1/hook'}\n";
         let c = Config::parse(text, "tend.yaml").unwrap();
         assert_eq!(
@@ -536,6 +552,19 @@ notifications:\n  - {kind: slack, url: 'http://127.0.0.1:1/hook'}\n";
         assert_eq!(c.selector.get("cloud").map(String::as_str), Some("tencent"));
         assert_eq!(c.notifications[0].kind, SinkKind::Slack);
         assert_eq!(c.prune.max_share, 0.25);
+        assert_eq!(
+            c.secrets.age_identities.as_deref(),
+            Some(Path::new("/etc/tend/age.key"))
+        );
+    }
+
+    #[test]
+    fn a_relative_age_identities_path_is_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tend.yaml");
+        std::fs::write(&file, "secrets:\n  age_identities: age.key\n").unwrap();
+        let c = Config::load(&file).unwrap();
+        assert_eq!(c.secrets.age_identities, Some(dir.path().join("age.key")));
     }
 
     #[test]
@@ -563,9 +592,14 @@ notifications:\n  - {kind: slack, url: 'http://127.0.0.1:1/hook'}\n";
             "TEND_LISTEN" => Some("127.0.0.1:1234".into()),
             "TEND_SCHEDULE" => Some("0 * * * *".into()),
             "TEND_SELECTOR" => Some("role=apps,cloud=aliyun".into()),
+            "TEND_AGE_IDENTITIES" => Some("/run/credentials/tend.service/age".into()),
             _ => None,
         })
         .unwrap();
+        assert_eq!(
+            c.secrets.age_identities.as_deref(),
+            Some(Path::new("/run/credentials/tend.service/age"))
+        );
         assert_eq!(c.listen, "127.0.0.1:1234");
         assert_eq!(c.schedule, "0 * * * *");
         assert_eq!(c.selector.len(), 2);

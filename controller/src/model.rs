@@ -237,7 +237,7 @@ pub struct SourceFile {
 #[derive(Clone, PartialEq)]
 pub struct EnvValue {
     pub value: String,
-    /// Came from `fromEnv`/`fromFile`: never printed, logged or exported.
+    /// Came from `fromEnv`/`fromFile`/`fromAge`: never printed, logged or exported.
     pub secret: bool,
 }
 

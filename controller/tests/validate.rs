@@ -12,6 +12,7 @@ fn tend(args: &[&str], cwd: &Path) -> (i32, String, String) {
         .args(args)
         .current_dir(cwd)
         .env_remove("TEND_JWT_SECRET")
+        .env_remove("TEND_AGE_IDENTITIES")
         .output()
         .expect("run tend");
     (
@@ -41,6 +42,40 @@ fn the_repository_validates_and_prints_each_hosts_budget() {
     assert!(tencent.contains("416MiB"), "{tencent}");
     assert!(out.contains("valid: 17 services in 5 files"), "{out}");
     assert!(err.contains("checked with placeholders"), "{err}");
+    assert!(
+        err.contains("age-encrypted values checked for shape only"),
+        "{err}"
+    );
+}
+
+#[test]
+fn with_the_seed_test_only_identity_its_encrypted_values_decrypt() {
+    let (code, out, err) = tend(
+        &[
+            "validate",
+            "manifests/seed",
+            "--age-identities",
+            "manifests/seed/TEST-ONLY-age-identity.txt",
+        ],
+        &repo(),
+    );
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(!err.contains("shape only"), "{err}");
+    let (code, out, _) = tend(
+        &[
+            "validate",
+            "manifests/seed",
+            "--age-identities",
+            "/nonexistent/age.key",
+        ],
+        &repo(),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.lines()
+            .all(|l| l.contains(".fromAge: cannot read age identities")),
+        "{out}"
+    );
 }
 
 #[test]

@@ -251,7 +251,13 @@ async fn an_upgrade_rewrites_the_unit_and_a_failed_one_points_it_back_at_the_old
     bad.health = http_health(18081, 4);
     let r = converge(&pool, &desired(&h, vec![bad]), &opts).await;
     match &r.actions[0].outcome {
-        ActionOutcome::RolledBack(m) => assert!(m.contains("rolled back to 2"), "{m}"),
+        ActionOutcome::RolledBack(m) => {
+            assert!(m.contains("rolled back to 2"), "{m}");
+            // The journal's tail is the failed action's output.
+            let out = r.actions[0].output.join("\n");
+            assert!(out.contains("web's last log lines"), "{out}");
+            assert!(out.contains("broken"), "{out}");
+        }
         o => panic!(
             "expected a rollback, got {o:?}\n{}\n{}",
             r.actions[0].output.join("\n"),

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Lines of output kept per action.
-const TAIL: usize = 20;
+const TAIL: usize = 40;
 
 pub(crate) struct Ctx {
     pub desired: Desired,
@@ -143,6 +143,24 @@ impl<'a> Run<'a> {
         }
         self.oom |= oom;
         (alive, oom)
+    }
+
+    /// Add the service's own last log lines to the action's output (the
+    /// journal for systemd): what a person reads first when a gate fails.
+    async fn log_tail(&mut self, rt: &dyn runtime::Runtime) {
+        let Ok(script) = rt.logs(&self.lock.root, &self.action.service) else {
+            return;
+        };
+        let Ok(out) = self.t.exec(&script, &[]).await else {
+            return;
+        };
+        let text = self.ctx.redactor.redact(&out.stdout_lossy());
+        if !text.trim().is_empty() {
+            self.output.push_str(&format!(
+                "--- {}'s last log lines ---\n{text}",
+                self.action.service
+            ));
+        }
     }
 
     fn report(self, outcome: ActionOutcome, t0: Instant) -> ActionReport {
@@ -344,6 +362,9 @@ async fn deploy_inner(run: &mut Run<'_>, s: &Service) -> Result<ActionOutcome, S
 
     let Some(health) = &s.health else {
         let (alive, oom) = run.status(rt).await;
+        if !alive {
+            run.log_tail(rt).await;
+        }
         return Ok(if alive {
             ActionOutcome::Succeeded
         } else {
@@ -356,6 +377,7 @@ async fn deploy_inner(run: &mut Run<'_>, s: &Service) -> Result<ActionOutcome, S
         Err(e) => e,
     };
     let (alive, oom) = run.status(rt).await;
+    run.log_tail(rt).await;
     let mut why = format!("version {} is unhealthy: {err}", s.version);
     if !alive {
         why = format!("{}; {}", why, exited_message(oom, s));
@@ -493,6 +515,7 @@ async fn restart_inner(run: &mut Run<'_>) -> Result<ActionOutcome, StepError> {
         run.step("health");
         if let Err(e) = crate::health::wait_healthy(run.t, &root, &svc, &h).await {
             let (_, oom) = run.status(rt).await;
+            run.log_tail(rt).await;
             let mut why = format!("version {} is unhealthy after a restart: {e}", rec.version);
             if oom {
                 why.push_str("; the kernel OOM-killed it");
@@ -502,6 +525,9 @@ async fn restart_inner(run: &mut Run<'_>) -> Result<ActionOutcome, StepError> {
         return Ok(ActionOutcome::Succeeded);
     }
     let (alive, oom) = run.status(rt).await;
+    if !alive {
+        run.log_tail(rt).await;
+    }
     Ok(if alive {
         ActionOutcome::Succeeded
     } else {

@@ -95,6 +95,36 @@ mod tests {
     }
 
     #[test]
+    fn an_age_decrypted_value_is_redacted_like_any_secret() {
+        use crate::manifest::{encrypted::AgeIdentities, load_tree_with, Secrets, TreeFile};
+        use age::secrecy::ExposeSecret;
+        let key = age::x25519::Identity::generate();
+        let ids = AgeIdentities::from_text(
+            std::path::Path::new("age.key"),
+            key.to_string().expose_secret(),
+        );
+        let armored = age::encrypt_and_armor(&key.to_public(), b"s3cret-from-git").unwrap();
+        let block: String = armored.lines().map(|l| format!("        {l}\n")).collect();
+        let yaml = [
+            "apiVersion: tend/v1\nkind: Host\nmetadata: {name: h}\nspec: {address: local}\n---\n",
+            "apiVersion: tend/v1\nkind: Service\nmetadata: {name: x}\nspec:\n  host: h\n",
+            "  runtime: process\n  version: \"1\"\n  command: [x]\n",
+            "  env:\n    DB_PASSWORD:\n      fromAge: |\n",
+            &block,
+        ]
+        .concat();
+        let files = [TreeFile {
+            path: "m/x.yaml".into(),
+            executable: false,
+            contents: yaml.into_bytes(),
+        }];
+        let l = load_tree_with(&files, "m", Secrets::Resolve, Some(&ids))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let out = Redactor::for_desired(&l.desired).redact("connecting with s3cret-from-git\n");
+        assert_eq!(out, "connecting with <redacted>\n");
+    }
+
+    #[test]
     fn tail_keeps_the_last_lines() {
         assert_eq!(tail("a\nb\nc\n", 2), vec!["b".to_string(), "c".to_string()]);
         assert_eq!(last_line("x\nerror: y\n\n"), "error: y");

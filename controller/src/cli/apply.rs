@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 use tend::apply::{self, ActionOutcome, ApplyOptions, ApplyReport, Event};
-use tend::manifest::{self, Secrets};
 use tend::model::Desired;
 use tend::plan::{ActionKind, Plan, Status};
 use tend::transport::pool::{Pool, PoolOptions};
@@ -68,7 +67,7 @@ fn select(desired: &Desired, sel: &[(String, String)]) -> Vec<String> {
 }
 
 pub fn run(a: ApplyArgs) -> anyhow::Result<ExitCode> {
-    let loaded = match manifest::load_path(&a.fleet.path, Secrets::Resolve) {
+    let loaded = match a.fleet.load() {
         Ok(l) => l,
         Err(d) => {
             eprintln!("error: {d}");

@@ -51,6 +51,20 @@ pub struct FleetArgs {
     /// Default private key for hosts without `identity`.
     #[arg(long, env = "TEND_IDENTITY")]
     pub identity: Option<PathBuf>,
+    /// age identity file that decrypts `fromAge` values.
+    #[arg(long, env = "TEND_AGE_IDENTITIES")]
+    pub age_identities: Option<PathBuf>,
+}
+
+impl FleetArgs {
+    /// The manifests, every secret resolved (decrypted with `--age-identities`).
+    pub fn load(&self) -> Result<tend::manifest::Loaded, tend::manifest::Diagnostics> {
+        let age = self
+            .age_identities
+            .as_deref()
+            .map(tend::manifest::encrypted::AgeIdentities::read);
+        tend::manifest::load_path_with(&self.path, tend::manifest::Secrets::Resolve, age.as_ref())
+    }
 }
 
 #[derive(Debug, Subcommand)]

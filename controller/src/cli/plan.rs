@@ -6,7 +6,7 @@ use clap::Args;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::process::ExitCode;
-use tend::manifest::{self, format_bytes, Secrets};
+use tend::manifest::format_bytes;
 use tend::model::{Address, Desired};
 use tend::plan::{Action, ActionKind, Plan, ServicePlan, Status};
 use tend::transport::pool::{Pool, PoolOptions};
@@ -41,7 +41,7 @@ pub fn select_hosts(desired: &Desired, selectors: &[String]) -> anyhow::Result<V
 }
 
 pub fn run(a: PlanArgs) -> anyhow::Result<ExitCode> {
-    let loaded = match manifest::load_path(&a.fleet.path, Secrets::Resolve) {
+    let loaded = match a.fleet.load() {
         Ok(l) => l,
         Err(diags) => {
             eprintln!("error: {diags}");
@@ -126,11 +126,14 @@ fn action_line(a: &Action, sp: Option<&ServicePlan>, p: &Paint) -> String {
             (None, None) => String::new(),
         }
     };
-    let after = if a.after.is_empty() {
+    let mut after = if a.after.is_empty() {
         String::new()
     } else {
         format!(" after {}", crate::cli::join_ids(&a.after, ", "))
     };
+    if !a.pause.is_zero() {
+        let _ = write!(after, " then {}", humantime::format_duration(a.pause));
+    }
     match a.kind {
         ActionKind::Start => p.wrap("32", &format!("+ start {} ({why}){after}", a.service)),
         ActionKind::Upgrade => p.wrap(
@@ -222,6 +225,10 @@ pub fn render(plan: &Plan, desired: &Desired, colour: bool) -> String {
         }
     }
 
+    if !plan.rollouts.is_empty() {
+        out.push('\n');
+        out.push_str(&rollout_lines(plan, &p));
+    }
     if !plan.memory.is_empty() {
         out.push('\n');
         out.push_str(&memory_table(plan));
@@ -249,6 +256,31 @@ pub fn render(plan: &Plan, desired: &Desired, colour: bool) -> String {
         format!("drift: {}", parts.join(", "))
     };
     let _ = writeln!(out, "\n{summary}");
+    out
+}
+
+/// One line per replicated service: progress, then its batches in order.
+fn rollout_lines(plan: &Plan, p: &Paint) -> String {
+    let mut out = String::new();
+    for r in &plan.rollouts {
+        let _ = writeln!(
+            out,
+            "{}",
+            p.wrap(
+                "1",
+                &format!(
+                    "rollout {}: {} (maxUnavailable {}, {} unavailable)",
+                    r.service, r.progress, r.max_unavailable, r.unavailable
+                )
+            )
+        );
+        for (i, b) in r.batches.iter().enumerate() {
+            let _ = writeln!(out, "  batch {}: {}", i + 1, b.join(", "));
+        }
+        if let Some(why) = &r.halted {
+            let _ = writeln!(out, "  {}", p.wrap("31;1", &format!("! {why}")));
+        }
+    }
     out
 }
 
@@ -337,9 +369,22 @@ mod tests {
                 mem_total: Some(4 << 30),
                 mem_available: Some(2 << 30),
             }],
-            rollouts: vec![],
+            rollouts: vec![tend::plan::RolloutStatus {
+                service: "web".into(),
+                instances: 5,
+                current: 2,
+                progress: "2/5 current, batch 2 of 3".into(),
+                unavailable: 0,
+                max_unavailable: 2,
+                batches: vec![vec!["h3".into(), "h4".into()], vec!["h5".into()]],
+                halted: None,
+            }],
         };
         let text = render(&plan, &Desired::default(), false);
+        assert!(
+            text.contains("rollout web: 2/5 current, batch 2 of 3 (maxUnavailable 2, 0 unavailable)\n  batch 1: h3, h4\n  batch 2: h5\n"),
+            "{text}"
+        );
         assert!(text.contains("  + start api (missing)\n"), "{text}");
         assert!(
             text.contains("  ~ upgrade auth 1.0 → 1.1 (version)\n"),

@@ -14,6 +14,10 @@ pub struct ValidateArgs {
     pub path: PathBuf,
     #[arg(long, value_enum, default_value_t = super::Output::Text)]
     pub output: super::Output,
+    /// age identity file: decrypt `fromAge` values (without it their shape
+    /// is checked only).
+    #[arg(long, env = "TEND_AGE_IDENTITIES")]
+    pub age_identities: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -105,7 +109,11 @@ fn count(n: usize, what: &str) -> String {
 }
 
 pub fn run(a: ValidateArgs) -> anyhow::Result<ExitCode> {
-    let result = manifest::load_path(&a.path, Secrets::Placeholder);
+    let age = a
+        .age_identities
+        .as_deref()
+        .map(manifest::encrypted::AgeIdentities::read);
+    let result = manifest::load_path_with(&a.path, Secrets::Placeholder, age.as_ref());
     let json = a.output == super::Output::Json;
     match result {
         Ok(loaded) => {
@@ -126,8 +134,19 @@ pub fn run(a: ValidateArgs) -> anyhow::Result<ExitCode> {
                     .warnings
                     .iter()
                     .partition(|w| w.message.ends_with(manifest::PLACEHOLDER_NOTE));
+                let (shape_only, others): (Vec<_>, Vec<_>) = others
+                    .into_iter()
+                    .partition(|w| w.message.ends_with(manifest::SHAPE_ONLY_NOTE));
                 for w in others {
                     eprintln!("warning: {w}");
+                }
+                if !shape_only.is_empty() {
+                    eprintln!(
+                        "note: {} age-encrypted value{} checked for shape only (armor and age header): \
+no --age-identities to decrypt with",
+                        shape_only.len(),
+                        if shape_only.len() == 1 { "" } else { "s" }
+                    );
                 }
                 if !placeholders.is_empty() {
                     eprintln!(
@@ -141,9 +160,21 @@ pub fn run(a: ValidateArgs) -> anyhow::Result<ExitCode> {
                     );
                 }
                 print!("{}", table(&hosts));
+                let instances: usize = loaded
+                    .desired
+                    .services
+                    .values()
+                    .map(|s| s.hosts.len())
+                    .sum();
+                let services = loaded.desired.services.len();
                 println!(
-                    "valid: {} in {}",
-                    count(loaded.desired.services.len(), "service"),
+                    "valid: {}{} in {}",
+                    count(services, "service"),
+                    if instances == services {
+                        String::new()
+                    } else {
+                        format!(" ({})", count(instances, "instance"))
+                    },
                     count(loaded.files, "file")
                 );
             }

@@ -14,6 +14,7 @@ use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::model::Desired;
 use crate::notify::{Event, Notifier};
+use crate::plan::RolloutStatus;
 use crate::source::Source;
 use crate::window::Windows;
 use std::collections::{BTreeMap, VecDeque};
@@ -34,6 +35,7 @@ pub(super) struct State {
     pub(super) source: SourceStatus,
     pub(super) good: Option<Good>,
     pub(super) hosts: Vec<HostStatus>,
+    pub(super) rollouts: Vec<RolloutStatus>,
     pub(super) last_actions: BTreeMap<(String, String), ActionRecord>,
     pub(super) history: VecDeque<ReconcileRecord>,
     pub(super) backoff: BTreeMap<String, Backoff>,
@@ -108,6 +110,7 @@ impl Context {
                 },
                 good: None,
                 hosts: vec![],
+                rollouts: vec![],
                 last_actions: BTreeMap::new(),
                 history: VecDeque::new(),
                 backoff: BTreeMap::new(),
@@ -163,6 +166,7 @@ impl Context {
             selector: self.config.selector.clone(),
             source: s.source.clone(),
             hosts: s.hosts.clone(),
+            rollouts: s.rollouts.clone(),
             running: self.coalescer.running(),
             pending: self.coalescer.pending(),
             windows: self.window_status(chrono::Utc::now()),

@@ -207,7 +207,9 @@ impl Worker {
             });
         }
         s.hosts = hosts;
+        s.rollouts = p.rollouts.clone();
         drop(s);
+        ctx.metrics.set_rollouts(&p.rollouts);
         ctx.metrics.set_fleet(&host_samples, &service_samples);
     }
 

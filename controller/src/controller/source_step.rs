@@ -3,6 +3,7 @@
 
 use super::context::{now_unix, Good};
 use super::worker::Worker;
+use crate::manifest::encrypted::AgeIdentities;
 use crate::manifest::{self, Secrets};
 use crate::notify::{Event, EventKind};
 use crate::source::{self, Poll};
@@ -56,7 +57,18 @@ impl Worker {
         };
         let loaded = {
             let _t = ctx.metrics.phase_timer("load");
-            manifest::load_tree(&snap.files, &ctx.config.path, Secrets::Resolve)
+            let age = ctx
+                .config
+                .secrets
+                .age_identities
+                .as_deref()
+                .map(AgeIdentities::read);
+            manifest::load_tree_with(
+                &snap.files,
+                &ctx.config.path,
+                Secrets::Resolve,
+                age.as_ref(),
+            )
         };
         let mut s = ctx.lock();
         s.source.fetch_error = None;

@@ -3,7 +3,7 @@
 //! env is not part of it at all).
 
 use super::coalesce::{Queued, Trigger};
-use crate::plan::{DriftReason, Status};
+use crate::plan::{DriftReason, RolloutStatus, Status};
 use crate::source::SourceInfo;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -39,6 +39,8 @@ pub struct StatusReport {
     pub selector: BTreeMap<String, String>,
     pub source: SourceStatus,
     pub hosts: Vec<HostStatus>,
+    /// Services with more than one instance: progress, batches, halts.
+    pub rollouts: Vec<RolloutStatus>,
     pub running: Option<Queued>,
     pub pending: Option<Queued>,
     /// Sync windows and whether each is active now.

@@ -4,11 +4,12 @@
 //! `apiVersion`/`kind` and to name the field an error points at), then each
 //! document into its typed form, so field positions survive.
 
+use super::encrypted::AgeIdentities;
 use super::node::{Node, NodeKind};
 use super::raw::{At, DocKind, TypedDoc, S};
 use super::tree::{normalize, FsTree, SliceTree, Tree};
 use super::validate::{self, Parsed, ParsedDoc, Report};
-use super::{Diagnostic, Diagnostics, Loaded, Secrets, TreeFile};
+use super::{Diagnostic, Diagnostics, Loaded, Resolver, Secrets, TreeFile};
 use serde_saphyr::DuplicateKeyPolicy;
 use std::path::{Path, PathBuf};
 
@@ -19,14 +20,33 @@ pub fn load_tree(
     manifests_dir: &str,
     secrets: Secrets,
 ) -> Result<Loaded, Diagnostics> {
+    load_tree_with(files, manifests_dir, secrets, None)
+}
+
+/// [`load_tree`] with age identities for `fromAge` values.
+pub fn load_tree_with(
+    files: &[TreeFile],
+    manifests_dir: &str,
+    secrets: Secrets,
+    age: Option<&AgeIdentities>,
+) -> Result<Loaded, Diagnostics> {
     let dir = normalize(manifests_dir).unwrap_or_default();
-    load(&SliceTree(files), &dir, secrets)
+    load(&SliceTree(files), &dir, Resolver { secrets, age })
 }
 
 /// Loads manifests from a directory (or one file) on disk. The repository
 /// root (for `source.path`) is the nearest ancestor holding `.git`, else the
 /// directory itself (or a file's parent). Diagnostics name files as given.
 pub fn load_path(path: &Path, secrets: Secrets) -> Result<Loaded, Diagnostics> {
+    load_path_with(path, secrets, None)
+}
+
+/// [`load_path`] with age identities for `fromAge` values.
+pub fn load_path_with(
+    path: &Path,
+    secrets: Secrets,
+    age: Option<&AgeIdentities>,
+) -> Result<Loaded, Diagnostics> {
     let fail = |why: String| {
         Diagnostics(vec![Diagnostic::new(
             path.display().to_string(),
@@ -58,7 +78,7 @@ pub fn load_path(path: &Path, secrets: Secrets) -> Result<Loaded, Diagnostics> {
         }
         ds
     };
-    match load(&tree, &rel.join("/"), secrets) {
+    match load(&tree, &rel.join("/"), Resolver { secrets, age }) {
         Ok(mut l) => {
             l.warnings = rename(l.warnings);
             Ok(l)
@@ -84,7 +104,7 @@ pub fn repo_root(path: &Path) -> PathBuf {
     }
 }
 
-pub(crate) fn load(tree: &dyn Tree, dir: &str, secrets: Secrets) -> Result<Loaded, Diagnostics> {
+pub(crate) fn load(tree: &dyn Tree, dir: &str, resolver: Resolver) -> Result<Loaded, Diagnostics> {
     let shown = if dir.is_empty() { "." } else { dir };
     let files = tree.manifests(dir).map_err(|why| {
         Diagnostics(vec![Diagnostic::new(
@@ -116,7 +136,7 @@ pub(crate) fn load(tree: &dyn Tree, dir: &str, secrets: Secrets) -> Result<Loade
             "no Host or Service documents here",
         ));
     }
-    let desired = validate::build(docs, tree, secrets, &mut report);
+    let desired = validate::build(docs, tree, resolver, &mut report);
     let mut errors = report.errors;
     errors.sort();
     errors.dedup();
@@ -344,7 +364,8 @@ fn schema_problems(kind: DocKind, node: &Node) -> Vec<(String, At, String)> {
                 out.push((
                     field,
                     at,
-                    "expected a string, {fromEnv: NAME} or {fromFile: PATH}".into(),
+                    "expected a string, {fromEnv: NAME}, {fromFile: PATH} or {fromAge: ARMORED}"
+                        .into(),
                 ));
             }
             _ => out.push((field, at, e.to_string())),

@@ -5,6 +5,7 @@
 //! parses them, `validate` applies every rule and resolves values. Problems
 //! are collected, never stopped at: one run reports all of them.
 
+pub mod encrypted;
 mod load;
 pub mod node;
 pub mod raw;
@@ -16,7 +17,7 @@ use crate::model::Desired;
 use serde::Serialize;
 use std::fmt;
 
-pub use load::{load_path, load_tree, repo_root};
+pub use load::{load_path, load_path_with, load_tree, load_tree_with, repo_root};
 pub use validate::{format_bytes, parse_bytes};
 
 /// One file of a repository tree (a Git commit or a directory).
@@ -28,14 +29,22 @@ pub struct TreeFile {
     pub contents: Vec<u8>,
 }
 
-/// What to do with `fromEnv`/`fromFile` values.
+/// What to do with `fromEnv`/`fromFile`/`fromAge` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Secrets {
     /// Read them on the controller; a missing one is an error.
     Resolve,
     /// Read what is there; a missing one becomes `<unresolved>` and a warning
     /// (for `tend validate` on a pull request, where secrets are absent).
+    /// Without age identities, an encrypted value is checked for shape only.
     Placeholder,
+}
+
+/// How secret values are resolved in one load.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Resolver<'a> {
+    pub secrets: Secrets,
+    pub age: Option<&'a encrypted::AgeIdentities>,
 }
 
 /// Value given to secrets that could not be read under [`Secrets::Placeholder`].
@@ -43,6 +52,9 @@ pub const UNRESOLVED: &str = "<unresolved>";
 
 /// How every warning about a secret replaced by [`UNRESOLVED`] ends.
 pub const PLACEHOLDER_NOTE: &str = "checked with a placeholder";
+
+/// How every warning about an age-encrypted value that was not decrypted ends.
+pub const SHAPE_ONLY_NOTE: &str = "checked for shape only";
 
 /// A successfully loaded desired state.
 #[derive(Debug, Clone)]
@@ -117,5 +129,7 @@ impl fmt::Display for Diagnostics {
     }
 }
 
+#[cfg(test)]
+mod placement_tests;
 #[cfg(test)]
 mod tests;

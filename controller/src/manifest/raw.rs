@@ -368,6 +368,9 @@ pub enum EnvSource {
     FromEnv(String),
     /// `{fromFile: PATH}`: the contents of a file on the controller.
     FromFile(String),
+    /// `{fromAge: "-----BEGIN AGE ENCRYPTED FILE-----…"}`: an armored age
+    /// file in Git, decrypted on the controller.
+    FromAge(String),
 }
 
 impl<'de> Deserialize<'de> for EnvSource {
@@ -376,7 +379,7 @@ impl<'de> Deserialize<'de> for EnvSource {
         impl<'de> Visitor<'de> for V {
             type Value = EnvSource;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string, {fromEnv: NAME} or {fromFile: PATH}")
+                f.write_str("a string, {fromEnv: NAME}, {fromFile: PATH} or {fromAge: ARMORED}")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<EnvSource, E> {
                 Ok(EnvSource::Literal(v.to_string()))
@@ -403,17 +406,21 @@ impl<'de> Deserialize<'de> for EnvSource {
                     let src = match key.as_str() {
                         "fromEnv" => EnvSource::FromEnv(v),
                         "fromFile" => EnvSource::FromFile(v),
+                        "fromAge" => EnvSource::FromAge(v),
                         other => {
-                            return Err(de::Error::unknown_field(other, &["fromEnv", "fromFile"]))
+                            return Err(de::Error::unknown_field(
+                                other,
+                                &["fromEnv", "fromFile", "fromAge"],
+                            ))
                         }
                     };
                     if out.replace(src).is_some() {
                         return Err(de::Error::custom(
-                            "use one of fromEnv or fromFile, not both",
+                            "use one of fromEnv, fromFile or fromAge, not two",
                         ));
                     }
                 }
-                out.ok_or_else(|| de::Error::custom("expected fromEnv or fromFile"))
+                out.ok_or_else(|| de::Error::custom("expected fromEnv, fromFile or fromAge"))
             }
         }
         d.deserialize_any(V)
@@ -426,13 +433,16 @@ impl JsonSchema for EnvSource {
     }
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         schemars::json_schema!({
-            "description": "A literal value, or a secret resolved on the controller: {fromEnv: NAME} or {fromFile: PATH}.",
+            "description": "A literal value, or a secret resolved on the controller: {fromEnv: NAME}, {fromFile: PATH} or {fromAge: ARMORED} (an ASCII-armored age file, decrypted with the controller's secrets.age_identities).",
             "oneOf": [
                 {"type": ["string", "integer", "boolean"]},
                 {"type": "object", "properties": {"fromEnv": {"type": "string"}},
                  "required": ["fromEnv"], "additionalProperties": false},
                 {"type": "object", "properties": {"fromFile": {"type": "string"}},
-                 "required": ["fromFile"], "additionalProperties": false}
+                 "required": ["fromFile"], "additionalProperties": false},
+                {"type": "object", "properties": {"fromAge": {"type": "string",
+                   "pattern": "^\\s*-----BEGIN AGE ENCRYPTED FILE-----"}},
+                 "required": ["fromAge"], "additionalProperties": false}
             ]
         })
     }

@@ -12,7 +12,7 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn tf(path: &str, text: &str) -> TreeFile {
+pub(super) fn tf(path: &str, text: &str) -> TreeFile {
     TreeFile {
         path: path.into(),
         executable: false,
@@ -58,11 +58,11 @@ fn with(mut files: Vec<TreeFile>, path: &str, text: &str) -> Vec<TreeFile> {
     files
 }
 
-fn load(files: &[TreeFile]) -> Result<Loaded, Diagnostics> {
+pub(super) fn load(files: &[TreeFile]) -> Result<Loaded, Diagnostics> {
     load_tree(files, "m", Secrets::Placeholder)
 }
 
-fn errors(files: &[TreeFile]) -> Vec<Diagnostic> {
+pub(super) fn errors(files: &[TreeFile]) -> Vec<Diagnostic> {
     match load(files) {
         Ok(_) => panic!("expected the manifests to be refused"),
         Err(d) => d.0,
@@ -71,7 +71,13 @@ fn errors(files: &[TreeFile]) -> Vec<Diagnostic> {
 
 /// The one error at `file:line`, whose field and message contain the given text.
 #[track_caller]
-fn expect_error(files: &[TreeFile], file: &str, line: usize, field: &str, msg: &str) -> Diagnostic {
+pub(super) fn expect_error(
+    files: &[TreeFile],
+    file: &str,
+    line: usize,
+    field: &str,
+    msg: &str,
+) -> Diagnostic {
     let all = errors(files);
     let found = all.iter().find(|d| {
         d.file == file && d.line == line && d.field.contains(field) && d.message.contains(msg)
@@ -124,9 +130,12 @@ fn the_repository_manifests_validate() {
     );
     assert_eq!(l.desired.services.len(), 17);
     assert!(l.files >= 5);
-    // Only unresolved secrets are worth a warning in the repo.
+    // Only unresolved secrets and undecrypted ones are worth a warning in the repo.
     for w in &l.warnings {
-        assert!(w.message.contains("placeholder"), "unexpected warning: {w}");
+        assert!(
+            w.message.ends_with(PLACEHOLDER_NOTE) || w.message.ends_with(SHAPE_ONLY_NOTE),
+            "unexpected warning: {w}"
+        );
     }
 }
 
@@ -490,7 +499,7 @@ fn a_literal_secret_is_refused_without_echoing_it() {
         "m/web.yaml",
         13,
         "spec.env.DB_PASSWORD",
-        "secrets never live in Git: use fromEnv or fromFile",
+        "secrets never live in Git as plain text: use fromEnv, fromFile or fromAge",
     );
     assert!(!d.to_string().contains("hunter2"));
     expect_error(
@@ -847,4 +856,169 @@ proptest! {
             Err(d) => prop_assert!(!d.0.is_empty()),
         }
     }
+}
+
+// ------------------------------------------------------------------ fromAge
+
+/// WEB with `env: {NAME: {fromAge: <armored>}}` as a block scalar; the
+/// `fromAge` key sits on line 14.
+fn with_age(name: &str, armored: &str) -> Vec<TreeFile> {
+    let block: String = armored.lines().map(|l| format!("        {l}\n")).collect();
+    with(
+        base(),
+        "m/web.yaml",
+        &format!("{WEB}  env:\n    {name}:\n      fromAge: |\n{block}"),
+    )
+}
+
+fn age_key() -> (::age::x25519::Identity, encrypted::AgeIdentities) {
+    use ::age::secrecy::ExposeSecret;
+    let key = ::age::x25519::Identity::generate();
+    let text = format!("# test key\n{}\n", key.to_string().expose_secret());
+    let ids = encrypted::AgeIdentities::from_text(Path::new("/etc/tend/age.key"), &text);
+    (key, ids)
+}
+
+fn armor(to: &::age::x25519::Recipient, plain: &str) -> String {
+    ::age::encrypt_and_armor(to, plain.as_bytes()).unwrap()
+}
+
+#[test]
+fn an_age_encrypted_value_decrypts_into_a_secret_without_echos_newline() {
+    let (key, ids) = age_key();
+    let files = with_age("DB_PASSWORD", &armor(&key.to_public(), "pa55-from-age\n"));
+    let l =
+        load_tree_with(&files, "m", Secrets::Resolve, Some(&ids)).unwrap_or_else(|e| panic!("{e}"));
+    let v = &l.desired.services["web"].env["DB_PASSWORD"];
+    assert_eq!((v.value.as_str(), v.secret), ("pa55-from-age", true));
+    assert_eq!(format!("{v:?}"), "\"<redacted>\"");
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+}
+
+#[test]
+fn an_age_value_for_another_key_is_refused_at_its_file_and_line() {
+    let (_, ids) = age_key();
+    let (stranger, _) = age_key();
+    let files = with_age("DB_PASSWORD", &armor(&stranger.to_public(), "x"));
+    for secrets in [Secrets::Resolve, Secrets::Placeholder] {
+        let errs = load_tree_with(&files, "m", secrets, Some(&ids))
+            .unwrap_err()
+            .0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        let d = &errs[0];
+        assert_eq!(
+            (d.file.as_str(), d.line, d.field.as_str()),
+            ("m/web.yaml", 14, "spec.env.DB_PASSWORD.fromAge"),
+            "{d}"
+        );
+        assert!(d.message.contains("/etc/tend/age.key"), "{d}");
+    }
+}
+
+#[test]
+fn garbage_armor_is_refused_at_its_file_and_line_with_or_without_a_key() {
+    let (_, ids) = age_key();
+    let garbage = "-----BEGIN AGE ENCRYPTED FILE-----\nYWdlLWVuY3J5cHRpb24ub3JnL3YxCi0+IGdhcmJhZ2UK\n-----END AGE ENCRYPTED FILE-----";
+    let files = with_age("API_TOKEN", garbage);
+    for age in [Some(&ids), None] {
+        let errs = load_tree_with(&files, "m", Secrets::Placeholder, age)
+            .unwrap_err()
+            .0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(
+            (errs[0].line, errs[0].field.as_str()),
+            (14, "spec.env.API_TOKEN.fromAge")
+        );
+        assert!(errs[0].message.contains("not an age file"), "{}", errs[0]);
+    }
+    let plain = with(
+        base(),
+        "m/web.yaml",
+        &format!("{WEB}  env:\n    API_TOKEN:\n      fromAge: hunter2\n"),
+    );
+    let errs = load_tree_with(&plain, "m", Secrets::Resolve, Some(&ids))
+        .unwrap_err()
+        .0;
+    assert!(errs[0].message.contains("ASCII-armored"), "{}", errs[0]);
+    assert!(!errs[0].to_string().contains("hunter2"), "{}", errs[0]);
+}
+
+#[test]
+fn without_identities_validate_checks_the_shape_only_and_says_so() {
+    let (key, _) = age_key();
+    let files = with_age("DB_PASSWORD", &armor(&key.to_public(), "never-seen"));
+    let l = load_tree(&files, "m", Secrets::Placeholder).unwrap_or_else(|e| panic!("{e}"));
+    let v = &l.desired.services["web"].env["DB_PASSWORD"];
+    assert_eq!((v.value.as_str(), v.secret), (UNRESOLVED, true));
+    assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
+    let w = &l.warnings[0];
+    assert_eq!(
+        (w.line, w.field.as_str()),
+        (14, "spec.env.DB_PASSWORD.fromAge")
+    );
+    assert!(w.message.ends_with(SHAPE_ONLY_NOTE), "{w}");
+    // Where secrets are resolved, a missing key is an error, never a placeholder.
+    let errs = load_tree(&files, "m", Secrets::Resolve).unwrap_err().0;
+    assert!(
+        errs[0].message.contains("secrets.age_identities"),
+        "{}",
+        errs[0]
+    );
+}
+
+#[test]
+fn an_unreadable_identity_file_is_an_error_at_each_encrypted_value() {
+    let (key, _) = age_key();
+    let files = with_age("DB_PASSWORD", &armor(&key.to_public(), "x"));
+    let missing = encrypted::AgeIdentities::read(Path::new("/nonexistent/tend-age.key"));
+    let errs = load_tree_with(&files, "m", Secrets::Resolve, Some(&missing))
+        .unwrap_err()
+        .0;
+    assert_eq!(errs[0].line, 14);
+    assert!(
+        errs[0]
+            .message
+            .contains("cannot read age identities /nonexistent/tend-age.key"),
+        "{}",
+        errs[0]
+    );
+}
+
+#[test]
+fn the_seed_fleet_decrypts_with_its_test_only_identity() {
+    let ids =
+        encrypted::AgeIdentities::read(&repo().join("manifests/seed/TEST-ONLY-age-identity.txt"));
+    let l = load_tree_with(
+        &repo_tree(),
+        "manifests/seed",
+        Secrets::Placeholder,
+        Some(&ids),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let auth = &l.desired.services["zervigo-auth"];
+    assert!(auth.env["JWT_SECRET"].secret);
+    assert_ne!(auth.env["JWT_SECRET"].value, UNRESOLVED);
+    assert!(
+        l.warnings
+            .iter()
+            .all(|w| !w.message.ends_with(SHAPE_ONLY_NOTE)),
+        "{:?}",
+        l.warnings
+    );
+}
+
+#[test]
+fn re_encrypting_the_same_value_keeps_the_config_hash_and_a_new_value_changes_it() {
+    let (key, ids) = age_key();
+    let hash = |plain: &str| {
+        let files = with_age("DB_PASSWORD", &armor(&key.to_public(), plain));
+        let l = load_tree_with(&files, "m", Secrets::Resolve, Some(&ids))
+            .unwrap_or_else(|e| panic!("{e}"));
+        l.desired.services["web"].config_hash()
+    };
+    // Each encryption differs (a new file key): only the plaintext counts,
+    // so rotating the age key restarts nothing, rotating the secret does.
+    assert_eq!(hash("one"), hash("one"));
+    assert_ne!(hash("one"), hash("two"));
+    assert!(!hash("one").contains("one"));
 }

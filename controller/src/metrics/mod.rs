@@ -125,11 +125,26 @@ pub struct Metrics {
     source_last_success: F64Gauge,
     drift_held: Family<WindowLabels, Gauge>,
     awaiting_approval: Gauge,
+    rollout_instances: Family<RolloutLabels, Gauge>,
+    rollout_max_unavailable: Family<ServiceNameLabels, Gauge>,
+    rollout_halted: Family<ServiceNameLabels, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WindowLabels {
     pub window: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    pub service: String,
+    /// `desired`, `current` or `unavailable`.
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceNameLabels {
+    pub service: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -179,6 +194,9 @@ impl Metrics {
             source_last_success: F64Gauge::default(),
             drift_held: Family::default(),
             awaiting_approval: Gauge::default(),
+            rollout_instances: Family::default(),
+            rollout_max_unavailable: Family::default(),
+            rollout_halted: Family::default(),
         };
         let r = &mut registry;
         r.register(
@@ -210,6 +228,21 @@ impl Metrics {
             "tend_service_oom_kills",
             "OOM kills the host counted for the service (memory.events, memory.oom_control or systemd's stop hook)",
             m.service_oom_kills.clone(),
+        );
+        r.register(
+            "tend_rollout_instances",
+            "Instances of a service placed on several hosts: desired, current (in sync with Git), unavailable",
+            m.rollout_instances.clone(),
+        );
+        r.register(
+            "tend_rollout_max_unavailable",
+            "Instances of the service its rollout may take down at once",
+            m.rollout_max_unavailable.clone(),
+        );
+        r.register(
+            "tend_rollout_halted",
+            "1 when the service's rollout stopped on a version that failed its health check",
+            m.rollout_halted.clone(),
         );
         r.register(
             "tend_host_up",
@@ -413,6 +446,38 @@ impl Metrics {
             if let Some(a) = h.available {
                 self.host_available.get_or_create(&l).set(clamp(a));
             }
+        }
+    }
+
+    /// Replace the rollout series with these (services placed on one host
+    /// have none).
+    pub fn set_rollouts(&self, rollouts: &[crate::plan::RolloutStatus]) {
+        let _g = self.swap.write().unwrap_or_else(|e| e.into_inner());
+        self.rollout_instances.clear();
+        self.rollout_max_unavailable.clear();
+        self.rollout_halted.clear();
+        for r in rollouts {
+            for (state, n) in [
+                ("desired", r.instances),
+                ("current", r.current),
+                ("unavailable", r.unavailable),
+            ] {
+                self.rollout_instances
+                    .get_or_create(&RolloutLabels {
+                        service: r.service.clone(),
+                        state: state.into(),
+                    })
+                    .set(clamp(n as u64));
+            }
+            let l = ServiceNameLabels {
+                service: r.service.clone(),
+            };
+            self.rollout_max_unavailable
+                .get_or_create(&l)
+                .set(clamp(r.max_unavailable as u64));
+            self.rollout_halted
+                .get_or_create(&l)
+                .set(i64::from(r.halted.is_some()));
         }
     }
 

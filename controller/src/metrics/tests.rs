@@ -33,6 +33,16 @@ fn sample() -> Metrics {
     m.source_ok(1.7e9);
     m.source("abc123", "main");
     m.manifests_valid(true);
+    m.set_rollouts(&[crate::plan::RolloutStatus {
+        service: "web".into(),
+        instances: 5,
+        current: 2,
+        progress: "2/5 current, batch 2 of 3".into(),
+        unavailable: 1,
+        max_unavailable: 1,
+        batches: vec![],
+        halted: Some("failed on h1".into()),
+    }]);
     drop(m.reconcile_timer());
     drop(m.phase_timer("observe"));
     m
@@ -65,6 +75,9 @@ fn every_contract_name_is_exported() {
         "tend_host_errors_total{",
         "tend_source_errors_total{",
         "tend_source_last_success_timestamp_seconds ",
+        "tend_rollout_instances{",
+        "tend_rollout_max_unavailable{",
+        "tend_rollout_halted{",
         "process_resident_memory_bytes ",
         "process_cpu_seconds_total ",
         "process_start_time_seconds ",
@@ -113,6 +126,23 @@ fn host_errors_count_by_reason_and_a_host_in_backoff_is_not_counted() {
         text.contains("tend_service_oom_kills{host=\"tencent\",service=\"ai-service-1\"} 2"),
         "{text}"
     );
+}
+
+#[test]
+fn a_rollout_is_counted_by_state_and_a_halt_is_one() {
+    let text = sample().encode();
+    for line in [
+        "tend_rollout_instances{service=\"web\",state=\"desired\"} 5",
+        "tend_rollout_instances{service=\"web\",state=\"current\"} 2",
+        "tend_rollout_instances{service=\"web\",state=\"unavailable\"} 1",
+        "tend_rollout_max_unavailable{service=\"web\"} 1",
+        "tend_rollout_halted{service=\"web\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+    let m = sample();
+    m.set_rollouts(&[]);
+    assert!(!m.encode().contains("tend_rollout_"));
 }
 
 #[test]

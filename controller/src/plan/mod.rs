@@ -168,6 +168,8 @@ pub struct RolloutStatus {
     pub instances: usize,
     /// Instances in sync with Git.
     pub current: usize,
+    /// `3/5 current, batch 2 of 3`.
+    pub progress: String,
     pub unavailable: usize,
     pub max_unavailable: usize,
     /// Hosts of each batch this plan runs, in order (repairs of instances
@@ -231,6 +233,8 @@ impl Plan {
 mod drift;
 mod order;
 mod rollout;
+#[cfg(test)]
+mod rollout_tests;
 #[cfg(test)]
 mod tests;
 

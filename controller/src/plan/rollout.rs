@@ -67,11 +67,14 @@ fn shape_one(
         .cloned()
         .collect();
     let mut halted = None;
-    if let Some(first) = failed_on.first() {
+    if !failed_on.is_empty() {
+        // Instances taken back by `failureAction: rollback` record the
+        // version as failed too: name them all, not a guessed first.
         let why = format!(
-            "the rollout of version {} stopped: it failed its health check on {first}; \
-             change the manifest to retry",
-            s.version
+            "the rollout of version {} stopped: it failed its health check \
+             (rolled back on {}); change the manifest to retry",
+            s.version,
+            failed_on.join(", ")
         );
         halted = Some(why.clone());
         for sp in services.iter_mut().filter(|sp| ours(sp)) {
@@ -138,14 +141,14 @@ fn shape_one(
         if a.service != s.name || !s.runs_on(&a.host) || !may_act(&a.host) {
             continue;
         }
-        if a.kind == ActionKind::Rollback {
-            // Undoing a failed rollout goes at once: those instances run a
-            // version that failed elsewhere.
-            continue;
-        }
         if unavailable.contains(&a.host) {
             repairs.push(a.id());
-        } else if matches!(a.kind, ActionKind::Upgrade | ActionKind::Restart) {
+        } else if matches!(
+            a.kind,
+            ActionKind::Upgrade | ActionKind::Restart | ActionKind::Rollback
+        ) {
+            // Undoing a failed rollout takes instances down too: batched
+            // like the upgrade was.
             disruptive.push(i);
         }
     }
@@ -198,13 +201,28 @@ fn shape_one(
         .filter(|sp| ours(sp))
         .filter(|sp| sp.status == Status::InSync)
         .count();
+    let progress = progress(n, current, mu, halted.is_some());
     RolloutStatus {
         service: s.name.clone(),
         instances: n,
         current,
+        progress,
         unavailable: unavailable.len(),
         max_unavailable: mu,
         batches,
         halted,
     }
+}
+
+/// `3/5 current, batch 2 of 3`: batches of `mu` counted from the instances
+/// already current, so an interrupted rollout reads where it stands.
+pub(super) fn progress(n: usize, current: usize, mu: usize, halted: bool) -> String {
+    if current >= n {
+        return format!("{n}/{n} current");
+    }
+    let mu = mu.max(1);
+    let of = n.div_ceil(mu);
+    let batch = (current / mu + 1).min(of);
+    let state = if halted { ", halted" } else { "" };
+    format!("{current}/{n} current, batch {batch} of {of}{state}")
 }

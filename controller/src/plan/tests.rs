@@ -11,9 +11,9 @@ use crate::record::{Record, RuntimeKind};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
-const MIB: u64 = 1 << 20;
+pub(super) const MIB: u64 = 1 << 20;
 
-fn host(name: &str) -> Host {
+pub(super) fn host(name: &str) -> Host {
     Host {
         name: name.into(),
         labels: BTreeMap::new(),
@@ -24,7 +24,7 @@ fn host(name: &str) -> Host {
     }
 }
 
-fn svc(name: &str, host: &str) -> Service {
+pub(super) fn svc(name: &str, host: &str) -> Service {
     Service {
         name: name.into(),
         labels: BTreeMap::new(),
@@ -44,14 +44,14 @@ fn svc(name: &str, host: &str) -> Service {
     }
 }
 
-fn fleet(hosts: &[&str], services: Vec<Service>) -> Desired {
+pub(super) fn fleet(hosts: &[&str], services: Vec<Service>) -> Desired {
     Desired {
         hosts: hosts.iter().map(|h| (h.to_string(), host(h))).collect(),
         services: services.into_iter().map(|s| (s.name.clone(), s)).collect(),
     }
 }
 
-fn record_of(s: &Service, pid: u32) -> Record {
+pub(super) fn record_of(s: &Service, pid: u32) -> Record {
     Record {
         name: s.name.clone(),
         version: s.version.clone(),
@@ -69,7 +69,7 @@ fn record_of(s: &Service, pid: u32) -> Record {
 }
 
 /// What the hosts would show if everything in `d` ran as declared.
-fn converged(d: &Desired) -> BTreeMap<String, Observation> {
+pub(super) fn converged(d: &Desired) -> BTreeMap<String, Observation> {
     let mut out = BTreeMap::new();
     let mut pid = 1000;
     for h in d.hosts.keys() {
@@ -114,21 +114,21 @@ fn converged(d: &Desired) -> BTreeMap<String, Observation> {
     out
 }
 
-fn state<'a>(o: &'a mut BTreeMap<String, Observation>, h: &str) -> &'a mut HostState {
+pub(super) fn state<'a>(o: &'a mut BTreeMap<String, Observation>, h: &str) -> &'a mut HostState {
     match o.get_mut(h) {
         Some(Observation::Reachable(st)) => st,
         _ => panic!("{h} is not reachable"),
     }
 }
 
-fn sp<'a>(p: &'a Plan, name: &str) -> &'a ServicePlan {
+pub(super) fn sp<'a>(p: &'a Plan, name: &str) -> &'a ServicePlan {
     p.services
         .iter()
         .find(|s| s.service == name)
         .unwrap_or_else(|| panic!("no plan for {name}"))
 }
 
-fn kinds(p: &Plan) -> Vec<(ActionKind, &str)> {
+pub(super) fn kinds(p: &Plan) -> Vec<(ActionKind, &str)> {
     p.actions
         .iter()
         .map(|a| (a.kind, a.service.as_str()))

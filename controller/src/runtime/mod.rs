@@ -129,7 +129,21 @@ pub trait Runtime: Send + Sync {
     fn status(&self, root: &str, service: &str) -> Result<String, RuntimeError> {
         status_from_record(root, service)
     }
+    /// Prints the service's last `LOG_LINES` lines of output (process: its
+    /// log file; systemd: the journal; podman: the container's log), for a
+    /// failed action's output. Never fails the action itself.
+    fn logs(&self, root: &str, service: &str) -> Result<String, RuntimeError> {
+        let mut o = vars(root, service)?;
+        let _ = writeln!(
+            o,
+            "tail -n {LOG_LINES} \"$root/logs/$svc.log\" 2>/dev/null || true"
+        );
+        Ok(o)
+    }
 }
+
+/// Lines of a service's own log kept with a failed action.
+pub const LOG_LINES: usize = 20;
 
 pub fn for_kind(kind: RuntimeKind) -> &'static dyn Runtime {
     match kind {

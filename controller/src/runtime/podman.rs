@@ -136,6 +136,17 @@ impl Runtime for Podman {
         Ok(o)
     }
 
+    fn logs(&self, root: &str, service: &str) -> Result<String, RuntimeError> {
+        let mut o = vars(root, service)?;
+        o.push_str(CONF);
+        let _ = writeln!(
+            o,
+            "podman logs --tail {} \"tend-$svc\" </dev/null 2>&1 9>&- || true",
+            super::LOG_LINES
+        );
+        Ok(o)
+    }
+
     fn remove(&self, root: &str, service: &str) -> Result<String, RuntimeError> {
         let mut o = vars(root, service)?;
         o.push_str(CONF);

@@ -171,6 +171,16 @@ impl Runtime for Systemd {
         Ok(o)
     }
 
+    fn logs(&self, root: &str, service: &str) -> Result<String, RuntimeError> {
+        let mut o = vars(root, service)?;
+        let _ = writeln!(
+            o,
+            "journalctl -u \"tend-$svc.service\" -n {} --no-pager -o short-iso </dev/null 2>/dev/null 9>&- || true",
+            super::LOG_LINES
+        );
+        Ok(o)
+    }
+
     fn status(&self, root: &str, service: &str) -> Result<String, RuntimeError> {
         let mut o = super::status_from_record(root, service)?;
         o.push_str(STATUS_BODY);

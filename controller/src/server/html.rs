@@ -123,6 +123,8 @@ schedule <code>{}</code>{}</p>",
         h.push_str("</pre>");
     }
 
+    rollouts(&mut h, st);
+
     // Hosts and services
     h.push_str("<h2>Hosts</h2>");
     for host in &st.hosts {
@@ -295,6 +297,58 @@ fn gates(h: &mut String, st: &StatusReport) {
         );
     }
     h.push_str("</table>");
+}
+
+/// Services on several hosts, their instances grouped: progress and each
+/// instance's state, so a rollout reads in one place.
+fn rollouts(h: &mut String, st: &StatusReport) {
+    if st.rollouts.is_empty() {
+        return;
+    }
+    h.push_str("<h2>Services on several hosts</h2>");
+    for r in &st.rollouts {
+        let _ = write!(
+            h,
+            "<h3 id=\"rollout-{0}\">{0} <small>{1}; {2} unavailable of at most {3}</small></h3>",
+            esc(&r.service),
+            esc(&r.progress),
+            r.unavailable,
+            r.max_unavailable
+        );
+        if let Some(why) = &r.halted {
+            let _ = write!(h, "<p class=\"bad\">{}</p>", esc(why));
+        }
+        h.push_str("<table><tr><th>instance</th><th>status</th><th>desired</th><th>observed</th><th>health</th></tr>");
+        for s in st
+            .hosts
+            .iter()
+            .flat_map(|x| &x.services)
+            .filter(|s| s.name == r.service)
+        {
+            let class = match s.status {
+                Status::InSync => "in_sync",
+                Status::Drifted => "drifted",
+                Status::Suspended => "suspended",
+                Status::Unknown => "unknown",
+            };
+            let _ = write!(
+                h,
+                "<tr class=\"{class}\"><td><a href=\"#svc-{1}-{0}\">{0}@{1}</a></td><td class=\"st\">{2}</td>\
+<td>{3}</td><td>{4}</td><td>{5}</td></tr>",
+                esc(&s.name),
+                esc(&s.host),
+                class.replace('_', " "),
+                esc(s.desired_version.as_deref().unwrap_or("–")),
+                esc(s.observed_version.as_deref().unwrap_or("–")),
+                match s.healthy {
+                    Some(true) => "healthy",
+                    Some(false) => "failing",
+                    None => "–",
+                }
+            );
+        }
+        h.push_str("</table>");
+    }
 }
 
 #[cfg(test)]

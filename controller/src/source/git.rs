@@ -18,7 +18,8 @@ const MAX_FILE: usize = 16 << 20;
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
     pub ssh_key: Option<PathBuf>,
-    /// known_hosts for ssh remotes; without it libgit2's own check applies.
+    /// known_hosts for ssh remotes (plain or hashed entries, checked by the
+    /// hosts' own code); without it libgit2's own check applies.
     pub known_hosts: Option<PathBuf>,
     /// HTTPS token (never logged).
     pub token: Option<String>,
@@ -106,7 +107,21 @@ fn open_or_init(bare: &Path) -> Result<Repository, SourceError> {
     }
 }
 
-fn callbacks(creds: &Credentials) -> RemoteCallbacks<'_> {
+/// Why the host-key check refused the remote: libgit2 reports only "invalid
+/// or unknown remote ssh hostkey", so the reason is kept here for the error.
+type Refusal = std::sync::Mutex<Option<String>>;
+
+/// The host-key refusal if there was one, else libgit2's message.
+fn why(e: &git2::Error, refused: &Refusal) -> String {
+    refused
+        .lock()
+        .ok()
+        .and_then(|mut r| r.take())
+        .unwrap_or_else(|| e.message().to_string())
+}
+
+fn callbacks<'a>(url: &str, creds: &'a Credentials, refused: &'a Refusal) -> RemoteCallbacks<'a> {
+    let port = ssh_port(url);
     let mut cb = RemoteCallbacks::new();
     // libgit2 calls back until it gets a working credential: bound the tries.
     let tries = AtomicU32::new(0);
@@ -140,43 +155,50 @@ fn callbacks(creds: &Credentials) -> RemoteCallbacks<'_> {
                 // Not ssh (TLS): leave it to libgit2's checks.
                 return Ok(git2::CertificateCheckStatus::CertificatePassthrough);
             };
-            let text = std::fs::read_to_string(kh)
-                .map_err(|e| git2::Error::from_str(&format!("{}: {e}", kh.display())))?;
-            if known_host_matches(&text, host, key) {
-                Ok(git2::CertificateCheckStatus::CertificateOk)
-            } else {
-                Err(git2::Error::from_str(&format!(
-                    "host key of {host} is not in {}",
-                    kh.display()
-                )))
-            }
+            check_host_key(kh, host, port, key)
+                .map(|()| git2::CertificateCheckStatus::CertificateOk)
+                .map_err(|why| {
+                    let e = git2::Error::from_str(&why);
+                    if let Ok(mut r) = refused.lock() {
+                        *r = Some(why);
+                    }
+                    e
+                })
         });
     }
     cb
 }
 
-/// Whether `known_hosts` (OpenSSH format, plain host names; hashed entries
-/// are not matched) lists `key` (the raw key blob) for `host`.
-pub fn known_host_matches(known_hosts: &str, host: &str, key: &[u8]) -> bool {
+/// Whether `known_hosts` trusts `key` (the raw key blob the server offered)
+/// for `host:port`: the hosts' own check (`transport::hostkey`), so hashed
+/// entries (`HashKnownHosts yes`), `[host]:port`, wildcards and `@revoked`
+/// mean the same for the Git remote as for a managed host.
+pub fn check_host_key(known_hosts: &Path, host: &str, port: u16, key: &[u8]) -> Result<(), String> {
     use base64::Engine as _;
-    let want = base64::engine::general_purpose::STANDARD.encode(key);
-    known_hosts.lines().any(|line| {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with('@') {
-            return false;
-        }
-        let mut f = line.split_whitespace();
-        let (Some(hosts), Some(_kind), Some(blob)) = (f.next(), f.next(), f.next()) else {
-            return false;
-        };
-        let named = hosts.split(',').any(|h| {
-            h == host
-                || h.strip_prefix('[')
-                    .and_then(|r| r.split_once("]:"))
-                    .is_some_and(|(n, _)| n == host)
-        });
-        named && blob == want
-    })
+    let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+    let key = russh::keys::parse_public_key_base64(&b64)
+        .map_err(|e| format!("the Git server {host} offered a host key tend cannot read: {e}"))?;
+    let trust = crate::transport::hostkey::Trust::KnownHosts(known_hosts.to_path_buf());
+    crate::transport::hostkey::verify(&trust, host, port, &key)
+}
+
+/// The SSH port of a Git URL: `ssh://[user@]host[:port]/path` (also
+/// `git+ssh://`, `ssh+git://`), 22 for scp-style `user@host:path` and anything else.
+pub fn ssh_port(url: &str) -> u16 {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return 22;
+    };
+    if !matches!(scheme, "ssh" | "git+ssh" | "ssh+git") {
+        return 22;
+    }
+    let authority = rest.split('/').next().unwrap_or("");
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    // `[v6::addr]:port` or `host:port`.
+    let port = match hostport.strip_prefix('[') {
+        Some(v6) => v6.split_once("]:").map(|(_, p)| p),
+        None => hostport.split_once(':').map(|(_, p)| p),
+    };
+    port.and_then(|p| p.parse().ok()).unwrap_or(22)
 }
 
 /// The commit the remote branch points at (ls-remote).
@@ -186,12 +208,17 @@ fn remote_head(
     branch: &str,
     creds: &Credentials,
 ) -> Result<Oid, SourceError> {
+    let refused = Refusal::default();
     let mut remote = repo.remote_anonymous(url)?;
     let conn = remote
-        .connect_auth(Direction::Fetch, Some(callbacks(creds)), None)
+        .connect_auth(
+            Direction::Fetch,
+            Some(callbacks(url, creds, &refused)),
+            None,
+        )
         .map_err(|e| SourceError::Unreachable {
             url: super::redact_url(url),
-            why: e.message().to_string(),
+            why: why(&e, &refused),
         })?;
     let want = format!("refs/heads/{branch}");
     let heads = conn.list()?;
@@ -211,16 +238,17 @@ fn fetch(
     branch: &str,
     creds: &Credentials,
 ) -> Result<(), SourceError> {
+    let refused = Refusal::default();
     let mut remote = repo.remote_anonymous(url)?;
     let mut fo = FetchOptions::new();
-    fo.remote_callbacks(callbacks(creds));
+    fo.remote_callbacks(callbacks(url, creds, &refused));
     fo.download_tags(AutotagOption::None);
     let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
     remote
         .fetch(&[spec], Some(&mut fo), None)
         .map_err(|e| SourceError::Unreachable {
             url: super::redact_url(url),
-            why: e.message().to_string(),
+            why: why(&e, &refused),
         })
 }
 
@@ -423,13 +451,89 @@ mod tests {
         assert_eq!(err.metric_label(), "rewritten", "{err}");
     }
 
+    // Two real ed25519 public keys (ssh-keygen), as known_hosts writes them.
+    const A: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIGnst4mKePMqZT/3w8l/8WAIgdmrLutHhTtjJNp63fL6";
+    const B: &str = "AAAAC3NzaC1lZDI1NTE5AAAAILzTgg3jmKaP81c9WHaf40L65QjD15URDS8jM9psPWSN";
+
+    fn blob(b64: &str) -> Vec<u8> {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap()
+    }
+
+    /// `|1|salt|hmac` as `ssh-keygen -H` writes it.
+    fn hashed(name: &str, salt: &[u8]) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, salt);
+        let tag = ring::hmac::sign(&k, name.as_bytes());
+        format!("|1|{}|{}", b64.encode(salt), b64.encode(tag.as_ref()))
+    }
+
     #[test]
-    fn a_known_host_matches_by_name_and_key_only() {
-        let kh =
-            "# comment\ngit.example,10.0.0.1 ssh-ed25519 AAAA\n[git.other]:2222 ssh-ed25519 AQID\n";
-        assert!(known_host_matches(kh, "git.other", &[1, 2, 3]));
-        assert!(!known_host_matches(kh, "git.example", &[1, 2, 3]));
-        assert!(!known_host_matches(kh, "evil.example", &[1, 2, 3]));
+    fn a_plain_known_host_matches_by_name_and_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let kh = dir.path().join("known_hosts");
+        std::fs::write(
+            &kh,
+            format!("# comment\ngit.example,10.0.0.1 ssh-ed25519 {A}\n[git.other]:2222 ssh-ed25519 {B}\n"),
+        )
+        .unwrap();
+        assert!(check_host_key(&kh, "git.example", 22, &blob(A)).is_ok());
+        assert!(check_host_key(&kh, "git.other", 2222, &blob(B)).is_ok());
+        let changed = check_host_key(&kh, "git.example", 22, &blob(B)).unwrap_err();
+        assert!(changed.contains("different key"), "{changed}");
+        let unknown = check_host_key(&kh, "evil.example", 22, &blob(A)).unwrap_err();
+        assert!(unknown.contains("no entry for evil.example"), "{unknown}");
+    }
+
+    #[test]
+    fn a_hashed_known_host_trusts_the_git_remote_on_its_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let kh = dir.path().join("known_hosts");
+        std::fs::write(
+            &kh,
+            format!(
+                "{} ssh-ed25519 {A}\n{} ssh-ed25519 {B}\n",
+                hashed("git.example", b"0123456789abcdefghij"),
+                hashed("[git.other]:2222", b"saltsaltsaltsaltsalt"),
+            ),
+        )
+        .unwrap();
+        let port = ssh_port("git@git.example:org/fleet.git");
+        assert!(check_host_key(&kh, "git.example", port, &blob(A)).is_ok());
+        let port = ssh_port("ssh://git@git.other:2222/org/fleet.git");
+        assert!(check_host_key(&kh, "git.other", port, &blob(B)).is_ok());
+        // The hashed entry names one host and one key.
+        assert!(check_host_key(&kh, "git.example", 22, &blob(B)).is_err());
+        assert!(check_host_key(&kh, "git.other", 22, &blob(B)).is_err());
+        assert!(check_host_key(&kh, "git.example2", 22, &blob(A)).is_err());
+    }
+
+    #[test]
+    fn a_revoked_key_is_refused_for_the_git_remote_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let kh = dir.path().join("known_hosts");
+        std::fs::write(
+            &kh,
+            format!(
+                "{} ssh-ed25519 {A}\n@revoked * ssh-ed25519 {A}\n",
+                hashed("git.example", b"0123456789abcdefghij")
+            ),
+        )
+        .unwrap();
+        let why = check_host_key(&kh, "git.example", 22, &blob(A)).unwrap_err();
+        assert!(why.contains("@revoked"), "{why}");
+    }
+
+    #[test]
+    fn the_ssh_port_comes_from_the_url() {
+        assert_eq!(ssh_port("ssh://git@git.example:2222/org/f.git"), 2222);
+        assert_eq!(ssh_port("ssh://git.example/org/f.git"), 22);
+        assert_eq!(ssh_port("git+ssh://u@[2001:db8::1]:2200/f.git"), 2200);
+        assert_eq!(ssh_port("git@git.example:org/f.git"), 22);
+        assert_eq!(ssh_port("https://git.example:8443/f.git"), 22);
     }
 
     #[tokio::test]

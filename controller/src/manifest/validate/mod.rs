@@ -8,7 +8,8 @@ mod services;
 
 use super::raw::{At, HostDoc, ServiceDoc, S};
 use super::tree::Tree;
-use super::{Diagnostic, Secrets};
+use super::Diagnostic;
+use super::Resolver;
 use crate::model::Desired;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -84,7 +85,7 @@ struct HostInfo {
 pub(crate) fn build(
     docs: Vec<ParsedDoc>,
     tree: &dyn Tree,
-    secrets: Secrets,
+    resolver: Resolver,
     report: &mut Report,
 ) -> Option<Desired> {
     let mut desired = Desired::default();
@@ -180,7 +181,7 @@ pub(crate) fn build(
                     }),
                 };
                 service_info.insert(name.value.clone(), info);
-                if let Some(svc) = service(&d.file, &s, tree, secrets, report) {
+                if let Some(svc) = service(&d.file, &s, tree, resolver, report) {
                     desired.services.insert(svc.name.clone(), svc);
                 }
             }

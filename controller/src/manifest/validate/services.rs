@@ -2,9 +2,10 @@
 
 use super::rules::{bytes_field, dns_label, labels, port_not_zero};
 use super::{Report, DEFAULT_INTERVAL, DEFAULT_RETRIES, DEFAULT_TIMEOUT};
+use crate::manifest::encrypted::{self, AgeError};
 use crate::manifest::raw::{self, At, EnvSource, ServiceDoc, S};
 use crate::manifest::tree::{normalize, Tree};
-use crate::manifest::{Secrets, PLACEHOLDER_NOTE, UNRESOLVED};
+use crate::manifest::{Resolver, Secrets, PLACEHOLDER_NOTE, SHAPE_ONLY_NOTE, UNRESOLVED};
 use crate::model::{Delivery, EnvValue, Health, HealthCheck, Service, SourceFile, SourceTree};
 use crate::record::RuntimeKind;
 use sha2::{Digest, Sha256};
@@ -16,7 +17,7 @@ pub(super) fn service(
     file: &str,
     doc: &ServiceDoc,
     tree: &dyn Tree,
-    secrets: Secrets,
+    resolver: Resolver,
     r: &mut Report,
 ) -> Option<Service> {
     let before = r.errors.len();
@@ -188,7 +189,7 @@ pub(super) fn service(
         }
     }
 
-    let env = env(file, spec, secrets, r);
+    let env = env(file, spec, resolver, r);
 
     let mut ports = Vec::new();
     for (i, p) in spec.ports.iter().enumerate() {
@@ -285,9 +286,10 @@ pub(super) fn looks_secret(key: &str) -> bool {
 pub(super) fn env(
     file: &str,
     spec: &raw::ServiceSpec,
-    secrets: Secrets,
+    resolver: Resolver,
     r: &mut Report,
 ) -> BTreeMap<String, EnvValue> {
+    let secrets = resolver.secrets;
     let mut out = BTreeMap::new();
     for (key, v) in &spec.env {
         let field = format!("spec.env.{key}");
@@ -310,7 +312,7 @@ pub(super) fn env(
                         file,
                         v.at,
                         &field,
-                        "secrets never live in Git: use fromEnv or fromFile",
+                        "secrets never live in Git as plain text: use fromEnv, fromFile or fromAge",
                     );
                     continue;
                 }
@@ -353,10 +355,42 @@ pub(super) fn env(
                     None => continue,
                 },
             },
+            EnvSource::FromAge(armored) => match from_age(armored, resolver) {
+                Ok(x) => x,
+                Err(AgeError::NoIdentities) if secrets == Secrets::Placeholder => {
+                    r.warn(
+                        file,
+                        v.at,
+                        format!("{field}.fromAge"),
+                        format!("no age identities here to decrypt it; {SHAPE_ONLY_NOTE}"),
+                    );
+                    EnvValue::secret(UNRESOLVED)
+                }
+                Err(e) => {
+                    r.error(file, v.at, format!("{field}.fromAge"), e.to_string());
+                    continue;
+                }
+            },
         };
         out.insert(key.clone(), value);
     }
     out
+}
+
+/// The plaintext of a `fromAge` value, a secret like any other. Its shape is
+/// checked first, so garbage is an error even where no identity is at hand.
+fn from_age(armored: &str, resolver: Resolver) -> Result<EnvValue, AgeError> {
+    encrypted::check_shape(armored)?;
+    let ids = resolver.age.ok_or(AgeError::NoIdentities)?;
+    let mut s = ids.decrypt(armored)?;
+    // As for fromFile: `echo value | age …` adds a newline that is not the secret's.
+    if s.ends_with('\n') {
+        s.pop();
+        if s.ends_with('\r') {
+            s.pop();
+        }
+    }
+    Ok(EnvValue::secret(s))
 }
 
 pub(super) fn unresolved(

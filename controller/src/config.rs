@@ -87,6 +87,14 @@ pub struct Config {
     pub ident: String,
     /// Reconciles kept in `/status`.
     pub history: usize,
+    /// Sync windows: when drift may be acted on (`window` module).
+    pub windows: Vec<crate::window::WindowSpec>,
+    /// The record of what reconciles did (`ledger` module).
+    pub ledger: crate::ledger::LedgerConfig,
+    /// observe / approve / auto per service or host (`approval` module).
+    pub mode: crate::approval::Modes,
+    /// Report each reconciled revision to the forge as a commit status.
+    pub commit_status: Option<crate::forge::ForgeConfig>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -190,6 +198,10 @@ impl Default for Config {
             cache_dir: PathBuf::from(".tend"),
             ident: default_ident(),
             history: 20,
+            windows: Vec::new(),
+            ledger: crate::ledger::LedgerConfig::default(),
+            mode: crate::approval::Modes::default(),
+            commit_status: None,
         }
     }
 }
@@ -278,6 +290,8 @@ impl Config {
             self.git.allowed_signers.as_mut(),
             self.ssh.identity.as_mut(),
             self.ssh.known_hosts.as_mut(),
+            self.ledger.path.as_mut(),
+            self.commit_status.as_mut().map(|c| &mut c.token_file),
             self.secrets.age_identities.as_mut(),
         ]
         .into_iter()
@@ -375,12 +389,32 @@ impl Config {
                 return Err(format!("{name}: must be positive"));
             }
         }
+        crate::window::Windows::new(&self.windows).map_err(|e| e.to_string())?;
+        if let Some(c) = &self.commit_status {
+            if !(c.api_url.starts_with("https://") || c.api_url.starts_with("http://")) {
+                return Err(format!(
+                    "commit_status.api_url: {:?} is not an http(s) URL",
+                    c.api_url
+                ));
+            }
+            if c.repository.trim_matches('/').is_empty() {
+                return Err("commit_status.repository: must not be empty".into());
+            }
+        }
         for n in &self.notifications {
             if !(n.url.starts_with("http://") || n.url.starts_with("https://")) {
                 return Err(format!("notifications: {:?} is not an http(s) URL", n.url));
             }
         }
         Ok(())
+    }
+
+    /// Where the ledger is kept: `ledger.path`, or beside the Git cache.
+    pub fn ledger_path(&self) -> PathBuf {
+        self.ledger
+            .path
+            .clone()
+            .unwrap_or_else(|| self.cache_dir.join("ledger.jsonl"))
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
@@ -483,6 +517,20 @@ mod tests {
         assert_eq!(c.path, DEMO_PATH);
         assert_eq!(c.listen, DEFAULT_LISTEN);
         assert_eq!(c.source_spec(), SourceSpec::Dir { root: ".".into() });
+    }
+
+    #[test]
+    fn windows_parse_and_a_bad_time_zone_is_refused_by_name() {
+        let ok = "windows:\n  - name: freeze\n    kind: deny\n    schedule: '0 9 * * 1-5'\n    duration: 9h\n    timezone: Europe/Berlin\n    manual_override: true\n";
+        let c = Config::parse(ok, "tend.yaml").unwrap();
+        assert_eq!(c.windows.len(), 1);
+        assert!(c.windows[0].manual_override);
+        let bad = ok.replace("Europe/Berlin", "Europe/Nowhere");
+        let e = Config::parse(&bad, "tend.yaml").unwrap_err().to_string();
+        assert!(
+            e.contains("\"freeze\"") && e.contains("Europe/Nowhere"),
+            "{e}"
+        );
     }
 
     #[test]

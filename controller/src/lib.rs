@@ -5,10 +5,14 @@
 //! scripts; `transport`s run them.
 
 pub mod apply;
+pub mod approval;
 pub mod config;
 pub mod controller;
+pub mod forge;
+pub mod gate;
 pub mod health;
 pub mod instance;
+pub mod ledger;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
@@ -21,3 +25,4 @@ pub mod server;
 pub mod shell;
 pub mod source;
 pub mod transport;
+pub mod window;

@@ -15,6 +15,8 @@ pub enum EventKind {
     Rollback,
     /// A reconcile failed, or the newest revision was refused.
     Failure,
+    /// Approve-mode actions wait for `tend approve ID`.
+    AwaitingApproval,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

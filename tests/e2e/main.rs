@@ -18,6 +18,7 @@ mod fault_secrets;
 mod fault_service;
 mod fault_trust;
 mod fault_unreachable;
+mod gates;
 mod plan;
 mod rollout;
 mod scale;

@@ -54,6 +54,9 @@ pub struct ApplyOptions {
     /// observation under the lock where the probe left `healthy` unset and
     /// the process is still the one the verdict is about.
     pub health: BTreeMap<(String, String), HealthVerdict>,
+    /// Sync windows and approval modes, held in the plan made under the lock
+    /// too (the controller's; `tend apply` has none).
+    pub gates: Option<Arc<crate::gate::Gates>>,
 }
 
 /// One service's health as its caller judged it, and of which process.
@@ -98,6 +101,7 @@ impl Default for ApplyOptions {
             observe_timeout: crate::observe::DEFAULT_TIMEOUT,
             host_deadline: Duration::from_secs(1800),
             health: BTreeMap::new(),
+            gates: None,
         }
     }
 }
@@ -465,6 +469,9 @@ pub async fn converge(
     );
     for h in locked.keys() {
         plan.unreachable.remove(h);
+    }
+    if let Some(g) = &opts.gates {
+        g.hold(&mut plan);
     }
     emit.send(Event::Planned {
         actions: plan.actions.len(),

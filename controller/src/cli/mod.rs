@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod apply;
+mod approve;
+mod history;
 mod plan;
 mod run;
 mod validate;
@@ -79,6 +81,10 @@ pub enum Command {
     Trigger(run::TriggerArgs),
     /// Show a running controller's status.
     Status(run::StatusArgs),
+    /// What reconciles did: the ledger (file or a running controller).
+    History(history::HistoryArgs),
+    /// Apply the plan awaiting approval (approve mode), if ID is still current.
+    Approve(approve::ApproveArgs),
 }
 
 pub fn init_tracing(cli: &Cli) {
@@ -100,6 +106,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(a) => run::run(a),
         Command::Trigger(a) => run::trigger(a),
         Command::Status(a) => run::status(a),
+        Command::History(a) => history::run(a),
+        Command::Approve(a) => approve::run(a),
     }
 }
 

@@ -15,6 +15,9 @@ use tend::transport::pool::{Pool, PoolOptions};
 pub struct PlanArgs {
     #[command(flatten)]
     pub fleet: super::FleetArgs,
+    /// tend.yaml whose sync `windows` hold actions (shown as blocked).
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
 }
 
 /// Hosts matching every `key=value` selector, in name order.
@@ -62,7 +65,11 @@ pub fn run(a: PlanArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let observed = rt.block_on(tend::observe::observe_all(&pool, &desired, &hosts));
-    let plan = tend::plan::plan(&desired, &observed);
+    let mut plan = tend::plan::plan(&desired, &observed);
+    if let Some(file) = &a.config {
+        let windows = tend::window::Windows::new(&tend::config::Config::load(file)?.windows)?;
+        tend::window::gate(&mut plan, &windows.at(chrono::Utc::now()), false);
+    }
     let text = match a.fleet.output {
         super::Output::Json => format!("{}\n", serde_json::to_string_pretty(&plan)?),
         super::Output::Text => render(&plan, &desired, super::stdout_is_tty()),

@@ -31,6 +31,9 @@ pub struct TriggerArgs {
     /// Wait for the reconcile to finish and print its result.
     #[arg(long)]
     pub wait: bool,
+    /// Act past sync windows whose `manual_override` allows it (recorded in status).
+    #[arg(long)]
+    pub override_window: bool,
     #[arg(long, value_enum, default_value_t = super::Output::Text)]
     pub output: super::Output,
 }
@@ -45,7 +48,7 @@ pub struct StatusArgs {
 
 const DEMO_TOKEN: &str = "token";
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -137,14 +140,14 @@ async fn watch_signals(stop: tokio::sync::watch::Sender<bool>) {
     std::process::exit(130);
 }
 
-fn client() -> anyhow::Result<reqwest::Client> {
+pub(super) fn client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .user_agent(concat!("tend/", env!("CARGO_PKG_VERSION")))
         .build()
         .context("building the HTTP client")
 }
 
-fn read_token(file: Option<&Path>) -> anyhow::Result<String> {
+pub(super) fn read_token(file: Option<&Path>) -> anyhow::Result<String> {
     if let Ok(t) = std::env::var("TEND_TOKEN") {
         if !t.trim().is_empty() {
             return Ok(t.trim().to_string());
@@ -170,6 +173,7 @@ pub fn trigger(a: TriggerArgs) -> anyhow::Result<ExitCode> {
         let resp = client()?
             .post(&url)
             .bearer_auth(token)
+            .json(&serde_json::json!({ "override_window": a.override_window }))
             .send()
             .await
             .with_context(|| format!("cannot reach the controller at {}", a.url))?;
@@ -284,6 +288,28 @@ pub fn render_status(v: &serde_json::Value) -> String {
     }
     if let Some(e) = src["fetch_error"].as_str() {
         let _ = writeln!(out, "  ! {e}");
+    }
+    for w in v["windows"].as_array().into_iter().flatten() {
+        let state = if w["active"] == true {
+            "active until"
+        } else {
+            "opens"
+        };
+        let _ = writeln!(
+            out,
+            "window {} ({}) {state} {}",
+            s(&w["name"]),
+            s(&w["kind"]),
+            s(&w["until_local"])
+        );
+    }
+    let a = &v["awaiting_approval"];
+    if let Some(id) = a["id"].as_str() {
+        let n = a["actions"].as_array().map_or(0, Vec::len);
+        let _ = writeln!(
+            out,
+            "plan {id} awaits approval: {n} action(s); `tend approve {id}` applies it"
+        );
     }
     let mut rows = vec![[
         "HOST".to_string(),

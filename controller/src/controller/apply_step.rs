@@ -5,8 +5,8 @@
 //! burst of triggers still makes one more reconcile, not many.
 
 use super::engine::{ActionOutcome, Applied};
-use super::worker::{Pass, Worker};
-use crate::model::{Desired, Host, Observation};
+use super::worker::{Gates, Pass, Worker};
+use crate::model::{Host, Observation};
 use crate::plan::Plan;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -36,14 +36,13 @@ impl Worker {
         observed: &mut BTreeMap<String, Observation>,
         problems: &mut Vec<String>,
     ) -> (Vec<ActionOutcome>, BTreeSet<String>) {
-        let (desired, revision) = (pass.desired, pass.revision);
         let _t = self.ctx.metrics.phase_timer("apply");
         let mut flight = InFlight {
             set: JoinSet::new(),
             busy: BTreeSet::new(),
             touched: BTreeSet::new(),
         };
-        self.dispatch(&mut flight, first, desired, revision);
+        self.dispatch(&mut flight, first, pass);
         let mut outcomes = Vec::new();
         let mut seen = self.waiting();
         let mut poll = tokio::time::interval(IDLE_POLL);
@@ -97,7 +96,12 @@ impl Worker {
             return;
         }
         observed.extend(self.observe(&idle, desired, false).await);
-        let mut p = crate::plan::plan(desired, observed);
+        let gates = Gates {
+            revision,
+            overriding: pass.overriding,
+            acting: true,
+        };
+        let mut p = self.plan_gated(desired, observed, gates);
         p.actions.retain(|a| !flight.touched.contains(&a.host));
         self.publish(desired, observed, &p);
         if !p.actions.is_empty() {
@@ -105,11 +109,12 @@ impl Worker {
                 actions = p.actions.len(),
                 "repairing idle hosts while others apply"
             );
-            self.dispatch(flight, &p, desired, revision);
+            self.dispatch(flight, &p, pass);
         }
     }
 
-    fn dispatch(&self, flight: &mut InFlight, p: &Plan, desired: &Arc<Desired>, revision: &str) {
+    fn dispatch(&self, flight: &mut InFlight, p: &Plan, pass: &Pass<'_>) {
+        let (desired, revision) = (pass.desired, pass.revision);
         let held: BTreeSet<String> = p.actions.iter().map(|a| a.host.clone()).collect();
         if held.is_empty() {
             return;
@@ -119,8 +124,14 @@ impl Worker {
         let (engine, desired) = (self.engine.clone(), desired.clone());
         let (p, revision) = (p.clone(), revision.to_string());
         let verdicts = self.ctx.lock().health.verdicts();
+        let args = Gates {
+            revision: &revision,
+            overriding: pass.overriding,
+            acting: true,
+        };
+        let gates = Arc::new(self.gates(args, self.ctx.lock().applying.clone()));
         flight.set.spawn(async move {
-            let applied = engine.apply(&p, &desired, &revision, verdicts).await;
+            let applied = engine.apply(&p, &desired, &revision, verdicts, gates).await;
             (held, applied)
         });
     }

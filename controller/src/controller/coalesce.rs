@@ -38,6 +38,9 @@ pub struct Queued {
     pub trigger: Trigger,
     /// How many triggers this run answers.
     pub triggers: u64,
+    /// A person asked to act past sync windows that allow a manual override.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub override_window: bool,
     #[serde(with = "super::status::unix_time")]
     pub queued_at: SystemTime,
 }
@@ -75,9 +78,16 @@ impl Coalescer {
     }
 
     pub fn trigger(&self, trigger: Trigger) -> Ticket {
+        self.trigger_with(trigger, false)
+    }
+
+    /// A trigger that may ask to override sync windows; joining a waiting
+    /// reconcile carries the ask over to it.
+    pub fn trigger_with(&self, trigger: Trigger, override_window: bool) -> Ticket {
         let mut s = self.lock();
         if let Some(p) = s.pending.as_mut() {
             p.triggers += 1;
+            p.override_window |= override_window;
             return Ticket {
                 id: p.id,
                 coalesced: true,
@@ -89,6 +99,7 @@ impl Coalescer {
             id,
             trigger,
             triggers: 1,
+            override_window,
             queued_at: SystemTime::now(),
         });
         drop(s);
@@ -191,6 +202,16 @@ mod tests {
         c.finish();
         let q2 = c.next().await.unwrap();
         assert_eq!((q2.id, q2.trigger, q2.triggers), (t2.id, Trigger::Cli, 2));
+    }
+
+    #[test]
+    fn a_trigger_joining_a_waiting_reconcile_carries_its_window_override() {
+        let c = Coalescer::new();
+        c.trigger(Trigger::Schedule);
+        assert!(!c.pending().unwrap().override_window);
+        let t = c.trigger_with(Trigger::Cli, true);
+        assert!(t.coalesced);
+        assert!(c.pending().unwrap().override_window);
     }
 
     #[tokio::test(start_paused = true)]

@@ -164,12 +164,14 @@ impl Engine {
         desired: &Desired,
         revision: &str,
         health: BTreeMap<(String, String), HealthVerdict>,
+        gates: Arc<crate::gate::Gates>,
     ) -> Applied {
         let hosts: BTreeSet<String> = plan.actions.iter().map(|a| a.host.clone()).collect();
         let opts = ApplyOptions {
             hosts: Some(hosts.into_iter().collect()),
             revision: Some(revision.to_string()),
             health,
+            gates: Some(gates),
             ..self.opts.clone()
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

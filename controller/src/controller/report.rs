@@ -247,6 +247,7 @@ impl Worker {
         tracing::info!(id = q.id, result, duration, "reconcile done");
         {
             let mut s = ctx.lock();
+            let overrode = std::mem::take(&mut s.overrides);
             s.history.push_back(ReconcileRecord {
                 id: q.id,
                 trigger: q.trigger,
@@ -257,6 +258,7 @@ impl Worker {
                 revision,
                 actions,
                 error,
+                overrode,
             });
             while s.history.len() > ctx.config.history {
                 s.history.pop_front();

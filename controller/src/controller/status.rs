@@ -23,6 +23,9 @@ pub mod unix_time {
     }
 }
 
+/// Ledger entries the status page shows.
+pub const LEDGER_RECENT: usize = 5;
+
 /// Output kept per action, from the end.
 pub const OUTPUT_TAIL: usize = 2000;
 
@@ -40,8 +43,76 @@ pub struct StatusReport {
     pub rollouts: Vec<RolloutStatus>,
     pub running: Option<Queued>,
     pub pending: Option<Queued>,
+    /// Sync windows and whether each is active now.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<WindowStatus>,
     /// Newest first.
     pub reconciles: Vec<ReconcileRecord>,
+    /// The newest ledger entries, short (`GET /ledger` has them whole).
+    pub ledger: Vec<LedgerSummary>,
+    /// Approve-mode actions waiting for `POST /plans/{id}/approve`.
+    pub awaiting_approval: Option<Awaiting>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Awaiting {
+    #[serde(flatten)]
+    pub pending: crate::approval::Pending,
+    /// Unix time this id was first published.
+    pub since: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LedgerSummary {
+    pub seq: u64,
+    pub at: f64,
+    pub who: String,
+    pub revision: Option<String>,
+    pub result: String,
+    /// `upgrade api@h1 1 → 2 failed`
+    pub actions: Vec<String>,
+}
+
+impl LedgerSummary {
+    pub fn of(e: &crate::ledger::Entry) -> LedgerSummary {
+        let v = |x: &Option<String>| x.clone().unwrap_or_else(|| "–".into());
+        LedgerSummary {
+            seq: e.seq,
+            at: e.at,
+            who: e.who.clone(),
+            revision: e.revision.clone(),
+            result: e.result.clone(),
+            actions: e
+                .actions
+                .iter()
+                .map(|a| {
+                    format!(
+                        "{} {}@{} {} → {} {}",
+                        a.kind,
+                        a.service,
+                        a.host,
+                        v(&a.version_before),
+                        v(&a.version_after),
+                        a.result
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WindowStatus {
+    pub name: String,
+    pub kind: crate::window::WindowKind,
+    pub schedule: String,
+    pub timezone: String,
+    pub active: bool,
+    /// Unix time the active period ends (active) or the next one starts.
+    pub until: Option<f64>,
+    /// `until`, in the window's zone.
+    pub until_local: Option<String>,
+    pub manual_override: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -130,6 +201,9 @@ pub struct ReconcileRecord {
     pub revision: Option<String>,
     pub actions: Vec<ActionSummary>,
     pub error: Option<String>,
+    /// Holds a manual `--override-window` let through (`api@h1 past deny window `x``).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub overrode: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -7,7 +7,7 @@ use super::context::{now_unix, Context, Good};
 use super::engine::{ActionOutcome, ActionResult, Engine};
 use super::status::ActionSummary;
 use crate::model::{Desired, Host, Observation};
-use crate::plan::{self, Plan};
+use crate::plan::Plan;
 use crate::source::Source;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -18,6 +18,35 @@ pub(super) struct Pass<'a> {
     pub desired: &'a Arc<Desired>,
     pub revision: &'a str,
     pub hosts: &'a [Host],
+    /// A manual trigger asked to act past windows that allow it.
+    pub overriding: bool,
+}
+
+/// What the gates need besides the plan.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Gates<'a> {
+    pub revision: &'a str,
+    /// A manual trigger asked to act past windows that allow it.
+    pub overriding: bool,
+    /// The plan's actions will run: an approval may be used up by it (not
+    /// by the plan published after the actions).
+    pub acting: bool,
+}
+
+/// What one reconcile hands the ledger.
+pub(super) struct Done<'a> {
+    pub q: &'a Queued,
+    pub started: f64,
+    pub duration: f64,
+    pub result: &'a str,
+    pub revision: Option<&'a str>,
+    pub error: Option<&'a str>,
+    pub outcomes: &'a [ActionOutcome],
+    /// The plan before the actions (versions before) and after them.
+    pub before: &'a Plan,
+    pub after: &'a Plan,
+    pub desired: Option<&'a Desired>,
+    pub plan_id: Option<String>,
 }
 
 pub(super) struct Worker {
@@ -33,6 +62,10 @@ impl Worker {
         let started = now_unix();
         tracing::info!(id = q.id, trigger = q.trigger.as_str(), "reconcile");
         let mut problems: Vec<String> = Vec::new();
+        ctx.lock().overrides.clear();
+        // Only an authenticated POST /reconcile sets it (a schedule tick it
+        // joined carries it too).
+        let overriding = q.override_window;
 
         // Source and load: a new revision that does not validate is not applied.
         self.refresh_source(&mut problems).await;
@@ -40,6 +73,20 @@ impl Worker {
         let Some(good) = good else {
             let error = problems.first().cloned();
             let error = error.unwrap_or_else(|| "no valid revision yet".into());
+            let done = Done {
+                q: &q,
+                started,
+                duration: timer.elapsed().as_secs_f64(),
+                result: "failure",
+                revision: None,
+                error: Some(&error),
+                outcomes: &[],
+                before: &Plan::default(),
+                after: &Plan::default(),
+                desired: None,
+                plan_id: None,
+            };
+            self.record_ledger(done, vec![]).await;
             self.finish(q, started, timer, "failure", None, vec![], Some(error));
             return;
         };
@@ -49,9 +96,15 @@ impl Worker {
         // A person asking for a reconcile wants every host tried now.
         let retry_all = matches!(q.trigger, Trigger::Api | Trigger::Cli | Trigger::Webhook);
         let mut observed = self.observe_timed(&hosts, &desired, retry_all).await;
-        let mut the_plan = self.plan_timed(&desired, &observed);
+        let gates = Gates {
+            revision: &good.revision,
+            overriding,
+            acting: true,
+        };
+        let mut the_plan = self.plan_timed(&desired, &observed, gates);
 
         let mut outcomes = Vec::new();
+        let before = the_plan.clone();
         if !the_plan.actions.is_empty() {
             // What needs repair is visible while the repair runs.
             self.publish(&desired, &observed, &the_plan);
@@ -60,6 +113,7 @@ impl Worker {
                 desired: &desired,
                 revision: &good.revision,
                 hosts: &hosts,
+                overriding,
             };
             let (done, touched) = self
                 .apply_step(&pass, &the_plan, &mut observed, &mut problems)
@@ -72,7 +126,11 @@ impl Worker {
                 .cloned()
                 .collect();
             observed.extend(self.observe_timed(&again, &desired, true).await);
-            the_plan = self.plan_timed(&desired, &observed);
+            let gates = Gates {
+                acting: false,
+                ..gates
+            };
+            the_plan = self.plan_timed(&desired, &observed, gates);
         }
 
         self.publish(&desired, &observed, &the_plan);
@@ -82,6 +140,22 @@ impl Worker {
         }
         let error = join_problems(problems);
         let summaries = summaries(&outcomes);
+        let overrode = ctx.lock().overrides.clone();
+        let done = Done {
+            q: &q,
+            started,
+            duration: timer.elapsed().as_secs_f64(),
+            result,
+            revision: Some(&good.revision),
+            error: error.as_deref(),
+            outcomes: &outcomes,
+            before: &before,
+            after: &the_plan,
+            desired: Some(&desired),
+            plan_id: ctx.lock().applying.take(),
+        };
+        self.record_ledger(done, overrode).await;
+        self.post_commit_status(&good.revision, result, outcomes.len());
         self.finish(
             q,
             started,
@@ -112,9 +186,14 @@ impl Worker {
         self.observe(hosts, desired, retry_all).await
     }
 
-    fn plan_timed(&self, desired: &Desired, observed: &BTreeMap<String, Observation>) -> Plan {
+    fn plan_timed(
+        &self,
+        desired: &Desired,
+        observed: &BTreeMap<String, Observation>,
+        gates: Gates<'_>,
+    ) -> Plan {
         let _t = self.ctx.metrics.phase_timer("plan");
-        plan::plan(desired, observed)
+        self.plan_gated(desired, observed, gates)
     }
 }
 

@@ -123,9 +123,16 @@ pub struct Metrics {
     host_errors: Family<HostErrorLabels, Counter>,
     source_errors: Family<ReasonLabels, Counter>,
     source_last_success: F64Gauge,
+    drift_held: Family<WindowLabels, Gauge>,
+    awaiting_approval: Gauge,
     rollout_instances: Family<RolloutLabels, Gauge>,
     rollout_max_unavailable: Family<ServiceNameLabels, Gauge>,
     rollout_halted: Family<ServiceNameLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WindowLabels {
+    pub window: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -185,6 +192,8 @@ impl Metrics {
             host_errors: Family::default(),
             source_errors: Family::default(),
             source_last_success: F64Gauge::default(),
+            drift_held: Family::default(),
+            awaiting_approval: Gauge::default(),
             rollout_instances: Family::default(),
             rollout_max_unavailable: Family::default(),
             rollout_halted: Family::default(),
@@ -320,6 +329,16 @@ impl Metrics {
             "Unix time of the last poll that left a valid revision of the newest commit in force",
             m.source_last_success.clone(),
         );
+        r.register(
+            "tend_drift_held_by_window",
+            "Instances whose drift a sync window holds (not acted on), by window",
+            m.drift_held.clone(),
+        );
+        r.register(
+            "tend_plans_awaiting_approval",
+            "1 while approve-mode actions wait for their plan to be approved",
+            m.awaiting_approval.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         Metrics { registry, ..m }
     }
@@ -337,6 +356,24 @@ impl Metrics {
     /// ask for OpenMetrics: counter families are named with their `_total`.
     pub fn encode_prometheus(&self) -> String {
         to_prometheus_text(&self.encode())
+    }
+
+    pub fn set_awaiting_approval(&self, waiting: bool) {
+        self.awaiting_approval.set(i64::from(waiting));
+    }
+
+    /// Instances held now, by window; windows holding none have no series.
+    pub fn set_held(&self, held: &std::collections::BTreeMap<String, usize>) {
+        let _g = self.swap.write().unwrap_or_else(|e| e.into_inner());
+        self.drift_held.clear();
+        for (window, n) in held {
+            let l = WindowLabels {
+                window: window.clone(),
+            };
+            self.drift_held
+                .get_or_create(&l)
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
     }
 
     /// Replace every per-host and per-service series with these samples, so

@@ -2,6 +2,7 @@ use super::*;
 
 fn sample() -> Metrics {
     let m = Metrics::new();
+    m.set_held(&[("freeze".to_string(), 1)].into_iter().collect());
     m.set_fleet(
         &[HostSample {
             host: "tencent".into(),

@@ -74,6 +74,8 @@ schedule <code>{}</code>{}</p>",
         }
     );
 
+    gates(&mut h, st);
+
     // Source
     let src = &st.source;
     let _ = write!(h, "<h2>Source</h2><table>");
@@ -231,8 +233,70 @@ schedule <code>{}</code>{}</p>",
             esc(r.error.as_deref().unwrap_or(""))
         );
     }
-    h.push_str("</table></body></html>\n");
+    h.push_str("</table>");
+
+    // Ledger: kept on disk, across restarts.
+    if !st.ledger.is_empty() {
+        h.push_str("<h2>Ledger <small><a href=\"/ledger\">all</a></small></h2><table><tr><th>#</th><th>when</th><th>who</th><th>result</th><th>revision</th><th>actions</th></tr>");
+        for e in &st.ledger {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td><code>{}</code></td><td>{}</td></tr>",
+                e.seq,
+                ago(e.at),
+                esc(&e.who),
+                if e.result == "success" { "ok" } else { "bad" },
+                esc(&e.result),
+                esc(e.revision.as_deref().map(crate::source::short).unwrap_or("–")),
+                esc(&e.actions.join(", "))
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("</body></html>\n");
     h
+}
+
+/// The plan awaiting approval and the sync windows, when there are any.
+fn gates(h: &mut String, st: &StatusReport) {
+    if let Some(a) = &st.awaiting_approval {
+        let acts: Vec<String> = a
+            .pending
+            .actions
+            .iter()
+            .map(|x| format!("{} {}@{}", x.kind.as_str(), x.service, x.host))
+            .collect();
+        let _ = write!(
+            h,
+            "<p id=\"awaiting\" class=\"bad\">plan <code>{}</code> awaits approval ({}) since {}: \
+<code>tend approve {}</code></p>",
+            esc(&a.pending.id),
+            esc(&acts.join(", ")),
+            ago(a.since),
+            esc(&a.pending.id)
+        );
+    }
+    if st.windows.is_empty() {
+        return;
+    }
+    h.push_str("<h2>Sync windows</h2><table><tr><th>window</th><th>kind</th><th>schedule</th><th>now</th></tr>");
+    for w in &st.windows {
+        let now = match (w.active, &w.until_local) {
+            (true, Some(u)) => format!("active until {u}"),
+            (false, Some(u)) => format!("opens {u}"),
+            _ => "never opens".into(),
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code> {}</td><td>{}</td></tr>",
+            esc(&w.name),
+            w.kind.as_str(),
+            esc(&w.schedule),
+            esc(&w.timezone),
+            esc(&now)
+        );
+    }
+    h.push_str("</table>");
 }
 
 /// Services on several hosts, their instances grouped: progress and each

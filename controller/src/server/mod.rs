@@ -1,5 +1,5 @@
 //! HTTP: `/metrics`, `/healthz`, `/readyz`, `/status` (JSON), `/` (HTML),
-//! `/reconciles/{id}`, `POST /reconcile` (bearer token) and `POST /webhook`
+//! `/reconciles/{id}`, `/ledger`, `POST /reconcile` (bearer token) and `POST /webhook`
 //! (GitHub / Gitea push, HMAC-SHA256).
 
 mod html;
@@ -25,7 +25,9 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/reconciles/{id}", get(reconcile_by_id))
+        .route("/ledger", get(ledger))
         .route("/reconcile", post(reconcile))
+        .route("/plans/{id}/approve", post(approve))
         .route("/webhook", post(webhook))
         .with_state(ctx)
 }
@@ -101,10 +103,47 @@ async fn reconcile_by_id(State(ctx): State<Arc<Context>>, Path(id): Path<u64>) -
 }
 
 #[derive(Debug, Deserialize)]
+struct LedgerQuery {
+    limit: Option<usize>,
+    /// Entries older than this `seq` (the previous page's `next_before`).
+    before: Option<u64>,
+    /// Only reconciles that acted on this service.
+    service: Option<String>,
+}
+
+/// Most entries one page gives.
+const LEDGER_PAGE_MAX: usize = 500;
+
+/// `GET /ledger`: newest first, paged by `before`.
+async fn ledger(State(ctx): State<Arc<Context>>, Query(q): Query<LedgerQuery>) -> Response {
+    let limit = q.limit.unwrap_or(50).clamp(1, LEDGER_PAGE_MAX);
+    let ledger = ctx.ledger.clone();
+    let read =
+        tokio::task::spawn_blocking(move || ledger.page(limit, q.before, q.service.as_deref()))
+            .await;
+    match read {
+        Ok(Ok(page)) => Json(page).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
 struct ReconcileQuery {
     /// Answer only when the queued reconcile has finished.
     #[serde(default)]
     wait: bool,
+    /// Act past sync windows that allow a manual override.
+    #[serde(default)]
+    override_window: bool,
+}
+
+/// The optional JSON body of `POST /reconcile`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReconcileBody {
+    #[serde(default)]
+    override_window: bool,
 }
 
 /// Equal without leaking where the inputs differ (or their lengths: both
@@ -126,13 +165,10 @@ fn unauthorized(why: &str) -> Response {
         .into_response()
 }
 
-async fn reconcile(
-    State(ctx): State<Arc<Context>>,
-    Query(q): Query<ReconcileQuery>,
-    headers: HeaderMap,
-) -> Response {
+/// The bearer token check every POST but the webhook's makes.
+fn authorized(ctx: &Context, headers: &HeaderMap) -> Result<(), &'static str> {
     let Some(token) = ctx.token.as_deref() else {
-        return unauthorized("no token configured on the controller (token_file / token_env)");
+        return Err("no token configured on the controller (token_file / token_env)");
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -140,16 +176,79 @@ async fn reconcile(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match given {
-        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => {}
-        Some(_) => return unauthorized("wrong token"),
-        None => return unauthorized("missing bearer token"),
+        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err("wrong token"),
+        None => Err("missing bearer token"),
+    }
+}
+
+/// `POST /plans/{id}/approve`: run the plan awaiting approval, if it is
+/// still `id`; 409 when the plan changed since (a stale id).
+async fn approve(
+    State(ctx): State<Arc<Context>>,
+    Path(id): Path<String>,
+    Query(q): Query<ReconcileQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(why) = authorized(&ctx, &headers) {
+        return unauthorized(why);
+    }
+    if let Err(current) = ctx.approve(&id) {
+        let now = match current {
+            Some(c) => format!("the plan awaiting approval is {c}"),
+            None => "no plan awaits approval".into(),
+        };
+        return (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({
+                "error": format!("plan {id} is not the current plan: {now}"),
+            })),
+        )
+            .into_response();
+    }
+    let ticket = ctx.trigger(Trigger::Api);
+    let mut answer =
+        serde_json::json!({ "plan": id, "id": ticket.id, "coalesced": ticket.coalesced });
+    if q.wait {
+        ctx.wait_for(ticket.id).await;
+        answer["reconcile"] = serde_json::json!(ctx.reconcile_record(ticket.id));
+        return Json(answer).into_response();
+    }
+    (StatusCode::ACCEPTED, Json(answer)).into_response()
+}
+
+async fn reconcile(
+    State(ctx): State<Arc<Context>>,
+    Query(q): Query<ReconcileQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(why) = authorized(&ctx, &headers) {
+        return unauthorized(why);
     }
     let from_cli = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ua| ua.starts_with("tend/"));
     let trigger = if from_cli { Trigger::Cli } else { Trigger::Api };
-    let ticket = ctx.trigger(trigger);
+    let asked: ReconcileBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ReconcileBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return (StatusCode::BAD_REQUEST, format!("body: {e}\n")).into_response();
+            }
+        }
+    };
+    let override_window = q.override_window || asked.override_window;
+    if override_window {
+        tracing::warn!(
+            trigger = trigger.as_str(),
+            "reconcile asked to override sync windows"
+        );
+    }
+    let ticket = ctx.trigger_with(trigger, override_window);
     if q.wait {
         ctx.wait_for(ticket.id).await;
         let record = ctx.reconcile_record(ticket.id);

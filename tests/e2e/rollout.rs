@@ -20,6 +20,9 @@ use tend::plan::ActionKind;
 use tend_e2e::testbed::Fleet;
 
 const PORT: u16 = 19801;
+/// The killed-rollout test's port (tests run at once; `httpds` counts
+/// machine-wide).
+const KPORT: u16 = 19811;
 
 /// Whether `GET /health` answers 200 within a second.
 fn serving(addr: SocketAddr) -> bool {
@@ -99,7 +102,11 @@ fn body(version: &str) -> String {
 }
 
 fn answers(f: &Fleet, i: usize) -> Option<String> {
-    super::apply::get(f.host(i), PORT, "/health")
+    answers_on(f, PORT, i)
+}
+
+fn answers_on(f: &Fleet, port: u16, i: usize) -> Option<String> {
+    super::apply::get(f.host(i), port, "/health")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -243,11 +250,11 @@ fn write(dir: &Path, f: &Fleet, web: &[bool], version: &str) {
         y.push_str("---\n");
     }
     for (name, placement, port) in [
-        ("rweb", "hostSelector: {role: web}", PORT),
+        ("rweb", "hostSelector: {role: web}", KPORT),
         (
             "side",
             &format!("host: {}", f.host(0).name) as &str,
-            PORT + 1,
+            KPORT + 1,
         ),
     ] {
         let src = dir.join("services").join(name).join("www");
@@ -284,7 +291,7 @@ fn a_rollout_killed_mid_way_resumes_and_a_selector_gains_and_loses_hosts() {
 
     // 1 → 2, SIGKILLed once the second batch started.
     write(dir.path(), &f, &web, "2");
-    let sampler = Sampler::start(&f, PORT);
+    let sampler = Sampler::start(&f, KPORT);
     let mut child = Command::new(&bin)
         .arg("apply")
         .arg(dir.path())
@@ -333,7 +340,11 @@ fn a_rollout_killed_mid_way_resumes_and_a_selector_gains_and_loses_hosts() {
     for (i, h) in f.hosts().iter().enumerate().take(4) {
         assert_eq!(all_records(h, ROOT)["rweb"].version, "2", "host {i}");
         assert_eq!(cgroup_procs(h, ROOT, "rweb"), 1, "host {i}");
-        assert_eq!(answers(&f, i).as_deref(), Some("rweb 2\n"), "host {i}");
+        assert_eq!(
+            answers_on(&f, KPORT, i).as_deref(),
+            Some("rweb 2\n"),
+            "host {i}"
+        );
     }
 
     // host4 labelled: it gets its instance on the next run.
@@ -345,7 +356,7 @@ fn a_rollout_killed_mid_way_resumes_and_a_selector_gains_and_loses_hosts() {
         text.contains(&format!("{}: rweb: start succeeded", names[4])),
         "{text}"
     );
-    assert_eq!(answers(&f, 4).as_deref(), Some("rweb 2\n"));
+    assert_eq!(answers_on(&f, KPORT, 4).as_deref(), Some("rweb 2\n"));
 
     // host0 un-labelled: its instance is pruned (under the prune guard:
     // refused without --prune).
@@ -357,10 +368,14 @@ fn a_rollout_killed_mid_way_resumes_and_a_selector_gains_and_loses_hosts() {
     let (code, text) = apply(&bin, dir.path(), &["--prune"]);
     assert_eq!(code, 0, "{text}");
     assert!(!all_records(f.host(0), ROOT).contains_key("rweb"), "{text}");
-    assert_eq!(answers(&f, 0), None);
+    assert_eq!(answers_on(&f, KPORT, 0), None);
     assert!(all_records(f.host(0), ROOT).contains_key("side"));
     for i in 1..5 {
-        assert_eq!(answers(&f, i).as_deref(), Some("rweb 2\n"), "host {i}");
+        assert_eq!(
+            answers_on(&f, KPORT, i).as_deref(),
+            Some("rweb 2\n"),
+            "host {i}"
+        );
     }
     let (code, text) = apply(&bin, dir.path(), &["--dry-run"]);
     assert_eq!(code, 0, "{text}");

@@ -54,9 +54,7 @@ async fn tend_run_over_200_hosts_observes_each_over_one_connection_and_reports_t
     for k in 0..2 {
         if k == 1 {
             f.host(7)
-                .exec_ok(&format!(
-                    "kill -9 $(sed -n 's/^pid=//p' /var/lib/tend/records/s7.rec)"
-                ))
+                .exec_ok("kill -9 $(sed -n 's/^pid=//p' /var/lib/tend/records/s7.rec)")
                 .unwrap();
         }
         let before = get_json(r.addr, "/status").await["reconciles"][0]["id"]

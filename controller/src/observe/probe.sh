@@ -80,10 +80,11 @@ stale() {
 adopt() { # service record-file
   command -v podman >/dev/null 2>&1 || return 1
   (
+    an=$1; af=$2
     if [ -f "$ROOT/containers.conf" ]; then export CONTAINERS_CONF="$ROOT/containers.conf"; fi
     exec 9>>"$ROOT/lock"
     flock -n 9 || exit 1
-    v=$(podman inspect --format '{{.State.Pid}} {{index .Config.Labels "tend.version"}}' "tend-$1" </dev/null 2>/dev/null 9>&-) || exit 1
+    v=$(podman inspect --format '{{.State.Pid}} {{index .Config.Labels "tend.version"}}' "tend-$an" </dev/null 2>/dev/null 9>&-) || exit 1
     p=${v%% *}
     case $p in ''|0|*[!0-9]*) exit 1 ;; esac
     [ "${v#* }" = "$ver" ] || exit 1
@@ -96,12 +97,12 @@ adopt() { # service record-file
       case $b in memory) c=$d ;; '') [ "$a" = 0 ] && c2=$d ;; esac
     done < "/proc/$p/cgroup"
     c=${c:-$c2}
-    t="$ROOT/records/.tmp-adopt-$1.rec"
+    t="$ROOT/records/.tmp-adopt-$an.rec"
+    grep -v -e '^pid=' -e '^start_time=' -e '^boot_id=' -e '^cgroup=' "$af" > "$t" || exit 1
     {
-      grep -v -e '^pid=' -e '^start_time=' -e '^boot_id=' -e '^cgroup=' "$2"
       if [ -n "$c" ]; then printf 'cgroup=%s\n' "$c"; fi
       printf 'pid=%s\nstart_time=%s\nboot_id=%s\n' "$p" "$st" "$BOOT"
-    } > "$t" && mv -f "$t" "$2"
+    } >> "$t" && mv -f "$t" "$af"
   ) 2>/dev/null
 }
 SCAN=

@@ -181,11 +181,13 @@ impl Runtime for Podman {
 }
 
 /// On a systemd host, podman-restart.service brings `--restart=always`
-/// containers back after a boot, before any reconcile. A host without it
-/// still converges: the next reconcile restarts the container.
+/// containers back after a boot, before any reconcile. Started too, not only
+/// enabled: its ExecStop stops them at shutdown; without it conmon restarts
+/// each container systemd stops, and the shutdown waits 90 s (seen on the
+/// VMs). A host without it still converges: the next reconcile restarts them.
 pub(crate) const ENABLE_RESTART: &str = r#"if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-  systemctl is-enabled --quiet podman-restart.service </dev/null 2>/dev/null 9>&- ||
-    systemctl enable --quiet podman-restart.service </dev/null >/dev/null 2>&1 9>&- ||
+  { systemctl is-enabled --quiet podman-restart.service && systemctl is-active --quiet podman-restart.service; } </dev/null 2>/dev/null 9>&- ||
+    systemctl enable --now --quiet podman-restart.service </dev/null >/dev/null 2>&1 9>&- ||
     echo "tend: cannot enable podman-restart.service: containers come back after a boot only at the next reconcile" >&2
 fi
 "#;

@@ -408,6 +408,12 @@ fn the_seed_fleet_converges_on_replicas_of_its_two_clouds_in_dependency_order() 
 
     // dependsOn: each service starts only after its dependencies finished.
     let lines: Vec<&str> = text.lines().collect();
+    for l in lines
+        .iter()
+        .filter(|l| l.ends_with(" started") || l.contains(" succeeded ("))
+    {
+        eprintln!("apply: {l}");
+    }
     for (svc, deps) in seed_dependencies() {
         let (started, _) = started_and_finished(&lines, &svc);
         let started = started.unwrap_or_else(|| panic!("{svc} never started:\n{text}"));

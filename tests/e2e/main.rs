@@ -31,3 +31,4 @@ mod transport;
 mod transport_query;
 mod vm_common;
 mod vm_hosts;
+mod vm_seed;

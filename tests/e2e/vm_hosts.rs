@@ -2,8 +2,10 @@
 //! PID 1, cgroup v2 (and v1 from the kernel command line), reached over ssh.
 //! Process, systemd and podman services converge with memory limits in
 //! force; a service allocating past its limit is killed by the kernel and
-//! the plan says so; a reboot and a hard reset end, after the next
-//! reconcile, with every service serving once and a clean plan.
+//! the plan says so; after a reboot and a hard reset the podman service
+//! serves before any reconcile (`--restart=always`, podman-restart.service,
+//! its new pid adopted by the probe), and after the next reconcile every
+//! service serves once and the plan is clean.
 
 use super::vm_common::{
     apply_clean, assert_limits, assert_serving, eat, manifests, plan_entry, prepare, record_field,
@@ -48,8 +50,10 @@ fn converge_and_oom(vm: &VmHost, dir: &std::path::Path, v1: bool) {
     assert_serving(vm, "apply after the OOM kills");
 }
 
-/// After the VM came back: records all there, the next apply converges,
-/// every service serves once, the plan is clean.
+/// After the VM came back: the podman service serves already (podman
+/// restarted it, and the probe adopts its new pid: in sync before any
+/// reconcile), records all there, the next apply converges without
+/// restarting the container, every service serves once, the plan is clean.
 fn after_restart(vm: &VmHost, dir: &std::path::Path, when: &str, boot_before: &str) {
     let boot = vm.boot_id().expect("boot id");
     assert_ne!(boot, boot_before, "{when}: same boot");
@@ -60,7 +64,47 @@ fn after_restart(vm: &VmHost, dir: &std::path::Path, when: &str, boot_before: &s
             "{when}: record of {name}"
         );
     }
+    let (_, _, port) = SERVICES
+        .iter()
+        .find(|s| s.1 == "podman")
+        .expect("a podman service");
+    // podman-restart.service runs late in the boot: a bounded wait.
+    let start = std::time::Instant::now();
+    while vm
+        .exec_ok(&format!(
+            "curl -fsS --max-time 5 http://127.0.0.1:{port}/health"
+        ))
+        .is_err()
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "{when}: web-pod is not serving before the reconcile:\n{}",
+            vm.exec("systemctl status podman-restart.service; podman ps -a")
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let (_, entry) = plan_entry(dir, "web-pod");
+    assert_eq!(
+        entry["status"], "in_sync",
+        "{when}: web-pod adopted: {entry}"
+    );
+    let pid = record_field(vm, "web-pod", "pid");
+    let podman_pid = vm
+        .exec_ok("podman inspect --format '{{.State.Pid}}' tend-web-pod")
+        .expect("podman inspect");
+    assert_eq!(
+        pid.as_deref(),
+        Some(podman_pid.trim()),
+        "{when}: adopted pid"
+    );
     apply_clean(vm, dir, when);
+    assert_eq!(
+        record_field(vm, "web-pod", "pid"),
+        pid,
+        "{when}: the apply restarted the container podman had restarted"
+    );
     assert_serving(vm, when);
 }
 

@@ -44,27 +44,85 @@ case $CG in
   v1) [ -w /sys/fs/cgroup/memory/tend ] || [ -w /sys/fs/cgroup/memory ] || CGW=none ;;
 esac
 o "cgroup $CGW"
+# A record's lines (in R) and the fields the probe uses.
+readrec() {
+  pid=; cg=; ports=; rt=; ver=; rst=; rboot=; line=; R=
+  while IFS= read -r line || [ -n "$line" ]; do
+    R=${R:+$R
+}$line
+    case $line in
+    pid=*) pid=${line#pid=} ;;
+    cgroup=*) cg=${line#cgroup=} ;;
+    ports=*) ports=${line#ports=} ;;
+    runtime=*) rt=${line#runtime=} ;;
+    version=*) ver=${line#version=} ;;
+    start_time=*) rst=${line#start_time=} ;;
+    boot_id=*) rboot=${line#boot_id=} ;;
+    esac
+    line=
+  done < "$1"
+  case $pid in ''|*[!0-9]*) pid= ;; esac
+}
+# The recorded process is gone: another boot, no such pid, or another
+# process under it.
+stale() {
+  [ "$rboot" = "$BOOT" ] || return 0
+  { read -r s < "/proc/$pid/stat"; } 2>/dev/null || return 0
+  set -- ${s##*)}
+  [ $# -ge 20 ] && [ "${20}" = "$rst" ] && return 1
+  return 0
+}
+# A container that podman restarted (its restart policy; after a boot,
+# podman-restart.service) runs under a new pid: write it into the record, as
+# the systemd unit's ExecStartPost does. Only when the recorded pid is dead,
+# so a no-op probe never runs podman; only under a free host lock, so no
+# apply is replacing the container meanwhile.
+adopt() { # service record-file
+  command -v podman >/dev/null 2>&1 || return 1
+  (
+    an=$1; af=$2
+    if [ -f "$ROOT/containers.conf" ]; then export CONTAINERS_CONF="$ROOT/containers.conf"; fi
+    exec 9>>"$ROOT/lock"
+    flock -n 9 || exit 1
+    v=$(podman inspect --format '{{.State.Pid}} {{index .Config.Labels "tend.version"}}' "tend-$an" </dev/null 2>/dev/null 9>&-) || exit 1
+    p=${v%% *}
+    case $p in ''|0|*[!0-9]*) exit 1 ;; esac
+    [ "${v#* }" = "$ver" ] || exit 1
+    { read -r s < "/proc/$p/stat"; } 2>/dev/null || exit 1
+    set -- ${s##*)}
+    [ $# -ge 20 ] || exit 1
+    st=${20}
+    c=; c2=
+    while IFS=: read -r a b d; do
+      case $b in memory) c=$d ;; '') [ "$a" = 0 ] && c2=$d ;; esac
+    done < "/proc/$p/cgroup"
+    c=${c:-$c2}
+    t="$ROOT/records/.tmp-adopt-$an.rec"
+    grep -v -e '^pid=' -e '^start_time=' -e '^boot_id=' -e '^cgroup=' "$af" > "$t" || exit 1
+    {
+      if [ -n "$c" ]; then printf 'cgroup=%s\n' "$c"; fi
+      printf 'pid=%s\nstart_time=%s\nboot_id=%s\n' "$p" "$st" "$BOOT"
+    } >> "$t" && mv -f "$t" "$af"
+  ) 2>/dev/null
+}
 SCAN=
 set +f
 for f in "$ROOT"/records/*.rec; do
   set -f
   [ -f "$f" ] || continue
   nm=${f##*/}; nm=${nm%.rec}
+  readrec "$f"
+  if [ "$rt" = podman ] && [ -n "$pid" ] && stale && adopt "$nm" "$f"; then
+    readrec "$f"
+  fi
   o "record $nm"
-  pid=; cg=; ports=; rt=; line=
-  while IFS= read -r line || [ -n "$line" ]; do
-    o "| $line"
-    case $line in
-    pid=*) pid=${line#pid=} ;;
-    cgroup=*) cg=${line#cgroup=} ;;
-    ports=*) ports=${line#ports=} ;;
-    runtime=*) rt=${line#runtime=} ;;
-    esac
-    line=
-  done < "$f"
+  if [ -n "$R" ]; then
+    while IFS= read -r line; do o "| $line"; done <<REC_EOF
+$R
+REC_EOF
+  fi
   o endrecord
   IFS=,; for p in $ports; do WATCH="$WATCH $p "; done; IFS=$OIFS
-  case $pid in ''|*[!0-9]*) pid= ;; esac
   alive=
   if [ -n "$pid" ] && { read -r s < "/proc/$pid/stat"; } 2>/dev/null; then
     set -- ${s##*)}

@@ -160,6 +160,46 @@ pub fn valid_env_key(k: &str) -> bool {
         && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
+/// A key a container takes though sh cannot (`discovery.type`): a name
+/// with dots, as the manifest allows.
+pub fn valid_container_env_key(k: &str) -> bool {
+    let mut b = k.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.')
+}
+
+/// The release's file of the env keys sh cannot carry, for podman.
+pub const PODMAN_ENV_FILE: &str = ".tend/podman.env";
+
+/// podman's `--env-file` for the keys that are not shell names: `KEY=VALUE`
+/// lines, read verbatim by podman, so a value cannot hold a line break.
+/// Empty when every key is a shell name.
+pub fn render_podman_env_file(
+    service: &str,
+    env: &BTreeMap<String, EnvValue>,
+) -> Result<String, RuntimeError> {
+    let mut out = String::new();
+    for (k, v) in env.iter().filter(|(k, _)| !valid_env_key(k)) {
+        if !valid_container_env_key(k) {
+            return Err(RuntimeError::EnvKey {
+                service: service.into(),
+                key: k.clone(),
+            });
+        }
+        if v.value.contains(['\n', '\r', '\0']) {
+            return Err(RuntimeError::Invalid {
+                service: service.into(),
+                why: format!("env {k}: the value of a key with a dot cannot hold a line break or NUL (podman --env-file)"),
+            });
+        }
+        out.push_str(k);
+        out.push('=');
+        out.push_str(&v.value);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 /// The env file: `KEY="value"` lines with `"`, `\`, `` ` `` and `$`
 /// backslash-escaped. That is the one quoting POSIX sh (`. file`) and systemd
 /// (`EnvironmentFile=`) read the same way, newlines included.
@@ -326,12 +366,30 @@ pub fn install_release(rt: &dyn Runtime, r: &Release) -> Result<String, RuntimeE
         }
     }
     o.push_str("  mv \"$t\" \"$r\"\n  mkdir -p \"$r/.tend\"\n");
-    let env = render_env_file(&s.name, &s.env)?;
+    // Keys with dots reach a container by podman's own env file.
+    let podman = rt.kind() == RuntimeKind::Podman;
+    let shell_env: BTreeMap<String, EnvValue> = s
+        .env
+        .iter()
+        .filter(|(k, _)| !podman || valid_env_key(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let env = render_env_file(&s.name, &shell_env)?;
     let _ = writeln!(
         o,
         "  ( umask 077; printf '%s' {} > \"$r/.tend/env\" )",
         q(&env)?
     );
+    if podman {
+        let extra = render_podman_env_file(&s.name, &s.env)?;
+        if !extra.is_empty() {
+            let _ = writeln!(
+                o,
+                "  ( umask 077; printf '%s' {} > \"$r/{PODMAN_ENV_FILE}\" )",
+                q(&extra)?
+            );
+        }
+    }
     let _ = writeln!(
         o,
         "  printf '%s' {} > \"$r/.tend/start\"",

@@ -1,7 +1,11 @@
 //! A podman container `tend-<svc>`, labelled with the service and version.
 //!
-//! Only mutating scripts call podman; observation reads /proc through the
-//! record (pid, start time, cgroup learned here at start). `image:
+//! Mutating scripts call podman; observation reads /proc through the record
+//! (pid, start time, cgroup learned here at start). Containers run with
+//! `--restart=always`: when podman restarted one (a crash; a boot, through
+//! podman-restart.service), its recorded pid is dead, and only then the probe
+//! asks podman for the new one and rewrites the record (`observe/probe.sh`).
+//! `image:
 //! rootfs:/abs/dir` runs a container from a directory (`--rootfs`). When
 //! `<root>/containers.conf` exists, podman is run with it (`CONTAINERS_CONF`).
 
@@ -76,11 +80,17 @@ impl Runtime for Podman {
         o.push_str(CONF);
         o.push_str(FN_ALIVE);
         o.push_str(FN_WRITE_RECORD);
+        o.push_str(ENABLE_RESTART);
         o.push_str("podman rm -f \"$name\" </dev/null >/dev/null 2>&1 9>&- || true\n");
         let mut args = vec![
             "podman".to_string(),
             "run".into(),
             "-d".into(),
+            // `always`, not `unless-stopped`: podman-restart.service (podman
+            // 4.3, Debian 12) starts only `always` containers at boot. A
+            // container tend stopped stays stopped until the next boot.
+            "--restart".into(),
+            "always".into(),
             "--name".into(),
             format!("tend-{}", s.name),
             "--label".into(),
@@ -101,27 +111,41 @@ impl Runtime for Podman {
         // process itself (with `-p`, conmon holds the host port and the
         // probe could not tell it from a stranger), and no netavark rules.
         args.extend(["--network".into(), "host".into()]);
+        let mut env_file = false;
         for k in s.env.keys() {
-            if !super::valid_env_key(k) {
+            if super::valid_env_key(k) {
+                // `--env KEY` takes the value from podman's environment: exact
+                // bytes, newlines included, which `--env-file` cannot carry.
+                args.extend(["--env".into(), k.clone()]);
+            } else if super::valid_container_env_key(k) {
+                // sh cannot hold `discovery.type`: podman reads it from a file.
+                env_file = true;
+            } else {
                 return Err(RuntimeError::EnvKey {
                     service: s.name.clone(),
                     key: k.clone(),
                 });
             }
-            // `--env KEY` takes the value from podman's environment: exact bytes,
-            // newlines included, which `--env-file` cannot carry.
-            args.extend(["--env".into(), k.clone()]);
         }
         match image_of(r)? {
             ImageRef::Rootfs(d) => args.extend(["--rootfs".into(), d.to_string()]),
             ImageRef::Image(i) => args.push(i.to_string()),
         }
         args.extend(s.command.iter().cloned());
+        let argv = if env_file {
+            format!(
+                "{} --env-file \"$r/{}\" {}",
+                q_argv(&args[..3])?,
+                super::PODMAN_ENV_FILE,
+                q_argv(&args[3..])?
+            )
+        } else {
+            q_argv(&args)?
+        };
         let _ = writeln!(
             o,
-            "sh -c {} tend-env \"$r/.tend/env\" {} </dev/null >\"$r/.tend/run.out\" 2>&1 9>&- || {{ cat \"$r/.tend/run.out\" >&2; exit 1; }}",
+            "sh -c {} tend-env \"$r/.tend/env\" {argv} </dev/null >\"$r/.tend/run.out\" 2>&1 9>&- || {{ cat \"$r/.tend/run.out\" >&2; exit 1; }}",
             q(WITH_ENV)?,
-            q_argv(&args)?
         );
         o.push_str(AFTER_RUN);
         Ok(o)
@@ -155,6 +179,18 @@ impl Runtime for Podman {
         Ok(o)
     }
 }
+
+/// On a systemd host, podman-restart.service brings `--restart=always`
+/// containers back after a boot, before any reconcile. Started too, not only
+/// enabled: its ExecStop stops them at shutdown; without it conmon restarts
+/// each container systemd stops, and the shutdown waits 90 s (seen on the
+/// VMs). A host without it still converges: the next reconcile restarts them.
+pub(crate) const ENABLE_RESTART: &str = r#"if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+  { systemctl is-enabled --quiet podman-restart.service && systemctl is-active --quiet podman-restart.service; } </dev/null 2>/dev/null 9>&- ||
+    systemctl enable --now --quiet podman-restart.service </dev/null >/dev/null 2>&1 9>&- ||
+    echo "tend: cannot enable podman-restart.service: containers come back after a boot only at the next reconcile" >&2
+fi
+"#;
 
 /// Load an env file into the environment, then exec argv (positional
 /// parameters are read before the file, so no key can change them).

@@ -311,3 +311,87 @@ fn the_stop_hook_adds_an_oom_kill_to_the_record() {
     assert_eq!(text.matches("oom_kills=").count(), 1, "{text}");
     assert!(text.starts_with("tend-record 1\nname=web\n"), "{text}");
 }
+
+#[test]
+fn a_podman_container_restarts_always_and_the_host_enables_podman_restart() {
+    let s = svc(RuntimeKind::Podman);
+    let r = Release::new("/r", &s, None);
+    let start = podman::Podman.start(&r).unwrap();
+    assert!(start.contains("'run' '-d' '--restart' 'always'"), "{start}");
+    assert!(start.contains(podman::ENABLE_RESTART), "{start}");
+    // Enabled before the container runs, and only where systemd is PID 1.
+    let enable = start.find("systemctl enable").unwrap();
+    assert!(enable < start.find("'podman' 'run'").unwrap(), "{start}");
+    assert!(podman::ENABLE_RESTART.starts_with("if [ -d /run/systemd/system ]"));
+}
+
+#[test]
+fn an_env_key_with_a_dot_reaches_a_container_through_podmans_env_file() {
+    let mut s = svc(RuntimeKind::Podman);
+    s.env
+        .insert("discovery.type".into(), EnvValue::literal("single-node"));
+    s.env
+        .insert("x.y".into(), EnvValue::secret("a b=c \"d\" $e"));
+    assert_eq!(
+        render_podman_env_file("web", &s.env).unwrap(),
+        "discovery.type=single-node\nx.y=a b=c \"d\" $e\n"
+    );
+    let r = Release::new("/r", &s, None);
+    let install = install_release(&podman::Podman, &r).unwrap();
+    assert!(install.contains("> \"$r/.tend/podman.env\""), "{install}");
+    // The sh env file keeps only the shell names.
+    let sh_env = render_env_file(
+        "web",
+        &s.env
+            .iter()
+            .filter(|(k, _)| valid_env_key(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    )
+    .unwrap();
+    assert!(install.contains(&q(&sh_env).unwrap()), "{install}");
+    let start = podman::Podman.start(&r).unwrap();
+    assert!(
+        start.contains("'podman' 'run' '-d' --env-file \"$r/.tend/podman.env\" '--restart'"),
+        "{start}"
+    );
+    assert!(!start.contains("'discovery.type'"), "{start}");
+    assert!(start.contains("'--env' 'SECRET'"), "{start}");
+    sh_n(&install);
+    sh_n(&start);
+}
+
+#[test]
+fn a_container_without_dotted_keys_gets_no_env_file() {
+    let s = svc(RuntimeKind::Podman);
+    let r = Release::new("/r", &s, None);
+    assert!(!install_release(&podman::Podman, &r)
+        .unwrap()
+        .contains("podman.env"));
+    assert!(!podman::Podman.start(&r).unwrap().contains("--env-file"));
+}
+
+#[test]
+fn a_dotted_key_is_refused_outside_a_container_and_a_line_break_in_its_value() {
+    let mut s = svc(RuntimeKind::Process);
+    s.env.insert("a.b".into(), EnvValue::literal("x"));
+    let r = Release::new("/r", &s, None);
+    assert!(matches!(
+        install_release(&process::Process, &r),
+        Err(RuntimeError::EnvKey { .. })
+    ));
+    let mut s = svc(RuntimeKind::Podman);
+    s.env.insert("a.b".into(), EnvValue::literal("x\ny"));
+    let r = Release::new("/r", &s, None);
+    assert!(matches!(
+        install_release(&podman::Podman, &r),
+        Err(RuntimeError::Invalid { .. })
+    ));
+    s.env.remove("a.b");
+    s.env.insert("a-b".into(), EnvValue::literal("x"));
+    let r = Release::new("/r", &s, None);
+    assert!(matches!(
+        podman::Podman.start(&r),
+        Err(RuntimeError::EnvKey { .. })
+    ));
+}

@@ -213,6 +213,11 @@ async fn a_failed_upgrade_is_in_the_ledger_with_its_output_tail_across_a_restart
         .unwrap_or_else(|| panic!("no upgrade of gamma in {page}"));
     assert_ne!(failed["result"], "succeeded", "{failed}");
     assert_eq!(failed["version_before"], "1", "{failed}");
+    // The failed install ran and was timed.
+    assert!(
+        failed["duration_seconds"].as_f64().is_some_and(|d| d > 0.0),
+        "{failed}"
+    );
     assert!(
         failed["output"]
             .as_str()

@@ -66,6 +66,8 @@ pub struct ActionOutcome {
     pub message: Option<String>,
     /// What the host printed, secrets redacted (the caller keeps the tail).
     pub output: String,
+    /// How long the action took.
+    pub duration: std::time::Duration,
 }
 
 /// What one converge did.
@@ -209,6 +211,7 @@ impl Engine {
                     result,
                     message: a.outcome.message().map(str::to_string),
                     output: a.output.join("\n"),
+                    duration: a.duration,
                 }
             })
             .collect();

@@ -58,6 +58,7 @@ impl Worker {
                 version_after: version(d.after, &o.service, &o.host),
                 message: o.message.as_deref().map(|m| redactor.redact(m)),
                 output: redactor.redact(&status::tail(&o.output, status::OUTPUT_TAIL)),
+                duration_seconds: (o.duration.as_secs_f64() * 1000.0).round() / 1000.0,
             })
             .collect();
         let entry = Entry {

@@ -90,6 +90,9 @@ pub struct ActionEntry {
     /// The end of what the host printed, redacted.
     #[serde(default)]
     pub output: String,
+    /// How long the action took (0 in entries written before it was kept).
+    #[serde(default)]
+    pub duration_seconds: f64,
 }
 
 impl Entry {

@@ -23,6 +23,7 @@ fn entry(reconcile: u64, service: &str) -> Entry {
             version_after: Some("2".into()),
             message: None,
             output: "ok\n".into(),
+            duration_seconds: 1.5,
         }],
     }
 }

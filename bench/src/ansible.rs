@@ -12,9 +12,10 @@ pub fn source_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("ansible")
 }
 
-/// `python3 -m venv DIR; DIR/bin/pip install -r requirements.txt`, once.
-pub fn ensure_venv(venv: &Path) -> Result<PathBuf> {
-    let bin = venv.join("bin/ansible-playbook");
+/// A virtualenv in `venv` with `requirements` installed, once; the path of
+/// its `bin/<tool>`. Shared by the Python peers (Ansible, pyinfra).
+pub fn ensure_venv_with(venv: &Path, requirements: &Path, tool: &str) -> Result<PathBuf> {
+    let bin = venv.join("bin").join(tool);
     if bin.exists() {
         return Ok(bin);
     }
@@ -28,15 +29,25 @@ pub fn ensure_venv(venv: &Path) -> Result<PathBuf> {
     run_checked(
         Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
-            .arg(source_dir().join("requirements.txt")),
+            .arg(requirements),
     )?;
     if !bin.exists() {
         bail!(
-            "pip installed ansible-core but {} is missing",
+            "pip installed {} but {} is missing",
+            requirements.display(),
             bin.display()
         );
     }
     Ok(bin)
+}
+
+/// ansible-core's virtualenv; `bin/ansible-playbook`.
+pub fn ensure_venv(venv: &Path) -> Result<PathBuf> {
+    ensure_venv_with(
+        venv,
+        &source_dir().join("requirements.txt"),
+        "ansible-playbook",
+    )
 }
 
 fn run_checked(c: &mut Command) -> Result<()> {

@@ -14,38 +14,9 @@ pub fn source_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("pyinfra")
 }
 
-/// `python3 -m venv DIR; DIR/bin/pip install -r requirements.txt`, once.
+/// pyinfra's own virtualenv; `bin/pyinfra`.
 pub fn ensure_venv(venv: &Path) -> Result<PathBuf> {
-    let bin = venv.join("bin/pyinfra");
-    if bin.exists() {
-        return Ok(bin);
-    }
-    let py = if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    };
-    let ok = Command::new(py)
-        .arg("-m")
-        .arg("venv")
-        .arg(venv)
-        .status()
-        .context("python3 -m venv")?;
-    if !ok.success() {
-        bail!("python3 -m venv {} failed", venv.display());
-    }
-    let out = Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
-        .arg(source_dir().join("requirements.txt"))
-        .output()
-        .context("pip install pyinfra")?;
-    if !out.status.success() || !bin.exists() {
-        bail!(
-            "pip install pyinfra failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(bin)
+    crate::ansible::ensure_venv_with(venv, &source_dir().join("requirements.txt"), "pyinfra")
 }
 
 /// Stop and remove what the deploy installed on every host.

@@ -57,19 +57,8 @@ fn fetch(a: &HistoryArgs) -> anyhow::Result<Page> {
     if let Some(s) = &a.service {
         url.push_str(&format!("&service={s}"));
     }
-    super::run::runtime()?.block_on(async {
-        let resp = super::run::client()?
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the controller at {}", a.url))?;
-        let code = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        if !code.is_success() {
-            anyhow::bail!("{url}: HTTP {code}: {}", body.trim());
-        }
-        serde_json::from_str(&body).context("controller answer is not a ledger page")
-    })
+    let body = super::run::get_body(&a.url, &url)?;
+    serde_json::from_str(&body).context("controller answer is not a ledger page")
 }
 
 fn when(at: f64) -> String {

@@ -222,21 +222,26 @@ pub fn trigger(a: TriggerArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
-    let url = format!("{}/status", a.url.trim_end_matches('/'));
-    let body = runtime()?.block_on(async {
+/// GET `url` from the controller at `base`; the body of a 2xx answer.
+pub(super) fn get_body(base: &str, url: &str) -> anyhow::Result<String> {
+    runtime()?.block_on(async {
         let resp = client()?
-            .get(&url)
+            .get(url)
             .send()
             .await
-            .with_context(|| format!("cannot reach the controller at {}", a.url))?;
+            .with_context(|| format!("cannot reach the controller at {base}"))?;
         let code = resp.status();
         let body = resp.text().await.unwrap_or_default();
         if !code.is_success() {
             anyhow::bail!("{url}: HTTP {code}: {}", body.trim());
         }
-        Ok::<_, anyhow::Error>(body)
-    })?;
+        Ok(body)
+    })
+}
+
+pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
+    let url = format!("{}/status", a.url.trim_end_matches('/'));
+    let body = get_body(&a.url, &url)?;
     if a.output == super::Output::Json {
         println!("{body}");
         return Ok(ExitCode::SUCCESS);

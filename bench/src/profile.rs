@@ -16,7 +16,10 @@ const LOOPS: usize = 200;
 /// the output frame the way the full probe does.
 fn cut(script: &str, marker: &str) -> Option<String> {
     let at = script.find(&format!("\n{marker}"))?;
-    Some(format!("{}\nprintf 'end %s\\n' \"$n\"\n", &script[..at]))
+    Some(format!(
+        "{}\nprintf '%send %s\\n' \"$OUT\" \"$n\"\n",
+        &script[..at]
+    ))
 }
 
 /// `script` without the lines from `from` up to (not including) `to`.
@@ -201,6 +204,36 @@ fn run(
             "ms",
             vec![cpu],
             format!("{k} sequential execs on host0's kept-open connection; wall {wall:.2} ms/exec"),
+        ));
+    }
+    // What a reconcile really does: a query on the kept-open shell.
+    let call = tend::observe::probe_call(&host.root, &known_opts)?;
+    for (label, prelude, script) in [
+        ("kept shell: query `true`", "", "true".to_string()),
+        (
+            "kept shell: the reconcile's probe (known sockets)",
+            call.0,
+            call.1,
+        ),
+    ] {
+        let k = 100;
+        let _ = rt.block_on(t.query_prepared(prelude, &script));
+        let c0 = cgroup_cpu(ctx, &h.name)?;
+        let t0 = Instant::now();
+        rt.block_on(async {
+            for _ in 0..k {
+                let _ = t.query_prepared(prelude, &script).await;
+            }
+        });
+        let wall = t0.elapsed().as_secs_f64() * 1e3 / k as f64;
+        let cpu = (cgroup_cpu(ctx, &h.name)? - c0) * 1e3 / k as f64;
+        out.push(Measurement::new(
+            "probe profile: host CPU per run",
+            leak(format!("russh pool: {label}")),
+            n,
+            "ms",
+            vec![cpu],
+            format!("{k} sequential queries on host0's kept shell; wall {wall:.2} ms/query"),
         ));
     }
     Ok(out)

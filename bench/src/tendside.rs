@@ -86,8 +86,6 @@ fn converge_cli(ctx: &Ctx, bin: &Path) -> Measurement {
         let out = tend_cmd(bin, ctx)
             .arg("apply")
             .arg("--yes")
-            .arg("--parallelism")
-            .arg(ctx.n.to_string())
             .arg(&ctx.manifests)
             .output();
         let secs = t0.elapsed().as_secs_f64();
@@ -119,8 +117,8 @@ fn converge_cli(ctx: &Ctx, bin: &Path) -> Measurement {
         samples,
         err,
         format!(
-            "from empty hosts; CLI process, new connections, --parallelism {}",
-            ctx.n
+            "from empty hosts; CLI process, new connections, default --parallelism ({})",
+            tend::config::Config::default().apply_parallelism
         ),
     )
 }
@@ -471,10 +469,9 @@ impl Controller {
         // Schedule: once a year, so only our triggers reconcile.
         let cfg = format!(
             "repository: \"{repo}\"\npath: \".\"\nschedule: \"0 0 1 1 *\"\nlisten: \"127.0.0.1:{port}\"\n\
-             token_file: \"{tf}\"\nconcurrency: {n}\ncache_dir: \"{cache}\"\n",
+             token_file: \"{tf}\"\ncache_dir: \"{cache}\"\n",
             repo = ctx.manifests.display(),
             tf = token_file.display(),
-            n = ctx.n,
             cache = dir.join("cache").display(),
         );
         let cfg_path = dir.join("tend.yaml");
@@ -650,7 +647,10 @@ fn controller(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
         n,
         noop,
         err,
-        format!("10 reconciles in a row; controller concurrency {n}; includes the HTTP round trip"),
+        format!(
+            "10 reconciles in a row; tend's default concurrency ({}); includes the HTTP round trip",
+            tend::config::Config::default().concurrency
+        ),
     ));
     out.push(Measurement::new(
         "noop host CPU per host",

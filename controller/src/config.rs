@@ -58,8 +58,12 @@ pub struct Config {
     /// Keys for secrets kept encrypted in Git.
     pub secrets: SecretsConfig,
     pub prune: PrunePolicy,
-    /// Hosts observed and converged at once.
+    /// Hosts probed at once. A no-op reconcile waits on round trips, not
+    /// on the controller: a high default fits.
     pub concurrency: usize,
+    /// Actions (install, start, stop, health gate) running at once across
+    /// the fleet: a startup converge of many hosts is paced by it.
+    pub apply_parallelism: usize,
     /// Longest one host's probe (observe, connect included) may take before
     /// it counts as unreachable.
     #[serde(with = "humantime_serde")]
@@ -187,7 +191,8 @@ impl Default for Config {
             ssh: SshDefaults::default(),
             secrets: SecretsConfig::default(),
             prune: PrunePolicy::default(),
-            concurrency: 8,
+            concurrency: 64,
+            apply_parallelism: 16,
             host_timeout: Duration::from_secs(120),
             lock_wait: Duration::from_secs(30),
             script_timeout: Duration::from_secs(600),
@@ -348,6 +353,12 @@ impl Config {
                 why: format!("{e}"),
             })?;
         }
+        if let Some(v) = get("TEND_APPLY_PARALLELISM").filter(|x| !x.is_empty()) {
+            self.apply_parallelism = v.parse().map_err(|e| ConfigError::Env {
+                var: "TEND_APPLY_PARALLELISM",
+                why: format!("{e}"),
+            })?;
+        }
         if let Some(v) = get("TEND_HOST_TIMEOUT").filter(|x| !x.is_empty()) {
             self.host_timeout = humantime::parse_duration(&v).map_err(|e| ConfigError::Env {
                 var: "TEND_HOST_TIMEOUT",
@@ -375,6 +386,9 @@ impl Config {
         }
         if self.concurrency == 0 {
             return Err("concurrency: must be at least 1".into());
+        }
+        if self.apply_parallelism == 0 {
+            return Err("apply_parallelism: must be at least 1".into());
         }
         if self.history == 0 {
             return Err("history: must be at least 1".into());

@@ -92,7 +92,7 @@ impl Default for ApplyOptions {
             prune: false,
             force_prune: false,
             max_prune_share: 0.5,
-            parallelism: 8,
+            parallelism: 16,
             revision: None,
             controller: None,
             break_lock: None,

@@ -35,8 +35,9 @@ pub struct ApplyArgs {
     /// Largest share (0..1) of a host's services one run may prune.
     #[arg(long, default_value_t = 0.5)]
     pub max_prune_share: f64,
-    /// Hosts converged at once.
-    #[arg(long, default_value_t = 8)]
+    /// Actions (install, start, stop, health gate) running at once across
+    /// the fleet; each host runs at most 4 of them.
+    #[arg(long, default_value_t = 16)]
     pub parallelism: usize,
     /// Break the host lock held by this owner (its controller name, machine
     /// or token, as `tend apply` prints it when locked out); the output

@@ -101,7 +101,7 @@ impl Engine {
             prune: config.prune.enabled,
             force_prune: config.prune.force,
             max_prune_share: config.prune.max_share,
-            parallelism: config.concurrency,
+            parallelism: config.apply_parallelism,
             revision: None,
             controller: Some(config.ident.clone()),
             observe_timeout: config.host_timeout,

@@ -15,7 +15,9 @@ mod tests;
 
 pub use known::SocketCache;
 pub use parse::parse;
-pub use probe::{probe_script, probe_script_with, CommandCheck, ListenSource, ProbeOptions};
+pub use probe::{
+    probe_call, probe_script, probe_script_with, CommandCheck, ListenSource, ProbeOptions,
+};
 
 use crate::model::{Desired, HealthCheck, Host, Observation};
 use crate::transport::pool::Pool;
@@ -59,8 +61,9 @@ impl ObserveError {
 
 /// Default bound on one host's probe, connect included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Hosts probed at once.
-pub const DEFAULT_CONCURRENCY: usize = 32;
+/// Hosts probed at once: a probe is one round trip on an open connection,
+/// so the bound is there for connection set-up (handshakes) more than load.
+pub const DEFAULT_CONCURRENCY: usize = 64;
 
 /// What `desired` asks the probe to look at on `host`: its services' ports
 /// (to name strangers on them) and their `command` health checks.

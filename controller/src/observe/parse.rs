@@ -12,7 +12,8 @@
 //! record FILE                        (one block per <root>/records/FILE.rec)
 //! | LINE                             (the record's text, verbatim)
 //! endrecord
-//! proc PID STATE STARTTIME           (the recorded pid, if it exists)
+//! proc PID STATE STARTTIME           (the recorded pid, if it exists and
+//!                                     is not in the record's cgroup)
 //! memory USAGE LIMIT OOM_KILLS       (the record's cgroup: "-"/"max" when none)
 //! procs PID...                       (the cgroup's processes)
 //! listeners known                    (listen lines are the known sockets only)
@@ -374,6 +375,14 @@ fn judge_running(record: &Record, raw: &RawRecord, boot_id: &str) -> bool {
         return raw.procs.as_ref().is_some_and(|p| !p.is_empty());
     }
     let same_boot = !boot_id.is_empty() && record.boot_id.as_deref() == Some(boot_id);
+    // Listed in the service's own cgroup: alive (an exited process is not
+    // listed) and the service's; the probe then skips its stat.
+    let owned = record
+        .pid
+        .is_some_and(|p| raw.procs.as_ref().is_some_and(|ps| ps.contains(&p)));
+    if same_boot && owned && record.cgroup.is_some() {
+        return true;
+    }
     match (&raw.proc_, record.pid, record.start_time) {
         (Some((pid, state, start)), Some(rpid), Some(rstart)) => {
             same_boot

@@ -107,6 +107,6 @@ fn render(root: &str, opts: &ProbeOptions, body: &str) -> Result<String, Observe
             crate::shell::command_line(&c.argv)?
         ));
     }
-    s.push_str("printf 'end %s\\n' \"$n\"\n");
+    s.push_str("printf '%send %s\\n' \"$OUT\" \"$n\"\n");
     Ok(s)
 }

@@ -1,7 +1,11 @@
 set -f
 n=0
 OIFS=$IFS
-o() { n=$((n+1)); printf '%s\n' "$*"; }
+# Output is kept and written once at the end: one write, one SSH packet,
+# instead of one per line through sshd.
+OUT=
+o() { n=$((n+1)); OUT="$OUT$*
+"; }
 # fd scan: $1 = wanted inodes (" i i "), rest = /proc/PID/fd dirs. One ls for all.
 scan() {
   want=$1; shift
@@ -44,12 +48,12 @@ case $CG in
   v1) [ -w /sys/fs/cgroup/memory/tend ] || [ -w /sys/fs/cgroup/memory ] || CGW=none ;;
 esac
 o "cgroup $CGW"
-# A record's lines (in R) and the fields the probe uses.
+# A record's lines, ready to print (RO, RN lines), and the fields the probe uses.
 readrec() {
-  pid=; cg=; ports=; rt=; ver=; rst=; rboot=; line=; R=
+  pid=; cg=; ports=; rt=; ver=; rst=; rboot=; line=; RO=; RN=0
   while IFS= read -r line || [ -n "$line" ]; do
-    R=${R:+$R
-}$line
+    RO="$RO| $line
+"; RN=$((RN+1))
     case $line in
     pid=*) pid=${line#pid=} ;;
     cgroup=*) cg=${line#cgroup=} ;;
@@ -105,54 +109,60 @@ adopt() { # service record-file
     } >> "$t" && mv -f "$t" "$af"
   ) 2>/dev/null
 }
+# The record's cgroup: its memory line (MEM) and its processes (procs).
+cgread() {
+  MEM=; procs=; d=
+  case $cg in /*) ;; *) cg= ;; esac
+  case $cg in *%*|*/../*|*/..) cg= ;; esac
+  [ -n "$cg" ] || return 0
+  case $CG in v2) d=/sys/fs/cgroup$cg ;; v1) d=/sys/fs/cgroup/memory$cg ;; esac
+  if [ -n "$d" ] && [ -d "$d" ]; then
+    if [ $CG = v2 ]; then a=memory.current; b=memory.max; e=memory.events
+    else a=memory.usage_in_bytes; b=memory.limit_in_bytes; e=memory.oom_control; fi
+    cur=-; max=-; oom=-
+    { read -r cur < "$d/$a"; } 2>/dev/null
+    { read -r max < "$d/$b"; } 2>/dev/null
+    { while read -r k v; do [ "$k" = oom_kill ] && { oom=$v; break; }; done < "$d/$e"; } 2>/dev/null
+    MEM="memory $cur $max $oom"
+  fi
+  # Liveness of a unit: any hierarchy that has its cgroup.
+  for d in "$d" /sys/fs/cgroup/systemd$cg /sys/fs/cgroup/unified$cg /sys/fs/cgroup$cg; do
+    [ -n "$d" ] && [ -r "$d/cgroup.procs" ] || continue
+    procs=' '
+    { while read -r p; do procs="$procs$p "; done < "$d/cgroup.procs"; } 2>/dev/null
+    break
+  done
+}
+# The recorded process is in the service's own cgroup, this boot: alive
+# (an exited one is not listed) and ours, without reading its stat.
+owned() {
+  [ -n "$pid" ] && [ "$rboot" = "$BOOT" ] || return 1
+  case $procs in *" $pid "*) return 0 ;; esac
+  return 1
+}
 SCAN=
 set +f
 for f in "$ROOT"/records/*.rec; do
   set -f
   [ -f "$f" ] || continue
   nm=${f##*/}; nm=${nm%.rec}
-  readrec "$f"
-  if [ "$rt" = podman ] && [ -n "$pid" ] && stale && adopt "$nm" "$f"; then
-    readrec "$f"
+  readrec "$f"; cgread
+  if [ "$rt" = podman ] && [ -n "$pid" ] && ! owned && stale && adopt "$nm" "$f"; then
+    readrec "$f"; cgread
   fi
   o "record $nm"
-  if [ -n "$R" ]; then
-    while IFS= read -r line; do o "| $line"; done <<REC_EOF
-$R
-REC_EOF
-  fi
+  OUT=$OUT$RO; n=$((n+RN))
   o endrecord
   IFS=,; for p in $ports; do WATCH="$WATCH $p "; done; IFS=$OIFS
   alive=
-  if [ -n "$pid" ] && { read -r s < "/proc/$pid/stat"; } 2>/dev/null; then
+  if owned; then
+    alive=$pid
+  elif [ -n "$pid" ] && { read -r s < "/proc/$pid/stat"; } 2>/dev/null; then
     set -- ${s##*)}
     if [ $# -ge 20 ]; then st=$1; shift 19; o "proc $pid $st $1"; alive=$pid; fi
   fi
-  case $cg in /*) ;; *) cg= ;; esac
-  case $cg in *%*|*/../*|*/..) cg= ;; esac
-  procs=
-  if [ -n "$cg" ]; then
-    d=
-    case $CG in v2) d=/sys/fs/cgroup$cg ;; v1) d=/sys/fs/cgroup/memory$cg ;; esac
-    if [ -n "$d" ] && [ -d "$d" ]; then
-      if [ $CG = v2 ]; then a=memory.current; b=memory.max; e=memory.events
-      else a=memory.usage_in_bytes; b=memory.limit_in_bytes; e=memory.oom_control; fi
-      cur=-; max=-; oom=-
-      { read -r cur < "$d/$a"; } 2>/dev/null
-      { read -r max < "$d/$b"; } 2>/dev/null
-      { while read -r k v; do [ "$k" = oom_kill ] && oom=$v; done < "$d/$e"; } 2>/dev/null
-      o "memory $cur $max $oom"
-    fi
-    # Liveness of a unit: any hierarchy that has its cgroup.
-    for d in "$d" /sys/fs/cgroup/systemd$cg /sys/fs/cgroup/unified$cg /sys/fs/cgroup$cg; do
-      [ -n "$d" ] && [ -r "$d/cgroup.procs" ] || continue
-      procs=' '
-      { while read -r p; do procs="$procs$p "; done < "$d/cgroup.procs"; } 2>/dev/null
-      o "procs$procs"
-      break
-    done
-  fi
-  if [ -n "$procs" ]; then SCAN="$SCAN$procs"; elif [ -n "$alive" ]; then SCAN="$SCAN $alive "; fi
+  if [ -n "$MEM" ]; then o "$MEM"; fi
+  if [ -n "$procs" ]; then o "procs$procs"; SCAN="$SCAN$procs"; elif [ -n "$alive" ]; then SCAN="$SCAN $alive "; fi
 done
 set -f
 L=; LI=

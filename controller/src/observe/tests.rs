@@ -161,6 +161,28 @@ fn a_gone_process_is_not_running_and_its_health_is_unknown() {
 }
 
 #[test]
+fn a_recorded_pid_listed_in_its_own_cgroup_runs_without_a_proc_line() {
+    let r = record("api", 100, 5000);
+    let st = ok(&report(&[
+        &facts(),
+        &format!("{}\nmemory 1 2 0\nprocs 99 100 ", framed(&r)),
+    ]));
+    assert!(st.services["api"].running);
+    let elsewhere = ok(&report(&[
+        &facts(),
+        &format!("{}\nmemory 1 2 0\nprocs 99 ", framed(&r)),
+    ]));
+    assert!(!elsewhere.services["api"].running);
+    let mut old = r.clone();
+    old.boot_id = Some("old-boot".into());
+    let other_boot = ok(&report(&[
+        &facts(),
+        &format!("{}\nprocs 100 ", framed(&old)),
+    ]));
+    assert!(!other_boot.services["api"].running);
+}
+
+#[test]
 fn a_systemd_unit_runs_when_its_cgroup_has_a_process() {
     let mut r = record("unit", 1, 1);
     r.runtime = Some(RuntimeKind::Systemd);
@@ -300,7 +322,7 @@ fn the_probe_quotes_the_root_and_the_check_argv() {
     .unwrap_or_default();
     assert!(s.starts_with("ROOT='/srv/it'\\''s here'\n"), "{s}");
     assert!(s.contains("'curl' '$(reboot)'"), "{s}");
-    assert!(s.ends_with("printf 'end %s\\n' \"$n\"\n"));
+    assert!(s.ends_with("printf '%send %s\\n' \"$OUT\" \"$n\"\n"));
 }
 
 #[test]

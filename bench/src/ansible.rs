@@ -118,7 +118,10 @@ impl Ansible {
             .replace("@KNOWN_HOSTS@", &first.known_hosts.display().to_string());
         let inventory = work.join("inventory.yml");
         std::fs::write(&inventory, inv).context("write inventory")?;
-        let forks = hosts.len().max(10);
+        // Every host at once up to tend's probe bound (64); 10 is Ansible's floor here.
+        let forks = hosts
+            .len()
+            .clamp(10, tend::observe::DEFAULT_CONCURRENCY.max(10));
         // Short: ControlPath socket names must fit in ~104 bytes.
         let cp_dir = PathBuf::from(format!("/tmp/tb-ans-{}", std::process::id()));
         std::fs::create_dir_all(&cp_dir).context("mkdir control path dir")?;

@@ -52,6 +52,10 @@ struct Args {
     tend_bin: Option<PathBuf>,
     #[arg(long)]
     skip_ansible: bool,
+    /// Run Ansible only on fleets up to this many hosts (its converge of 200
+    /// hosts takes longer than the rest of a run); larger fleets say so.
+    #[arg(long)]
+    ansible_max_hosts: Option<usize>,
     /// Timed runs per Ansible measurement (default: --runs).
     #[arg(long)]
     ansible_runs: Option<usize>,
@@ -171,7 +175,11 @@ fn main() -> anyhow::Result<()> {
                 batch,
             )),
             None => {
-                bench_fleet(&ctx, tend_bin.as_deref(), ansible_bin.as_deref(), &mut rows);
+                let ansible = match args.ansible_max_hosts {
+                    Some(m) if n > m => None,
+                    _ => ansible_bin.as_deref(),
+                };
+                bench_fleet(&ctx, tend_bin.as_deref(), ansible, &mut rows);
                 if let Some(b) = pyinfra_bin.as_deref() {
                     rows.extend(pyinfra::phases(&ctx, b));
                 }
@@ -388,7 +396,7 @@ fn bench_fleet(
             n,
             "s",
             vec![],
-            "skipped or ansible-core not installed",
+            "skipped (--skip-ansible, --ansible-max-hosts) or ansible-core not installed",
         )),
     }
     if let Err(e) = ctx.wipe_ansible() {

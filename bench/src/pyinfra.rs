@@ -74,7 +74,9 @@ impl Pyinfra {
             bin: bin.to_path_buf(),
             inventory,
             work,
-            parallel: ctx.n.max(1),
+            // The same bound as tend's probes (64 hosts at once): with every
+            // host at once, pyinfra's paramiko lost sessions at 200 hosts.
+            parallel: ctx.n.clamp(1, tend::observe::DEFAULT_CONCURRENCY),
         })
     }
 

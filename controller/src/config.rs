@@ -127,6 +127,9 @@ pub struct GitAuth {
 pub struct SshDefaults {
     pub identity: Option<PathBuf>,
     pub known_hosts: Option<PathBuf>,
+    /// Longest an SSH connection may take to set up (default 10 s).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -32,8 +32,11 @@ pub struct ApplyOptions {
     pub force_prune: bool,
     /// Largest share of a host's recorded services one run may prune.
     pub max_prune_share: f64,
-    /// Hosts acted on at once.
+    /// Actions running at once across the fleet (at most 4 per host).
     pub parallelism: usize,
+    /// Hosts contacted at once to lock, observe and release them: each may
+    /// need a new connection, whose handshake costs both ends CPU.
+    pub concurrency: usize,
     /// Git revision being applied (written to the records).
     pub revision: Option<String>,
     /// This controller's name in lock owners (default: the hostname).
@@ -93,6 +96,7 @@ impl Default for ApplyOptions {
             force_prune: false,
             max_prune_share: 0.5,
             parallelism: 16,
+            concurrency: crate::observe::DEFAULT_CONCURRENCY,
             revision: None,
             controller: None,
             break_lock: None,
@@ -263,7 +267,7 @@ pub async fn preview(desired: &Desired, transports: &dyn Transports, opts: &Appl
         desired,
         &observe_set(desired, &selected),
         opts.observe_timeout,
-        crate::observe::DEFAULT_CONCURRENCY,
+        opts.concurrency,
     )
     .await;
     restrict(
@@ -345,6 +349,7 @@ pub async fn converge(
     let mut causes: BTreeMap<String, &'static str> = BTreeMap::new();
     let mut runs: BTreeMap<String, HostRun> = BTreeMap::new();
     let mut tasks = tokio::task::JoinSet::new();
+    let contact = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
     for name in &selected {
         let Some(host) = desired.hosts.get(name) else {
             continue;
@@ -371,7 +376,9 @@ pub async fn converge(
         let (name, root, owner) = (name.clone(), host.root.clone(), owner.clone());
         let (lease, wait) = (opts.lease, opts.lock_wait);
         let breaking = opts.break_lock.clone();
+        let contact = contact.clone();
         tasks.spawn(async move {
+            let _permit = contact.acquire_owned().await;
             let r = HostLock::acquire(
                 t.as_ref(),
                 &name,
@@ -436,7 +443,7 @@ pub async fn converge(
         desired,
         &to_observe,
         opts.observe_timeout,
-        crate::observe::DEFAULT_CONCURRENCY,
+        opts.concurrency,
     )
     .await;
     apply_verdicts(&mut observed, &opts.health);
@@ -492,7 +499,9 @@ pub async fn converge(
     // 4. Give the locks back.
     let mut releases = tokio::task::JoinSet::new();
     for (name, run) in runs {
+        let contact = contact.clone();
         releases.spawn(async move {
+            let _permit = contact.acquire_owned().await;
             let r = run.lock.release(run.t.as_ref()).await;
             drop(run._claim);
             (name, r)

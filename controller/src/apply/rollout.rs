@@ -54,7 +54,7 @@ pub(super) async fn undo_failed_rollouts(
         desired,
         &hosts,
         ctx.opts.observe_timeout,
-        crate::observe::DEFAULT_CONCURRENCY,
+        ctx.opts.concurrency,
     )
     .await;
     let mut observed = ctx.observed.clone();

@@ -96,6 +96,7 @@ pub fn run(a: ApplyArgs) -> anyhow::Result<ExitCode> {
     let pool = Pool::new(PoolOptions {
         default_identity: a.fleet.identity.clone(),
         known_hosts: a.fleet.known_hosts.clone(),
+        connect_timeout: a.fleet.connect_timeout,
         ..PoolOptions::default()
     });
     let rt = tokio::runtime::Runtime::new()?;

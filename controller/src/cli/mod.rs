@@ -54,6 +54,10 @@ pub struct FleetArgs {
     /// age identity file that decrypts `fromAge` values.
     #[arg(long, env = "TEND_AGE_IDENTITIES")]
     pub age_identities: Option<PathBuf>,
+    /// Longest an SSH connection may take to set up (TCP, key exchange,
+    /// login), like OpenSSH's ConnectTimeout.
+    #[arg(long, env = "TEND_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: std::time::Duration,
 }
 
 impl FleetArgs {

@@ -94,6 +94,10 @@ impl Engine {
             default_identity: config.ssh.identity.clone(),
             known_hosts: config.ssh.known_hosts.clone(),
             exec_timeout: Some(config.script_timeout),
+            connect_timeout: config
+                .ssh
+                .connect_timeout
+                .unwrap_or(PoolOptions::default().connect_timeout),
             ..PoolOptions::default()
         });
         let opts = ApplyOptions {
@@ -102,6 +106,7 @@ impl Engine {
             force_prune: config.prune.force,
             max_prune_share: config.prune.max_share,
             parallelism: config.apply_parallelism,
+            concurrency: config.concurrency,
             revision: None,
             controller: Some(config.ident.clone()),
             observe_timeout: config.host_timeout,

@@ -730,6 +730,31 @@ fn controller(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
         ),
     ));
 
+    // What a scrape and a status read cost at this size (no per-host work
+    // should grow with the fleet beyond its own lines).
+    for path in ["/metrics", "/status"] {
+        let mut ms = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..5 {
+            let t0 = Instant::now();
+            match c.request("GET", path, Duration::from_secs(60)) {
+                Ok((200, body)) => {
+                    ms.push(t0.elapsed().as_secs_f64() * 1e3);
+                    bytes = body.len();
+                }
+                _ => break,
+            }
+        }
+        out.push(Measurement::new(
+            "scrape",
+            leak_label(format!("tend run GET {path}")),
+            n,
+            "ms",
+            ms,
+            format!("5 GETs between ticks; body {bytes} bytes"),
+        ));
+    }
+
     // Repair: one killed service on one host.
     let victim = &ctx.test_hosts()[0];
     let svc = crate::workload::Workload::tend_name(&victim.name, &ctx.wl.services[0]);
@@ -807,4 +832,9 @@ fn controller(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
     }
     drop(c);
     out
+}
+
+/// Labels are few and live for the whole run.
+fn leak_label(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
 }

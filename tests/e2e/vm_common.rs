@@ -44,7 +44,7 @@ fn service_doc(name: &str, runtime: &str, port: u16, host: &str) -> String {
         ("podman", _) => (
             "image: rootfs:/srv/rootfs".to_string(),
             format!(
-                "[/bin/sh, -c, 'trap \"kill $p; exit 0\" TERM; httpd -f -p {port} -h /www & p=$!; wait $p']"
+                "[/bin/sh, -c, 'httpd -f -p {port} -h /www & p=$!; trap \"kill $p; exit 0\" TERM; wait $p']"
             ),
         ),
         (_, true) => (

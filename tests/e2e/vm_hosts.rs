@@ -35,6 +35,15 @@ fn converge_and_oom(vm: &VmHost, dir: &std::path::Path, v1: bool) {
     apply_clean(vm, dir, "first apply");
     assert_serving(vm, "first apply");
     assert_limits(vm, v1);
+    // The container's scope stops after podman-restart.service (its ExecStop
+    // stops the container first): else a reboot waits 90 s for conmon.
+    let dropins = vm
+        .exec_ok("systemctl show -p DropInPaths --value \"libpod-$(podman inspect --format '{{.Id}}' tend-web-pod).scope\"")
+        .expect("the container's scope");
+    assert!(
+        dropins.contains("/etc/systemd/system/libpod-.scope.d/tend.conf"),
+        "drop-ins of web-pod's scope: {dropins}"
+    );
     for (name, _, port) in SERVICES.iter().filter(|s| s.0.starts_with("hog")) {
         eat(vm, name, *port);
         let (code, entry) = plan_entry(dir, name);

@@ -27,9 +27,11 @@
 //!   stand-in at `.venv/bin/python` (tend never ships a `.venv`). Commands,
 //!   env, ports, memory, health and `dependsOn` are unchanged.
 //!
-//! The stand-ins do not allocate their declared memory: the budget is
-//! checked as tend computes it (declared limits against capacity, and the
-//! observed MemTotal), not by filling the VMs.
+//! Every stand-in (container, systemd unit, app) runs `hold` beside its
+//! server: it keeps half of its cgroup's `memory.max` written, so the VMs
+//! carry half the declared footprint (aliyun 736 of 1472 MiB, tencent 1072
+//! of 2144 MiB) on top of the budget check as tend computes it (declared
+//! limits against capacity, and the observed MemTotal).
 //!
 //! After `tend apply`, the same manifests are committed to a Git repository
 //! and `tend run` follows it: its first reconcile finds nothing to do (a
@@ -60,34 +62,54 @@ fn swap(text: &mut String, from: &str, to: &str, n: usize) {
     *text = text.replace(from, to);
 }
 
-/// A container command: busybox httpd on each port, under a `sh` that
-/// stops them on TERM (a PID 1 without a handler holds a shutdown for 90 s).
+/// A container command: the memory holder and busybox httpd on each port,
+/// under a `sh` that stops them on TERM (a PID 1 without a handler holds a
+/// shutdown for 90 s).
 fn container_command(ports: &[u16]) -> String {
-    let mut sh = String::new();
+    let mut sh = String::from("/bin/hold & h=$!; ");
     for (i, p) in ports.iter().enumerate() {
         sh.push_str(&format!("httpd -f -p {p} -h /www & p{i}=$!; "));
     }
     let pids: Vec<String> = (0..ports.len()).map(|i| format!("$p{i}")).collect();
     sh.push_str(&format!(
-        "trap \"kill {}; exit 0\" TERM; wait $p0",
+        "trap \"kill $h {}; exit 0\" TERM; wait $p0",
         pids.join(" ")
     ));
     format!("command: [/bin/sh, -c, '{sh}']")
 }
 
+/// A systemd database: the memory holder beside busybox httpd on the port.
 fn host_command(port: u16) -> String {
-    format!("command: [/bin/busybox, httpd, -f, -p, \"{port}\", -h, {STANDIN}/www]")
+    format!(
+        "command: [/bin/sh, -c, '{STANDIN}/bin/hold & exec /bin/busybox httpd -f -p {port} -h {STANDIN}/www']"
+    )
 }
 
+/// Holds half of its cgroup's `memory.max`, written (1 MiB strings in a
+/// busybox awk: its peak is what it keeps), until it is killed. The same
+/// file is the rootfs's `/bin/hold` and the host's `/srv/standin/bin/hold`;
+/// in a container the cgroup namespace makes `0::/` the container's.
+const HOLD: &str = r#"#!/bin/sh
+exec /bin/busybox awk 'BEGIN {
+  while ((getline l < "/proc/self/cgroup") > 0) if (l ~ /^0::/) p = substr(l, 4)
+  if (p == "/") p = ""
+  m = ""; getline m < ("/sys/fs/cgroup" p "/memory.max")
+  n = (m ~ /^[0-9]+$/) ? int(m / 2097152) : 0
+  c = "x"; while (length(c) < 1048576) c = c c
+  for (i = 0; i < n; i++) a[i] = c
+  for (;;) system("exec sleep 3600")
+}'
+"#;
+
 /// The stand-in programs of the five apps, under the seed's command names.
-const AUTH_STANDIN: &str = "#!/bin/sh\n# stand-in for zervigo-auth: -port N\nexec /bin/busybox httpd -f -p \"$2\" -h www\n";
+const AUTH_STANDIN: &str = "#!/bin/sh\n# stand-in for zervigo-auth: -port N\n/srv/standin/bin/hold &\nexec /bin/busybox httpd -f -p \"$2\" -h www\n";
 const PYTHON_STANDIN: &str = r#"#!/bin/sh
 # stand-in for the venv's python: app.py --port N serves www/; worker.py
-# idles; worker.py --check succeeds.
+# idles; worker.py --check succeeds. Both hold half their memory limit.
 case "$1 $2" in
-  "app.py --port") exec /bin/busybox httpd -f -p "$3" -h www ;;
+  "app.py --port") /srv/standin/bin/hold & exec /bin/busybox httpd -f -p "$3" -h www ;;
   "worker.py --check") exit 0 ;;
-  "worker.py ") trap 'exit 0' TERM; while :; do /bin/busybox sleep 3600 & wait $!; done ;;
+  "worker.py ") /srv/standin/bin/hold & trap 'exit 0' TERM; while :; do /bin/busybox sleep 3600 & wait $!; done ;;
 esac
 echo "stand-in: unexpected arguments: $*" >&2
 exit 2
@@ -267,9 +289,10 @@ fn prepare(vm: &VmHost) {
         concat!(
             "set -e; r={}; mkdir -p $r/bin $r/www/_cluster $r/www/v1/.well-known $r/tmp $r/proc $r/sys $r/dev $r/etc; ",
             "cp /bin/busybox $r/bin/busybox; for a in sh httpd cat sleep; do ln -sf busybox $r/bin/$a; done; ",
-            "for f in health index.html _cluster/health v1/.well-known/ready; do echo ok > $r/www/$f; done"
+            "for f in health index.html _cluster/health v1/.well-known/ready; do echo ok > $r/www/$f; done; ",
+            "cat > $r/bin/hold <<'EOF'\n{}EOF\nchmod 755 $r/bin/hold"
         ),
-        STANDIN
+        STANDIN, HOLD
     ))
     .unwrap_or_else(|e| panic!("stand-in rootfs on {}: {e:#}\n{}", vm.name, vm.diagnostics()));
 }
@@ -454,6 +477,9 @@ fn the_seed_fleet_converges_on_replicas_of_its_two_clouds_in_dependency_order() 
         .expect("zervigo-shared record");
     assert!(worker.contains("pid="), "zervigo-shared runs: {worker}");
 
+    for vm in [&aliyun, &tencent] {
+        held_half(vm);
+    }
     from_git(&aliyun, &tencent, dir.path());
 
     eprintln!(
@@ -487,17 +513,14 @@ fn recorded_pids(vms: &[&VmHost]) -> BTreeMap<String, String> {
     out
 }
 
-/// Copies the seed copy's manifests and services (not its secrets) into `to`.
-fn copy_tree(from: &Path, to: &Path, top: bool) {
+/// Copies a directory tree.
+fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for e in std::fs::read_dir(from).expect("read_dir") {
         let e = e.expect("dir entry");
-        if top && e.file_name() == "secrets" {
-            continue;
-        }
         let (src, dst) = (e.path(), to.join(e.file_name()));
         if e.file_type().expect("file type").is_dir() {
-            copy_tree(&src, &dst, false);
+            copy_tree(&src, &dst);
         } else {
             // fs::copy keeps the mode: the stand-ins stay executable in Git.
             std::fs::copy(&src, &dst).expect("copy");
@@ -560,8 +583,20 @@ fn all_in_sync(st: &serde_json::Value, when: &str) -> usize {
 fn from_git(aliyun: &VmHost, tencent: &VmHost, dir: &Path) {
     let before = recorded_pids(&[aliyun, tencent]);
     let repo = Repo::new("seed", &[]);
+    // As the seed's repository has it: manifests in a directory, the apps'
+    // sources under `services/` at the root (source paths are relative to
+    // it). The secrets stay outside, where `fromFile` names them.
     let fleet = repo.work().join("fleet");
-    copy_tree(dir, &fleet, true);
+    std::fs::create_dir_all(&fleet).expect("mkdir");
+    for f in [
+        "hosts.yaml",
+        "aliyun-databases.yaml",
+        "tencent-databases.yaml",
+        "tencent-apps.yaml",
+    ] {
+        std::fs::copy(dir.join(f), fleet.join(f)).expect("copy a manifest");
+    }
+    copy_tree(&dir.join("services"), &repo.work().join("services"));
     git(&repo.work(), &["add", "-A"]);
     git(
         &repo.work(),
@@ -708,4 +743,43 @@ secrets:\n  age_identities: {key}\n",
     eprintln!(
         "testbed: tend run from Git: first reconcile (no-op) {noop_secs:.1} s, the change {change_secs:.1} s"
     );
+}
+
+/// Polls (bounded) until every service on the VM uses at least half its
+/// memory limit (`hold`); prints what each uses, and the VM's MemAvailable.
+fn held_half(vm: &VmHost) {
+    let script = concat!(
+        "for f in /var/lib/tend/records/*.rec; do n=${f##*/}; cg=$(sed -n 's/^cgroup=//p' \"$f\"); ",
+        "echo \"${n%.rec} $(cat /sys/fs/cgroup$cg/memory.current) $(cat /sys/fs/cgroup$cg/memory.max)\"; done; ",
+        "grep MemAvailable /proc/meminfo"
+    );
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let text = vm
+            .exec_ok(script)
+            .unwrap_or_else(|e| panic!("{}: memory of the services: {e:#}", vm.name));
+        let short: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                let w: Vec<u64> = l
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                w.len() == 2 && w[0] < w[1] / 2
+            })
+            .collect();
+        if short.is_empty() {
+            eprintln!(
+                "testbed: {} holds half of each limit (name, memory.current, memory.max):\n{text}",
+                vm.name
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: below half their limit after 180 s: {short:?}\n{text}",
+            vm.name
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }

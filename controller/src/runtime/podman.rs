@@ -219,8 +219,7 @@ pub(crate) fn enable_restart() -> Result<String, RuntimeError> {
   dropin={dir}
   want={text}
   if [ "$(cat "$dropin/tend.conf" 2>/dev/null)" != "$want" ]; then
-    {{ mkdir -p "$dropin" && printf '%s
-' "$want" >"$dropin/.tend.conf.tmp" && mv -f "$dropin/.tend.conf.tmp" "$dropin/tend.conf" && systemctl daemon-reload; }} </dev/null 9>&- ||
+    {{ mkdir -p "$dropin" && printf '%s\n' "$want" >"$dropin/.tend.conf.tmp" && mv -f "$dropin/.tend.conf.tmp" "$dropin/tend.conf" && systemctl daemon-reload; }} </dev/null 9>&- ||
       echo "tend: cannot write $dropin/tend.conf: a shutdown may wait 90 s for each container" >&2
   fi
   {{ systemctl is-enabled --quiet podman-restart.service && systemctl is-active --quiet podman-restart.service; }} </dev/null 2>/dev/null 9>&- ||

@@ -346,6 +346,28 @@ fn the_containers_scopes_are_ordered_after_podman_restart_and_reloaded_only_on_a
     let fi = enable[differs..].find("\n  fi\n").unwrap() + differs;
     assert!(differs < reload && reload < fi, "{enable}");
     assert_eq!(enable.matches("daemon-reload").count(), 1, "{enable}");
+
+    // What the script writes reads back equal, so a re-run does not reload.
+    let write = "printf '%s\\n' \"$want\" >\"$dropin/.tend.conf.tmp\" && mv -f \"$dropin/.tend.conf.tmp\" \"$dropin/tend.conf\"";
+    let differs = "[ \"$(cat \"$dropin/tend.conf\" 2>/dev/null)\" != \"$want\" ]";
+    assert!(
+        enable.contains(write) && enable.contains(differs),
+        "{enable}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "dropin={}\nwant={}\nif {differs}; then echo differs; fi\n{write}\nif {differs}; then echo differs; fi\n",
+        crate::shell::quote(&dir.path().to_string_lossy()).unwrap(),
+        crate::shell::quote(podman::SCOPE_DROPIN).unwrap(),
+    );
+    let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "differs\n",
+        "{script}"
+    );
+    let written = std::fs::read_to_string(dir.path().join("tend.conf")).unwrap();
+    assert_eq!(written, format!("{}\n", podman::SCOPE_DROPIN));
 }
 
 #[test]

@@ -135,3 +135,43 @@ async fn a_podman_service_runs_from_a_rootfs_upgrades_and_is_pruned() {
     let ls = h.exec_ok(&format!("ls {ROOT}/releases")).unwrap();
     assert!(ls.trim().is_empty(), "{ls}");
 }
+
+/// What podman-restart.service would start at the next boot under this name:
+/// `always` containers, running or not (`podman start --all --filter
+/// restart-policy=always`, narrowed to one name so no other test's container
+/// on this machine is touched).
+fn started_at_boot(h: &TestHost, name: &str) -> String {
+    h.exec_ok(&format!(
+        "podman ps -a --format '{{{{.Names}}}}' --filter restart-policy=always --filter name='^{name}$'"
+    ))
+    .expect("podman ps")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_podman_service_moved_to_the_process_runtime_leaves_no_container_to_come_back_at_boot() {
+    let Some(f) = fleet("a_podman_service_moved_to_the_process", 1) else {
+        return;
+    };
+    let h = f.host(0);
+    if !prepare(h) {
+        return;
+    }
+    let pool = pool();
+    let d = desired(&f, vec![container("moved", &h.name, 18810, "1")]);
+    assert_converged(&converge(&pool, &d, &ApplyOptions::default()).await);
+    assert_eq!(started_at_boot(h, "tend-moved").trim(), "tend-moved");
+
+    // Same name and port, now a process: tend stops the container, and the
+    // stop removes it, so no boot brings it back beside the process.
+    let d2 = desired(
+        &f,
+        vec![super::apply::httpd("moved", &h.name, 18810, "2", "2\n")],
+    );
+    assert_converged(&converge(&pool, &d2, &ApplyOptions::default()).await);
+    assert_eq!(started_at_boot(h, "tend-moved").trim(), "");
+    assert_eq!(get(h, 18810, "/health").as_deref(), Some("2\n"));
+    let rec = record(h, "moved").expect("record");
+    assert_eq!(rec.runtime, Some(RuntimeKind::Process));
+    let again = converge(&pool, &d2, &ApplyOptions::default()).await;
+    assert!(again.plan.actions.is_empty(), "{:?}", again.plan.actions);
+}

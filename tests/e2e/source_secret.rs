@@ -8,7 +8,7 @@
 
 use super::apply::ROOT;
 use super::common::http::{eventually, free_port, get_json, http, post_as};
-use super::common::repo::{git, service, Repo, NEVER, TOKEN};
+use super::common::repo::{git, service, Controller, Repo, NEVER, TOKEN};
 use super::common::{fleet, hosts_yaml, tend_bin};
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -113,16 +113,6 @@ fn manifests(
         .position(|l| l.trim_start().starts_with("fromAge:"))
         .expect("a fromAge line");
     (text, line)
-}
-
-/// `tend run`, killed when the test ends, however it ends.
-struct Controller(std::process::Child);
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Files under `dir` whose contents hold `needle`.

@@ -37,14 +37,14 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 "#;
 
-fn service_doc(name: &str, runtime: &str, port: u16, host: &str) -> String {
+pub fn service_doc(name: &str, runtime: &str, port: u16, host: &str) -> String {
     // A container's PID 1 gets no default action for SIGTERM: without a
     // handler, systemd waits 90 s for it at every shutdown (seen on the VMs).
     let (delivery, command) = match (runtime, name.starts_with("hog")) {
         ("podman", _) => (
             "image: rootfs:/srv/rootfs".to_string(),
             format!(
-                "[/bin/sh, -c, 'trap \"kill $p; exit 0\" TERM; httpd -f -p {port} -h /www & p=$!; wait $p']"
+                "[/bin/sh, -c, 'httpd -f -p {port} -h /www & p=$!; trap \"kill $p; exit 0\" TERM; wait $p']"
             ),
         ),
         (_, true) => (

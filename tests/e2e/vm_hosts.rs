@@ -5,11 +5,13 @@
 //! the plan says so; after a reboot and a hard reset the podman service
 //! serves before any reconcile (`--restart=always`, podman-restart.service,
 //! its new pid adopted by the probe), and after the next reconcile every
-//! service serves once and the plan is clean.
+//! service serves once and the plan is clean. A container tend stopped (the
+//! podman service moved to the process runtime) does not come back at the
+//! next boot.
 
 use super::vm_common::{
     apply_clean, assert_limits, assert_serving, eat, manifests, plan_entry, prepare, record_field,
-    SERVICES,
+    service_doc, SERVICES,
 };
 use tend_e2e::testbed::{skip_unless_vm, VmHost, VmOptions};
 
@@ -35,6 +37,15 @@ fn converge_and_oom(vm: &VmHost, dir: &std::path::Path, v1: bool) {
     apply_clean(vm, dir, "first apply");
     assert_serving(vm, "first apply");
     assert_limits(vm, v1);
+    // The container's scope stops after podman-restart.service (its ExecStop
+    // stops the container first): else a reboot waits 90 s for conmon.
+    let dropins = vm
+        .exec_ok("systemctl show -p DropInPaths --value \"libpod-$(podman inspect --format '{{.Id}}' tend-web-pod).scope\"")
+        .expect("the container's scope");
+    assert!(
+        dropins.contains("/etc/systemd/system/libpod-.scope.d/tend.conf"),
+        "drop-ins of web-pod's scope: {dropins}"
+    );
     for (name, _, port) in SERVICES.iter().filter(|s| s.0.starts_with("hog")) {
         eat(vm, name, *port);
         let (code, entry) = plan_entry(dir, name);
@@ -125,12 +136,63 @@ fn a_cgroup_v2_vm_converges_every_runtime_reports_oom_kills_and_survives_reboot_
     let before = vm.boot_id().expect("boot id");
     vm.hard_reset().expect("system_reset");
     after_restart(&vm, dir.path(), "after a hard reset", &before);
+
+    stopped_stays_stopped(&vm, dir.path());
     eprintln!(
-        "testbed: {} boots to ssh {:?} s, qemu RSS {:?} KiB",
+        "testbed: {} boots to ssh {:?} s (start, reboot, hard reset, reboot without a container), qemu RSS {:?} KiB",
         vm.name,
         vm.boot_seconds(),
         vm.qemu_rss_kib()
     );
+}
+
+/// web-pod moves to the process runtime (same port): tend stops its
+/// container. After a reboot podman-restart.service has run and started no
+/// container of it, nothing holds its port until the reconcile, which starts
+/// the process; then every service serves once and the plan is clean.
+fn stopped_stays_stopped(vm: &VmHost, dir: &std::path::Path) {
+    let (_, _, port) = SERVICES.iter().find(|s| s.0 == "web-pod").expect("web-pod");
+    let fleet = dir.join("fleet.yaml");
+    let text = std::fs::read_to_string(&fleet).expect("fleet.yaml");
+    let podman = service_doc("web-pod", "podman", *port, &vm.name);
+    assert!(text.contains(&podman), "web-pod's document in {text}");
+    let process = service_doc("web-pod", "process", *port, &vm.name);
+    std::fs::write(&fleet, text.replace(&podman, &process)).expect("write fleet.yaml");
+    apply_clean(vm, dir, "web-pod moved to the process runtime");
+    let containers = "podman ps -a --format '{{.Names}}' --filter name='^tend-web-pod$'";
+    let left = vm.exec_ok(containers).expect("podman ps");
+    assert_eq!(left.trim(), "", "web-pod's container after tend stopped it");
+
+    let before = vm.boot_id().expect("boot id");
+    vm.reboot().expect("reboot");
+    assert_ne!(vm.boot_id().expect("boot id"), before, "same boot");
+    // podman-restart.service (oneshot) is active once its start finished.
+    let start = std::time::Instant::now();
+    while vm
+        .exec_ok("systemctl is-active --quiet podman-restart.service")
+        .is_err()
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(180),
+            "podman-restart.service did not finish starting:\n{}",
+            vm.exec("systemctl status podman-restart.service")
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let left = vm.exec_ok(containers).expect("podman ps");
+    assert_eq!(left.trim(), "", "a boot brought web-pod's container back");
+    let held = vm
+        .exec_ok(&format!("ss -Hltn 'sport = :{port}'"))
+        .expect("ss");
+    assert_eq!(held.trim(), "", "port {port} is held before the reconcile");
+    apply_clean(vm, dir, "after a reboot, web-pod as a process");
+    assert_eq!(
+        record_field(vm, "web-pod", "runtime").as_deref(),
+        Some("process")
+    );
+    assert_serving(vm, "after a reboot, web-pod as a process");
 }
 
 #[test]

@@ -27,14 +27,26 @@
 //!   stand-in at `.venv/bin/python` (tend never ships a `.venv`). Commands,
 //!   env, ports, memory, health and `dependsOn` are unchanged.
 //!
-//! The stand-ins do not allocate their declared memory: the budget is
-//! checked as tend computes it (declared limits against capacity, and the
-//! observed MemTotal), not by filling the VMs.
+//! Every stand-in (container, systemd unit, app) runs `hold` beside its
+//! server: it keeps half of its cgroup's `memory.max` written, so the VMs
+//! carry half the declared footprint (aliyun 736 of 1472 MiB, tencent 1072
+//! of 2144 MiB) on top of the budget check as tend computes it (declared
+//! limits against capacity, and the observed MemTotal).
+//!
+//! After `tend apply`, the same manifests are committed to a Git repository
+//! and `tend run` follows it: its first reconcile finds nothing to do (a
+//! release from Git is the release from the directory), then a commit that
+//! upgrades ai-service-1 and raises tencent-redis's memory limit is
+//! converged on a trigger, and nothing else is restarted.
 
+use super::common::http::{free_port, http, post_as};
+use super::common::repo::{git, service, Controller, Repo, NEVER, TOKEN};
 use super::common::tend_bin;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tend_e2e::testbed::{skip_unless_vm, VmHost, VmOptions};
 
 const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/seed");
@@ -50,34 +62,54 @@ fn swap(text: &mut String, from: &str, to: &str, n: usize) {
     *text = text.replace(from, to);
 }
 
-/// A container command: busybox httpd on each port, under a `sh` that
-/// stops them on TERM (a PID 1 without a handler holds a shutdown for 90 s).
+/// A container command: the memory holder and busybox httpd on each port,
+/// under a `sh` that stops them on TERM (a PID 1 without a handler holds a
+/// shutdown for 90 s).
 fn container_command(ports: &[u16]) -> String {
-    let mut sh = String::new();
+    let mut sh = String::from("/bin/hold & h=$!; ");
     for (i, p) in ports.iter().enumerate() {
         sh.push_str(&format!("httpd -f -p {p} -h /www & p{i}=$!; "));
     }
     let pids: Vec<String> = (0..ports.len()).map(|i| format!("$p{i}")).collect();
     sh.push_str(&format!(
-        "trap \"kill {}; exit 0\" TERM; wait $p0",
+        "trap \"kill $h {}; exit 0\" TERM; wait $p0",
         pids.join(" ")
     ));
     format!("command: [/bin/sh, -c, '{sh}']")
 }
 
+/// A systemd database: the memory holder beside busybox httpd on the port.
 fn host_command(port: u16) -> String {
-    format!("command: [/bin/busybox, httpd, -f, -p, \"{port}\", -h, {STANDIN}/www]")
+    format!(
+        "command: [/bin/sh, -c, '{STANDIN}/bin/hold & exec /bin/busybox httpd -f -p {port} -h {STANDIN}/www']"
+    )
 }
 
+/// Holds half of its cgroup's `memory.max`, written (1 MiB strings in a
+/// busybox awk: its peak is what it keeps), until it is killed. The same
+/// file is the rootfs's `/bin/hold` and the host's `/srv/standin/bin/hold`;
+/// in a container the cgroup namespace makes `0::/` the container's.
+const HOLD: &str = r#"#!/bin/sh
+exec /bin/busybox awk 'BEGIN {
+  while ((getline l < "/proc/self/cgroup") > 0) if (l ~ /^0::/) p = substr(l, 4)
+  if (p == "/") p = ""
+  m = ""; getline m < ("/sys/fs/cgroup" p "/memory.max")
+  n = (m ~ /^[0-9]+$/) ? int(m / 2097152) : 0
+  c = "x"; while (length(c) < 1048576) c = c c
+  for (i = 0; i < n; i++) a[i] = c
+  for (;;) system("exec sleep 3600")
+}'
+"#;
+
 /// The stand-in programs of the five apps, under the seed's command names.
-const AUTH_STANDIN: &str = "#!/bin/sh\n# stand-in for zervigo-auth: -port N\nexec /bin/busybox httpd -f -p \"$2\" -h www\n";
+const AUTH_STANDIN: &str = "#!/bin/sh\n# stand-in for zervigo-auth: -port N\n/srv/standin/bin/hold &\nexec /bin/busybox httpd -f -p \"$2\" -h www\n";
 const PYTHON_STANDIN: &str = r#"#!/bin/sh
 # stand-in for the venv's python: app.py --port N serves www/; worker.py
-# idles; worker.py --check succeeds.
+# idles; worker.py --check succeeds. Both hold half their memory limit.
 case "$1 $2" in
-  "app.py --port") exec /bin/busybox httpd -f -p "$3" -h www ;;
+  "app.py --port") /srv/standin/bin/hold & exec /bin/busybox httpd -f -p "$3" -h www ;;
   "worker.py --check") exit 0 ;;
-  "worker.py ") trap 'exit 0' TERM; while :; do /bin/busybox sleep 3600 & wait $!; done ;;
+  "worker.py ") /srv/standin/bin/hold & trap 'exit 0' TERM; while :; do /bin/busybox sleep 3600 & wait $!; done ;;
 esac
 echo "stand-in: unexpected arguments: $*" >&2
 exit 2
@@ -257,9 +289,10 @@ fn prepare(vm: &VmHost) {
         concat!(
             "set -e; r={}; mkdir -p $r/bin $r/www/_cluster $r/www/v1/.well-known $r/tmp $r/proc $r/sys $r/dev $r/etc; ",
             "cp /bin/busybox $r/bin/busybox; for a in sh httpd cat sleep; do ln -sf busybox $r/bin/$a; done; ",
-            "for f in health index.html _cluster/health v1/.well-known/ready; do echo ok > $r/www/$f; done"
+            "for f in health index.html _cluster/health v1/.well-known/ready; do echo ok > $r/www/$f; done; ",
+            "cat > $r/bin/hold <<'EOF'\n{}EOF\nchmod 755 $r/bin/hold"
         ),
-        STANDIN
+        STANDIN, HOLD
     ))
     .unwrap_or_else(|e| panic!("stand-in rootfs on {}: {e:#}\n{}", vm.name, vm.diagnostics()));
 }
@@ -444,6 +477,11 @@ fn the_seed_fleet_converges_on_replicas_of_its_two_clouds_in_dependency_order() 
         .expect("zervigo-shared record");
     assert!(worker.contains("pid="), "zervigo-shared runs: {worker}");
 
+    for vm in [&aliyun, &tencent] {
+        held_half(vm);
+    }
+    from_git(&aliyun, &tencent, dir.path());
+
     eprintln!(
         "testbed: seed converged in {apply_secs:.1} s; boots to ssh aliyun {:?} s, tencent {:?} s; qemu RSS aliyun {:?} KiB, tencent {:?} KiB",
         aliyun.boot_seconds(),
@@ -451,4 +489,297 @@ fn the_seed_fleet_converges_on_replicas_of_its_two_clouds_in_dependency_order() 
         aliyun.qemu_rss_kib(),
         tencent.qemu_rss_kib()
     );
+}
+
+/// `service@vm` → the pid tend recorded, for every record on the VMs.
+fn recorded_pids(vms: &[&VmHost]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for vm in vms {
+        let text = vm
+            .exec_ok("grep -H '^pid=' /var/lib/tend/records/*.rec")
+            .unwrap_or_else(|e| panic!("{}: records: {e:#}", vm.name));
+        for l in text.lines() {
+            let Some((path, pid)) = l.split_once(":pid=") else {
+                continue;
+            };
+            let svc = path
+                .rsplit('/')
+                .next()
+                .and_then(|f| f.strip_suffix(".rec"))
+                .unwrap_or(path);
+            out.insert(format!("{svc}@{}", vm.name), pid.trim().to_string());
+        }
+    }
+    out
+}
+
+/// Copies a directory tree.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("dir entry");
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if e.file_type().expect("file type").is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            // fs::copy keeps the mode: the stand-ins stay executable in Git.
+            std::fs::copy(&src, &dst).expect("copy");
+        }
+    }
+}
+
+/// `/status`, or None while the controller does not answer yet.
+async fn status(addr: SocketAddr) -> Option<serde_json::Value> {
+    let (code, body) = http(addr, "GET", "/status", &[], b"").await;
+    if code != 200 {
+        return None;
+    }
+    serde_json::from_str(&body).ok()
+}
+
+/// Polls `/status` (bounded) until the controller is idle after a reconcile
+/// of `revision`; that status.
+async fn idle_at(addr: SocketAddr, revision: &str, secs: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(st) = status(addr).await {
+            if st["running"].is_null()
+                && st["pending"].is_null()
+                && st["reconciles"][0]["revision"] == revision
+            {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no reconcile of {revision} within {secs} s: {st}"
+            );
+        } else {
+            assert!(Instant::now() < deadline, "tend run does not answer");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Every instance of the status in sync; their count.
+fn all_in_sync(st: &serde_json::Value, when: &str) -> usize {
+    let mut n = 0;
+    for h in st["hosts"].as_array().into_iter().flatten() {
+        assert_eq!(h["up"], true, "{when}: host {}", h["name"]);
+        for svc in h["services"].as_array().into_iter().flatten() {
+            assert_eq!(
+                svc["status"], "in_sync",
+                "{when}: {}@{}: {svc}",
+                svc["name"], h["name"]
+            );
+            n += 1;
+        }
+    }
+    n
+}
+
+/// The seed's manifests committed to a Git repository, followed by `tend
+/// run`: a first reconcile with nothing to do, then a commit that upgrades
+/// one app and raises one database's limit, converged on a trigger.
+fn from_git(aliyun: &VmHost, tencent: &VmHost, dir: &Path) {
+    let before = recorded_pids(&[aliyun, tencent]);
+    let repo = Repo::new("seed", &[]);
+    // As the seed's repository has it: manifests in a directory, the apps'
+    // sources under `services/` at the root (source paths are relative to
+    // it). The secrets stay outside, where `fromFile` names them.
+    let fleet = repo.work().join("fleet");
+    std::fs::create_dir_all(&fleet).expect("mkdir");
+    for f in [
+        "hosts.yaml",
+        "aliyun-databases.yaml",
+        "tencent-databases.yaml",
+        "tencent-apps.yaml",
+    ] {
+        std::fs::copy(dir.join(f), fleet.join(f)).expect("copy a manifest");
+    }
+    copy_tree(&dir.join("services"), &repo.work().join("services"));
+    git(&repo.work(), &["add", "-A"]);
+    git(
+        &repo.work(),
+        &["commit", "-q", "-m", "the seed, as applied"],
+    );
+    git(&repo.work(), &["push", "-q", "origin", "main"]);
+    let first = git(&repo.work(), &["rev-parse", "HEAD"]);
+
+    let tmp = repo.tmp.path();
+    std::fs::write(tmp.join("token"), format!("{TOKEN}\n")).expect("token");
+    let port = free_port();
+    let config = tmp.join("tend.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "repository: file://{bare}\nbranch: main\npath: fleet\nschedule: '{NEVER}'\n\
+listen: 127.0.0.1:{port}\ntoken_file: {token}\ncache_dir: {cache}\nident: e2e-seed\n\
+secrets:\n  age_identities: {key}\n",
+            bare = repo.bare().display(),
+            token = tmp.join("token").display(),
+            cache = tmp.join("cache").display(),
+            key = Path::new(SEED).join("TEST-ONLY-age-identity.txt").display(),
+        ),
+    )
+    .expect("tend.yaml");
+    let log_path = tmp.join("tend.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let child = Command::new(tend_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("TEND_WEAVIATE_API_KEYS", "test-key-1")
+        .env("TEND_WEAVIATE_API_KEY", "test-key-1")
+        .env_remove("TEND_AGE_IDENTITIES")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("tend run starts");
+    let controller = Controller(child);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let rt = tokio::runtime::Runtime::new().expect("tokio");
+
+    // The startup reconcile: a release from Git is the one from the directory.
+    let started = Instant::now();
+    let st = rt.block_on(idle_at(addr, &first, 600));
+    let noop_secs = started.elapsed().as_secs_f64();
+    let r = &st["reconciles"][0];
+    assert_eq!(r["result"], "success", "{r}\n{}", log_text());
+    assert_eq!(r["actions"], serde_json::json!([]), "from Git: {r}");
+    let instances = all_in_sync(&st, "after tend run's first reconcile");
+    assert_eq!(instances, 14, "{st}");
+
+    // A commit: ai-service-1 2.3.1 → 2.3.2; tencent-redis 64 → 80 MiB
+    // (tencent's budget has room: 2144 of 2560 MiB committed).
+    let apps = fleet.join("tencent-apps.yaml");
+    let mut y = std::fs::read_to_string(&apps).expect("apps");
+    swap(&mut y, "version: \"2.3.1\"\n", "version: \"2.3.2\"\n", 1);
+    std::fs::write(&apps, y).expect("write");
+    let dbs = fleet.join("tencent-databases.yaml");
+    let mut y = std::fs::read_to_string(&dbs).expect("databases");
+    swap(
+        &mut y,
+        "  ports: [6379]\n  memory: 64MiB\n",
+        "  ports: [6379]\n  memory: 80MiB\n",
+        1,
+    );
+    std::fs::write(&dbs, y).expect("write");
+    git(
+        &repo.work(),
+        &[
+            "commit",
+            "-q",
+            "-a",
+            "-m",
+            "ai-service-1 2.3.2, tencent-redis 80MiB",
+        ],
+    );
+    git(&repo.work(), &["push", "-q", "origin", "main"]);
+    let second = git(&repo.work(), &["rev-parse", "HEAD"]);
+    let started = Instant::now();
+    let (code, body) = rt.block_on(post_as(
+        addr,
+        "/reconcile?wait=true",
+        &format!("Bearer {TOKEN}"),
+    ));
+    assert_eq!(code, 200, "{body}\n{}", log_text());
+    let st = rt.block_on(idle_at(addr, &second, 60));
+    let change_secs = started.elapsed().as_secs_f64();
+    assert_eq!(
+        st["source"]["revision"],
+        second.as_str(),
+        "{}",
+        st["source"]
+    );
+    let r = &st["reconciles"][0];
+    assert_eq!(r["result"], "success", "{r}\n{}", log_text());
+    let mut acted: Vec<String> = r["actions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            assert_eq!(a["result"], "succeeded", "{a}");
+            format!(
+                "{}@{}",
+                a["service"].as_str().unwrap_or(""),
+                a["host"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    acted.sort();
+    assert_eq!(
+        acted,
+        ["ai-service-1@tencent", "tencent-redis@tencent"],
+        "the actions of the change: {r}"
+    );
+    all_in_sync(&st, "after the change");
+    let ai = service(&st, "ai-service-1").expect("ai-service-1 in /status");
+    assert_eq!(ai["observed_version"], "2.3.2", "{ai}");
+    let redis = service(&st, "tencent-redis").expect("tencent-redis in /status");
+    assert_eq!(redis["memory_limit"], 80u64 << 20, "{redis}");
+    let limit = tencent
+        .exec_ok("cat /sys/fs/cgroup$(sed -n 's/^cgroup=//p' /var/lib/tend/records/tencent-redis.rec)/memory.max")
+        .expect("redis's memory.max");
+    assert_eq!(limit.trim(), (80u64 << 20).to_string());
+
+    // Nothing else was restarted.
+    let after = recorded_pids(&[aliyun, tencent]);
+    assert_eq!(before.len(), after.len(), "{before:?}\n{after:?}");
+    for (instance, pid) in &before {
+        let now = after
+            .get(instance)
+            .unwrap_or_else(|| panic!("{instance} lost its record"));
+        match instance.as_str() {
+            "ai-service-1@tencent" => assert_ne!(pid, now, "ai-service-1 was not upgraded"),
+            "tencent-redis@tencent" => {}
+            _ => assert_eq!(pid, now, "{instance} was restarted"),
+        }
+    }
+    drop(controller);
+
+    let (code, text, _) = tend("plan", &fleet, &[]);
+    assert_eq!(code, 0, "plan clean after tend run:\n{text}");
+    eprintln!(
+        "testbed: tend run from Git: first reconcile (no-op) {noop_secs:.1} s, the change {change_secs:.1} s"
+    );
+}
+
+/// Polls (bounded) until every service on the VM uses at least half its
+/// memory limit (`hold`); prints what each uses, and the VM's MemAvailable.
+fn held_half(vm: &VmHost) {
+    let script = concat!(
+        "for f in /var/lib/tend/records/*.rec; do n=${f##*/}; cg=$(sed -n 's/^cgroup=//p' \"$f\"); ",
+        "echo \"${n%.rec} $(cat /sys/fs/cgroup$cg/memory.current) $(cat /sys/fs/cgroup$cg/memory.max)\"; done; ",
+        "grep MemAvailable /proc/meminfo"
+    );
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let text = vm
+            .exec_ok(script)
+            .unwrap_or_else(|e| panic!("{}: memory of the services: {e:#}", vm.name));
+        let short: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                let w: Vec<u64> = l
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                w.len() == 2 && w[0] < w[1] / 2
+            })
+            .collect();
+        if short.is_empty() {
+            eprintln!(
+                "testbed: {} holds half of each limit (name, memory.current, memory.max):\n{text}",
+                vm.name
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: below half their limit after 180 s: {short:?}\n{text}",
+            vm.name
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }

@@ -5,6 +5,10 @@
 //! `--restart=always`: when podman restarted one (a crash; a boot, through
 //! podman-restart.service), its recorded pid is dead, and only then the probe
 //! asks podman for the new one and rewrites the record (`observe/probe.sh`).
+//! Stop removes the container (podman-restart.service would start a stopped
+//! `always` container at the next boot). On systemd hosts the start script
+//! enables podman-restart.service and orders the containers' scopes after it
+//! at shutdown ([`enable_restart`]).
 //! `image:
 //! rootfs:/abs/dir` runs a container from a directory (`--rootfs`). When
 //! `<root>/containers.conf` exists, podman is run with it (`CONTAINERS_CONF`).
@@ -80,15 +84,15 @@ impl Runtime for Podman {
         o.push_str(CONF);
         o.push_str(FN_ALIVE);
         o.push_str(FN_WRITE_RECORD);
-        o.push_str(ENABLE_RESTART);
+        o.push_str(&enable_restart()?);
         o.push_str("podman rm -f \"$name\" </dev/null >/dev/null 2>&1 9>&- || true\n");
         let mut args = vec![
             "podman".to_string(),
             "run".into(),
             "-d".into(),
             // `always`, not `unless-stopped`: podman-restart.service (podman
-            // 4.3, Debian 12) starts only `always` containers at boot. A
-            // container tend stopped stays stopped until the next boot.
+            // 4.3, Debian 12) starts only `always` containers at boot. tend's
+            // stop removes the container, so a stopped service stays stopped.
             "--restart".into(),
             "always".into(),
             "--name".into(),
@@ -154,8 +158,12 @@ impl Runtime for Podman {
     fn stop(&self, root: &str, service: &str) -> Result<String, RuntimeError> {
         let mut o = vars(root, service)?;
         o.push_str(CONF);
+        // Removed, not only stopped: podman-restart.service starts every
+        // `always` container at boot, stopped ones too, and podman 4.3 cannot
+        // change a container's restart policy. The image or rootfs stays; the
+        // record keeps its dead pid, so the service observes as stopped.
         o.push_str(
-            "if podman container exists \"tend-$svc\" </dev/null 9>&-; then\n  podman stop -t 10 \"tend-$svc\" </dev/null >/dev/null 2>&1 9>&- || true\n  echo \"tend: stopped $svc\"\nfi\n",
+            "if podman container exists \"tend-$svc\" </dev/null 9>&-; then\n  podman rm -f -t 10 \"tend-$svc\" </dev/null >/dev/null 2>&1 9>&- || true\n  echo \"tend: stopped $svc\"\nfi\n",
         );
         Ok(o)
     }
@@ -180,17 +188,49 @@ impl Runtime for Podman {
     }
 }
 
+/// Where the drop-in for every container's scopes goes: systemd applies
+/// `libpod-.scope.d/` to `libpod-<id>.scope` and `libpod-conmon-<id>.scope`.
+pub(crate) const SCOPE_DROPIN_DIR: &str = "/etc/systemd/system/libpod-.scope.d";
+
+/// The drop-in's text (without its last newline). At shutdown systemd stops
+/// a container's scope at once (SIGTERM to the container), unordered with
+/// podman-restart.service; conmon then restarts the `always` container, again
+/// and again, until the conmon scope's 90 s stop timeout; podman-restart's
+/// ExecStop, run meanwhile, finds nothing running (seen on the VMs: a reboot
+/// took 141 s instead of 43 s). Ordered before podman-restart.service, the
+/// scopes are stopped after its ExecStop has stopped the containers.
+pub(crate) const SCOPE_DROPIN: &str =
+    "# Written by tend: at shutdown, podman-restart.service stops the --restart=always
+# containers before systemd stops their scopes (otherwise conmon restarts each
+# container systemd stops, and the shutdown waits for the 90 s stop timeout).
+[Unit]
+Before=podman-restart.service";
+
 /// On a systemd host, podman-restart.service brings `--restart=always`
 /// containers back after a boot, before any reconcile. Started too, not only
-/// enabled: its ExecStop stops them at shutdown; without it conmon restarts
-/// each container systemd stops, and the shutdown waits 90 s (seen on the
-/// VMs). A host without it still converges: the next reconcile restarts them.
-pub(crate) const ENABLE_RESTART: &str = r#"if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-  { systemctl is-enabled --quiet podman-restart.service && systemctl is-active --quiet podman-restart.service; } </dev/null 2>/dev/null 9>&- ||
+/// enabled: its ExecStop stops them at shutdown, and the scopes' drop-in
+/// ([`SCOPE_DROPIN`]) orders that before systemd stops the containers'
+/// scopes. The drop-in is written and `daemon-reload` run only when its text
+/// differs; a re-run reads one file and asks systemctl twice. A host without
+/// systemd still converges: the next reconcile restarts the containers.
+pub(crate) fn enable_restart() -> Result<String, RuntimeError> {
+    Ok(format!(
+        r#"if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+  dropin={dir}
+  want={text}
+  if [ "$(cat "$dropin/tend.conf" 2>/dev/null)" != "$want" ]; then
+    {{ mkdir -p "$dropin" && printf '%s\n' "$want" >"$dropin/.tend.conf.tmp" && mv -f "$dropin/.tend.conf.tmp" "$dropin/tend.conf" && systemctl daemon-reload; }} </dev/null 9>&- ||
+      echo "tend: cannot write $dropin/tend.conf: a shutdown may wait 90 s for each container" >&2
+  fi
+  {{ systemctl is-enabled --quiet podman-restart.service && systemctl is-active --quiet podman-restart.service; }} </dev/null 2>/dev/null 9>&- ||
     systemctl enable --now --quiet podman-restart.service </dev/null >/dev/null 2>&1 9>&- ||
     echo "tend: cannot enable podman-restart.service: containers come back after a boot only at the next reconcile" >&2
 fi
-"#;
+"#,
+        dir = q(SCOPE_DROPIN_DIR)?,
+        text = q(SCOPE_DROPIN)?,
+    ))
+}
 
 /// Load an env file into the environment, then exec argv (positional
 /// parameters are read before the file, so no key can change them).

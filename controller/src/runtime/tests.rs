@@ -318,11 +318,63 @@ fn a_podman_container_restarts_always_and_the_host_enables_podman_restart() {
     let r = Release::new("/r", &s, None);
     let start = podman::Podman.start(&r).unwrap();
     assert!(start.contains("'run' '-d' '--restart' 'always'"), "{start}");
-    assert!(start.contains(podman::ENABLE_RESTART), "{start}");
+    let enable = podman::enable_restart().unwrap();
+    assert!(start.contains(&enable), "{start}");
     // Enabled before the container runs, and only where systemd is PID 1.
-    let enable = start.find("systemctl enable").unwrap();
-    assert!(enable < start.find("'podman' 'run'").unwrap(), "{start}");
-    assert!(podman::ENABLE_RESTART.starts_with("if [ -d /run/systemd/system ]"));
+    let at = start.find("systemctl enable").unwrap();
+    assert!(at < start.find("'podman' 'run'").unwrap(), "{start}");
+    assert!(enable.starts_with("if [ -d /run/systemd/system ]"));
+}
+
+#[test]
+fn the_containers_scopes_are_ordered_after_podman_restart_and_reloaded_only_on_a_change() {
+    let enable = podman::enable_restart().unwrap();
+    sh_n(&enable);
+    // The drop-in's path and text reach the shell quoted.
+    assert!(
+        enable.contains("dropin='/etc/systemd/system/libpod-.scope.d'"),
+        "{enable}"
+    );
+    assert!(
+        enable.contains(&crate::shell::quote(podman::SCOPE_DROPIN).unwrap()),
+        "{enable}"
+    );
+    assert!(podman::SCOPE_DROPIN.ends_with("[Unit]\nBefore=podman-restart.service"));
+    // daemon-reload only inside the branch taken when the file differs.
+    let differs = enable.find("!= \"$want\" ]; then").unwrap();
+    let reload = enable.find("daemon-reload").unwrap();
+    let fi = enable[differs..].find("\n  fi\n").unwrap() + differs;
+    assert!(differs < reload && reload < fi, "{enable}");
+    assert_eq!(enable.matches("daemon-reload").count(), 1, "{enable}");
+
+    // What the script writes reads back equal, so a re-run does not reload.
+    let write = "printf '%s\\n' \"$want\" >\"$dropin/.tend.conf.tmp\" && mv -f \"$dropin/.tend.conf.tmp\" \"$dropin/tend.conf\"";
+    let differs = "[ \"$(cat \"$dropin/tend.conf\" 2>/dev/null)\" != \"$want\" ]";
+    assert!(
+        enable.contains(write) && enable.contains(differs),
+        "{enable}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "dropin={}\nwant={}\nif {differs}; then echo differs; fi\n{write}\nif {differs}; then echo differs; fi\n",
+        crate::shell::quote(&dir.path().to_string_lossy()).unwrap(),
+        crate::shell::quote(podman::SCOPE_DROPIN).unwrap(),
+    );
+    let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "differs\n",
+        "{script}"
+    );
+    let written = std::fs::read_to_string(dir.path().join("tend.conf")).unwrap();
+    assert_eq!(written, format!("{}\n", podman::SCOPE_DROPIN));
+}
+
+#[test]
+fn a_stopped_podman_service_leaves_no_container_for_podman_restart_to_start_at_boot() {
+    let stop = podman::Podman.stop("/r", "web").unwrap();
+    assert!(stop.contains("podman rm -f -t 10 \"tend-$svc\""), "{stop}");
+    assert!(!stop.contains("podman stop"), "{stop}");
 }
 
 #[test]

@@ -176,6 +176,16 @@ impl Drop for Repo {
     }
 }
 
+/// `tend run` as a child process, killed when the test ends, however it ends.
+pub struct Controller(pub std::process::Child);
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn service<'a>(status: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
     status["hosts"]
         .as_array()?

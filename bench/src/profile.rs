@@ -187,24 +187,17 @@ fn run(
         ("exec `true`", "true".to_string()),
         ("exec full probe", full),
     ] {
-        let c0 = cgroup_cpu(ctx, &h.name)?;
-        let t0 = Instant::now();
         let k = 50;
-        rt.block_on(async {
-            for _ in 0..k {
-                let _ = t.exec(&script, b"").await;
-            }
-        });
-        let wall = t0.elapsed().as_secs_f64() * 1e3 / k as f64;
-        let cpu = (cgroup_cpu(ctx, &h.name)? - c0) * 1e3 / k as f64;
-        out.push(Measurement::new(
-            "probe profile: host CPU per run",
-            leak(format!("russh pool: {label}")),
-            n,
-            "ms",
-            vec![cpu],
-            format!("{k} sequential execs on host0's kept-open connection; wall {wall:.2} ms/exec"),
-        ));
+        let (cpu, wall) = per_call(ctx, &h.name, k, || {
+            rt.block_on(async {
+                for _ in 0..k {
+                    let _ = t.exec(&script, b"").await;
+                }
+            })
+        })?;
+        let note =
+            format!("{k} sequential execs on host0's kept-open connection; wall {wall:.2} ms/exec");
+        out.push(pool_row(n, label, cpu, note));
     }
     // What a reconcile really does: a query on the kept-open shell.
     let call = tend::observe::probe_call(&host.root, &known_opts)?;
@@ -218,28 +211,41 @@ fn run(
     ] {
         let k = 100;
         let _ = rt.block_on(t.query_prepared(prelude, &script));
-        let c0 = cgroup_cpu(ctx, &h.name)?;
-        let t0 = Instant::now();
-        rt.block_on(async {
-            for _ in 0..k {
-                let _ = t.query_prepared(prelude, &script).await;
-            }
-        });
-        let wall = t0.elapsed().as_secs_f64() * 1e3 / k as f64;
-        let cpu = (cgroup_cpu(ctx, &h.name)? - c0) * 1e3 / k as f64;
-        out.push(Measurement::new(
-            "probe profile: host CPU per run",
-            leak(format!("russh pool: {label}")),
-            n,
-            "ms",
-            vec![cpu],
-            format!("{k} sequential queries on host0's kept shell; wall {wall:.2} ms/query"),
-        ));
+        let (cpu, wall) = per_call(ctx, &h.name, k, || {
+            rt.block_on(async {
+                for _ in 0..k {
+                    let _ = t.query_prepared(prelude, &script).await;
+                }
+            })
+        })?;
+        let note = format!("{k} sequential queries on host0's kept shell; wall {wall:.2} ms/query");
+        out.push(pool_row(n, label, cpu, note));
     }
     Ok(out)
 }
 
+/// Host CPU and wall time (ms) per call of the `k` calls `run` makes.
+fn per_call(ctx: &Ctx, host: &str, k: usize, run: impl FnOnce()) -> Result<(f64, f64)> {
+    let c0 = cgroup_cpu(ctx, host)?;
+    let t0 = Instant::now();
+    run();
+    let wall = t0.elapsed().as_secs_f64() * 1e3 / k as f64;
+    let cpu = (cgroup_cpu(ctx, host)? - c0) * 1e3 / k as f64;
+    Ok((cpu, wall))
+}
+
+fn pool_row(n: usize, label: &str, cpu: f64, note: String) -> Measurement {
+    Measurement::new(
+        "probe profile: host CPU per run",
+        leak(format!("russh pool: {label}")),
+        n,
+        "ms",
+        vec![cpu],
+        note,
+    )
+}
+
 /// Labels are few and live for the whole run.
-fn leak(s: String) -> &'static str {
+pub fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
 }

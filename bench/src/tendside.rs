@@ -747,7 +747,7 @@ fn controller(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
         }
         out.push(Measurement::new(
             "scrape",
-            leak_label(format!("tend run GET {path}")),
+            crate::profile::leak(format!("tend run GET {path}")),
             n,
             "ms",
             ms,
@@ -832,9 +832,4 @@ fn controller(ctx: &Ctx, bin: &Path) -> Vec<Measurement> {
     }
     drop(c);
     out
-}
-
-/// Labels are few and live for the whole run.
-fn leak_label(s: String) -> &'static str {
-    Box::leak(s.into_boxed_str())
 }

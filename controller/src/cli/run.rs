@@ -20,14 +20,45 @@ pub struct RunArgs {
     pub listen: Option<String>,
 }
 
+/// A running controller and the token its POST endpoints need.
 #[derive(Debug, Args)]
-pub struct TriggerArgs {
+pub struct Remote {
     /// Controller address.
     #[arg(long, env = "TEND_URL", default_value = "http://127.0.0.1:9617")]
     pub url: String,
     /// File holding the bearer token (default: .tend/token when it exists, as the demo writes).
     #[arg(long, env = "TEND_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+}
+
+impl Remote {
+    /// POST `path` (with a JSON body, if any); the answer's status and body.
+    pub(super) fn post(
+        &self,
+        path: &str,
+        json: Option<serde_json::Value>,
+    ) -> anyhow::Result<(reqwest::StatusCode, String)> {
+        let token = read_token(self.token_file.as_deref())?;
+        let url = format!("{}{path}", self.url.trim_end_matches('/'));
+        runtime()?.block_on(async {
+            let mut req = client()?.post(&url).bearer_auth(token);
+            if let Some(j) = &json {
+                req = req.json(j);
+            }
+            let resp = req
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the controller at {}", self.url))?;
+            let code = resp.status();
+            Ok((code, resp.text().await.unwrap_or_default()))
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TriggerArgs {
+    #[command(flatten)]
+    pub remote: Remote,
     /// Wait for the reconcile to finish and print its result.
     #[arg(long)]
     pub wait: bool,
@@ -163,63 +194,49 @@ pub(super) fn read_token(file: Option<&Path>) -> anyhow::Result<String> {
 }
 
 pub fn trigger(a: TriggerArgs) -> anyhow::Result<ExitCode> {
-    let token = read_token(a.token_file.as_deref())?;
-    let url = format!(
-        "{}/reconcile{}",
-        a.url.trim_end_matches('/'),
-        if a.wait { "?wait=true" } else { "" }
-    );
-    runtime()?.block_on(async move {
-        let resp = client()?
-            .post(&url)
-            .bearer_auth(token)
-            .json(&serde_json::json!({ "override_window": a.override_window }))
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the controller at {}", a.url))?;
-        let code = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        if !code.is_success() {
-            anyhow::bail!("{url}: HTTP {code}: {}", body.trim());
-        }
-        if a.output == super::Output::Json {
-            println!("{body}");
-            return Ok(ExitCode::SUCCESS);
-        }
-        let v: serde_json::Value =
-            serde_json::from_str(&body).context("controller answer is not JSON")?;
-        let id = v["id"].as_u64().unwrap_or(0);
-        if v["coalesced"].as_bool() == Some(true) {
-            println!("joined reconcile #{id} (already queued)");
-        } else {
-            println!("queued reconcile #{id}");
-        }
-        if a.wait {
-            let r = &v["reconcile"];
-            let result = r["result"].as_str().unwrap_or("unknown");
+    let path = format!("/reconcile{}", if a.wait { "?wait=true" } else { "" });
+    let json = serde_json::json!({ "override_window": a.override_window });
+    let (code, body) = a.remote.post(&path, Some(json))?;
+    if !code.is_success() {
+        anyhow::bail!("{}{path}: HTTP {code}: {}", a.remote.url, body.trim());
+    }
+    if a.output == super::Output::Json {
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&body).context("controller answer is not JSON")?;
+    let id = v["id"].as_u64().unwrap_or(0);
+    if v["coalesced"].as_bool() == Some(true) {
+        println!("joined reconcile #{id} (already queued)");
+    } else {
+        println!("queued reconcile #{id}");
+    }
+    if a.wait {
+        let r = &v["reconcile"];
+        let result = r["result"].as_str().unwrap_or("unknown");
+        println!(
+            "reconcile #{id}: {result} in {:.2}s{}",
+            r["duration_seconds"].as_f64().unwrap_or(0.0),
+            r["error"]
+                .as_str()
+                .map(|e| format!(" — {e}"))
+                .unwrap_or_default()
+        );
+        for act in r["actions"].as_array().into_iter().flatten() {
             println!(
-                "reconcile #{id}: {result} in {:.2}s{}",
-                r["duration_seconds"].as_f64().unwrap_or(0.0),
-                r["error"]
-                    .as_str()
-                    .map(|e| format!(" — {e}"))
-                    .unwrap_or_default()
+                "  {} {}/{}: {}",
+                act["kind"].as_str().unwrap_or(""),
+                act["host"].as_str().unwrap_or(""),
+                act["service"].as_str().unwrap_or(""),
+                act["result"].as_str().unwrap_or("")
             );
-            for act in r["actions"].as_array().into_iter().flatten() {
-                println!(
-                    "  {} {}/{}: {}",
-                    act["kind"].as_str().unwrap_or(""),
-                    act["host"].as_str().unwrap_or(""),
-                    act["service"].as_str().unwrap_or(""),
-                    act["result"].as_str().unwrap_or("")
-                );
-            }
-            if result != "success" {
-                return Ok(ExitCode::from(1));
-            }
         }
-        Ok(ExitCode::SUCCESS)
-    })
+        if result != "success" {
+            return Ok(ExitCode::from(1));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// GET `url` from the controller at `base`; the body of a 2xx answer.

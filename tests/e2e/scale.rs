@@ -51,36 +51,36 @@ async fn tend_run_over_200_hosts_observes_each_over_one_connection_and_reports_t
     assert_eq!(last["result"], "success", "{last:#}");
 
     // Two more reconciles: a no-op, then a repair of one killed service.
+    let mut ours = serde_json::Value::Null;
     for k in 0..2 {
         if k == 1 {
             f.host(7)
-                .exec_ok("kill -9 $(sed -n 's/^pid=//p' /var/lib/tend/records/s7.rec)")
+                // Until the pid is gone or a zombie: SIGKILL lands asynchronously.
+                .exec_ok(
+                    "p=$(sed -n 's/^pid=//p' /var/lib/tend/records/s7.rec); kill -9 $p; \
+                     while [ -e /proc/$p ] && [ \"$(cut -d' ' -f3 /proc/$p/stat 2>/dev/null)\" != Z ]; \
+                     do sleep 0.05; done",
+                )
                 .unwrap();
         }
-        let before = get_json(r.addr, "/status").await["reconciles"][0]["id"]
-            .as_u64()
-            .unwrap_or(0);
-        r.ctx.trigger(Trigger::Api);
-        eventually(300, "the next reconcile", || async {
+        // Wait for the reconcile that answers this trigger: an earlier one
+        // may still be running and would have observed host 7 before the kill.
+        let ticket = r.ctx.trigger(Trigger::Api);
+        ours = eventually(300, "the next reconcile", || async {
             let st = get_json(r.addr, "/status").await;
-            (st["reconciles"][0]["id"].as_u64().unwrap_or(0) > before).then_some(())
+            let all = st["reconciles"].as_array().cloned().unwrap_or_default();
+            all.into_iter()
+                .find(|x| x["id"].as_u64() == Some(ticket.id))
         })
         .await;
     }
-    let st = get_json(r.addr, "/status").await;
-    assert_eq!(
-        st["reconciles"][0]["result"], "success",
-        "{:#}",
-        st["reconciles"][0]
-    );
-    let acts = st["reconciles"][0]["actions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    assert_eq!(ours["result"], "success", "{ours:#}");
+    let acts = ours["actions"].as_array().cloned().unwrap_or_default();
     assert_eq!(acts.len(), 1, "{acts:#?}");
     assert_eq!(acts[0]["service"], "s7");
 
     // Every host observed, up, its service in sync.
+    let st = get_json(r.addr, "/status").await;
     let hosts = st["hosts"].as_array().cloned().unwrap_or_default();
     assert_eq!(hosts.len(), HOSTS);
     for h in &hosts {

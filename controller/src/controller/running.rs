@@ -49,7 +49,10 @@ pub fn make_source(config: &Config) -> Result<Source, ControllerError> {
                 }
                 .into());
             }
-            Source::Dir(source::dir::DirSource::new(&root, &config.path))
+            Source::Dir(
+                source::dir::DirSource::new(&root, &config.path)
+                    .excluding(&[config.cache_dir.clone(), config.ledger_path()]),
+            )
         }
     })
 }

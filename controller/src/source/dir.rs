@@ -19,6 +19,9 @@ pub struct DirSource {
     /// Loose files at the root are read only when the manifests live there:
     /// logs and notes next to the repository must not count as changes.
     root_files: bool,
+    /// tend's own state (cache, ledger) when it lies under the root: its
+    /// writes must neither trigger a reconcile nor change the revision.
+    exclude: Vec<PathBuf>,
     seen: Option<String>,
     watcher: Option<Debouncer<notify::RecommendedWatcher, RecommendedCache>>,
 }
@@ -32,9 +35,16 @@ impl DirSource {
         DirSource {
             root,
             root_files: m.is_empty() || m == ".",
+            exclude: Vec::new(),
             seen: None,
             watcher: None,
         }
+    }
+
+    /// Leave these paths (files or directories) out of reads and watches.
+    pub fn excluding(mut self, paths: &[PathBuf]) -> DirSource {
+        self.exclude = paths.iter().map(|p| absolute(p)).collect();
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -44,12 +54,14 @@ impl DirSource {
     pub async fn poll(&mut self) -> Result<Poll, SourceError> {
         let root = self.root.clone();
         let root_files = self.root_files;
-        let snap = tokio::task::spawn_blocking(move || read_dir_snapshot(&root, root_files))
-            .await
-            .map_err(|e| SourceError::Io {
-                path: self.root.display().to_string(),
-                why: e.to_string(),
-            })??;
+        let exclude = self.exclude.clone();
+        let snap =
+            tokio::task::spawn_blocking(move || read_dir_snapshot(&root, root_files, &exclude))
+                .await
+                .map_err(|e| SourceError::Io {
+                    path: self.root.display().to_string(),
+                    why: e.to_string(),
+                })??;
         if self.seen.as_deref() == Some(snap.revision.as_str()) {
             return Ok(Poll::Unchanged {
                 revision: snap.revision,
@@ -64,6 +76,7 @@ impl DirSource {
     pub fn watch(&mut self, tx: mpsc::UnboundedSender<()>) -> Result<(), SourceError> {
         let root = self.root.clone();
         let root_files = self.root_files;
+        let exclude = self.exclude.clone();
         let mut deb = new_debouncer(
             Duration::from_millis(300),
             None,
@@ -71,6 +84,9 @@ impl DirSource {
                 if let Ok(events) = res {
                     let relevant = events.iter().any(|e| {
                         e.paths.iter().any(|p| {
+                            if exclude.iter().any(|x| p.starts_with(x)) {
+                                return false;
+                            }
                             p.strip_prefix(&root)
                                 .map(|rel| {
                                     !skipped_path(rel)
@@ -93,13 +109,29 @@ impl DirSource {
         for entry in entries.flatten() {
             let p = entry.path();
             let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            if is_dir && !skipped_name(&entry.file_name().to_string_lossy()) {
+            if is_dir
+                && !skipped_name(&entry.file_name().to_string_lossy())
+                && !self.exclude.contains(&p)
+            {
                 deb.watch(&p, RecursiveMode::Recursive)
                     .map_err(|e| super::io_err(&p, e))?;
             }
         }
         self.watcher = Some(deb);
         Ok(())
+    }
+}
+
+/// Canonical when it exists; else made absolute and canonical up to the
+/// nearest existing parent (a cache directory is created later).
+fn absolute(p: &Path) -> PathBuf {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return c;
+    }
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => absolute(dir).join(name),
+        _ => abs,
     }
 }
 
@@ -114,9 +146,13 @@ fn skipped_path(rel: &Path) -> bool {
 
 /// Read every file under `root` (skipping hidden and build directories) and
 /// name the result by a digest of paths, modes and contents.
-pub fn read_dir_snapshot(root: &Path, root_files: bool) -> Result<Snapshot, SourceError> {
+pub fn read_dir_snapshot(
+    root: &Path,
+    root_files: bool,
+    exclude: &[PathBuf],
+) -> Result<Snapshot, SourceError> {
     let mut files = Vec::new();
-    walk(root, "", root_files, &mut files)?;
+    walk(root, "", root_files, exclude, &mut files)?;
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let mut h = Sha256::new();
     for f in &files {
@@ -138,6 +174,7 @@ fn walk(
     dir: &Path,
     rel: &str,
     files_here: bool,
+    exclude: &[PathBuf],
     out: &mut Vec<TreeFile>,
 ) -> Result<(), SourceError> {
     use std::os::unix::fs::PermissionsExt;
@@ -153,6 +190,9 @@ fn walk(
             continue;
         }
         let path = entry.path();
+        if exclude.contains(&path) {
+            continue;
+        }
         let ty = entry.file_type().map_err(|e| super::io_err(&path, e))?;
         let child = if rel.is_empty() {
             name.clone()
@@ -160,7 +200,7 @@ fn walk(
             format!("{rel}/{name}")
         };
         if ty.is_dir() {
-            walk(&path, &child, true, out)?;
+            walk(&path, &child, true, exclude, out)?;
         } else if ty.is_file() && files_here {
             let meta = entry.metadata().map_err(|e| super::io_err(&path, e))?;
             if meta.len() > MAX_FILE {
@@ -211,6 +251,30 @@ mod tests {
             panic!("edit not seen")
         };
         assert_ne!(s.revision, s2.revision);
+    }
+
+    #[tokio::test]
+    async fn tends_own_cache_under_the_root_is_neither_read_nor_a_change() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("m")).unwrap();
+        std::fs::write(d.path().join("m/a.yaml"), "a: 1\n").unwrap();
+        // Not canonical, as tend.yaml may give it; the ledger not yet created.
+        let cache = d.path().join("m/../cache");
+        std::fs::create_dir_all(&cache).unwrap();
+        let ledger = d.path().join("state/ledger.jsonl");
+        let mut src = DirSource::new(d.path(), "m").excluding(&[cache.clone(), ledger.clone()]);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        src.watch(tx).unwrap();
+        let Poll::Changed(s) = src.poll().await.unwrap() else {
+            panic!("first poll")
+        };
+        std::fs::write(cache.join("state.json"), "{}").unwrap();
+        std::fs::create_dir_all(d.path().join("state")).unwrap();
+        std::fs::write(&ledger, "{}").unwrap();
+        assert!(matches!(src.poll().await.unwrap(), Poll::Unchanged { .. }));
+        assert_eq!(s.files.len(), 1);
+        let got = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+        assert!(got.is_err(), "a cache write triggered a reconcile");
     }
 
     #[tokio::test]

@@ -51,7 +51,7 @@ use ssh_encoding::{Decode, Encode};
 use ssh_key::{Algorithm, Certificate, HashAlg, PrivateKey, PublicKey};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::pin;
-use tokio::sync::mpsc::{
+use crate::bmpsc::{
     Receiver, Sender, UnboundedReceiver, UnboundedSender, channel, unbounded_channel,
 };
 use tokio::sync::oneshot;
@@ -2123,7 +2123,7 @@ mod tests {
     use std::sync::Arc;
 
     use ssh_encoding::Encode;
-    use tokio::sync::mpsc::{channel, unbounded_channel};
+    use crate::bmpsc::{channel, unbounded_channel};
 
     use super::*;
     use crate::auth::{AuthRequest, Method};
@@ -2149,8 +2149,8 @@ mod tests {
 
     fn keyboard_interactive_session() -> (
         Session,
-        tokio::sync::mpsc::Sender<Msg>,
-        tokio::sync::mpsc::UnboundedReceiver<Reply>,
+        crate::bmpsc::Sender<Msg>,
+        crate::bmpsc::UnboundedReceiver<Reply>,
     ) {
         let config = Arc::new(Config::default());
         let (sender, receiver) = channel(config.channel_buffer_size);
@@ -2208,7 +2208,7 @@ mod tests {
     /// An authenticated session with one outstanding `hostkeys-prove-00` request.
     fn hostkeys_prove_session() -> (
         Session,
-        tokio::sync::mpsc::Sender<Msg>,
+        crate::bmpsc::Sender<Msg>,
         oneshot::Receiver<Result<(), crate::Error>>,
         PrivateKey,
     ) {

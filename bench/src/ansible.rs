@@ -5,7 +5,7 @@ use crate::workload::Workload;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// bench/ansible: the playbook and templates (read at run time: Ansible needs files).
 pub fn source_dir() -> PathBuf {
@@ -68,6 +68,8 @@ pub struct Ansible {
     inventory: PathBuf,
     config: PathBuf,
     pub forks: usize,
+    /// Each ansible-playbook run is stopped after this long (`--ansible-budget`).
+    pub budget: Option<Duration>,
 }
 
 /// Totals of a PLAY RECAP.
@@ -137,6 +139,7 @@ impl Ansible {
             inventory,
             config,
             forks,
+            budget: None,
         })
     }
 
@@ -165,33 +168,105 @@ impl Ansible {
             .env("ANSIBLE_NOCOLOR", "1")
             .env("ANSIBLE_FORCE_COLOR", "0")
             .current_dir(&self.work);
-        let t0 = Instant::now();
-        let out = c.output().context("cannot run ansible-playbook")?;
-        let seconds = t0.elapsed().as_secs_f64();
-        let stdout = String::from_utf8_lossy(&out.stdout);
         let log = self.work.join(if check {
             "last-check.log"
         } else {
             "last-run.log"
         });
-        let _ = std::fs::write(
-            &log,
-            format!(
-                "{stdout}\n--- stderr\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        );
+        let t0 = Instant::now();
+        let (status, stdout) = match self.budget {
+            None => {
+                let out = c.output().context("cannot run ansible-playbook")?;
+                let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+                let _ = std::fs::write(
+                    &log,
+                    format!(
+                        "{stdout}\n--- stderr\n{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ),
+                );
+                (out.status, stdout)
+            }
+            Some(budget) => within_budget(c, budget, &log)?,
+        };
+        let seconds = t0.elapsed().as_secs_f64();
         let recap = parse_recap(&stdout);
-        if !out.status.success() || recap.failed > 0 || recap.unreachable > 0 {
+        if !status.success() || recap.failed > 0 || recap.unreachable > 0 {
             bail!(
                 "ansible-playbook{} failed ({}; recap {recap:?}); see {}",
                 if check { " --check" } else { "" },
-                out.status,
+                status,
                 log.display()
             );
         }
         Ok(RunResult { seconds, recap })
     }
+}
+
+/// Run `c` (output to `log`) and stop it, its forks and ssh masters with it,
+/// once `budget` has passed: then fail saying how far it got.
+fn within_budget(
+    mut c: Command,
+    budget: Duration,
+    log: &Path,
+) -> Result<(std::process::ExitStatus, String)> {
+    use std::os::unix::process::CommandExt;
+    let f = std::fs::File::create(log).context("create the ansible log")?;
+    let f2 = f.try_clone().context("clone the ansible log")?;
+    c.stdout(f).stderr(f2).process_group(0);
+    let mut child = c.spawn().context("cannot run ansible-playbook")?;
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().context("wait for ansible-playbook")? {
+            break Some(st);
+        }
+        if t0.elapsed() >= budget {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let out = std::fs::read_to_string(log).unwrap_or_default();
+    match status {
+        Some(st) => Ok((st, out)),
+        None => {
+            // SAFETY: kill(2) with the child's own process group id.
+            unsafe {
+                libc::kill(-(child.id() as i32), libc::SIGKILL);
+            }
+            let _ = child.wait();
+            bail!(
+                "over the budget of {} s: stopped {}",
+                budget.as_secs(),
+                progress(&out)
+            )
+        }
+    }
+}
+
+/// Where an unfinished linear-strategy run was: its task and how many hosts
+/// had reported for it.
+pub fn progress(stdout: &str) -> String {
+    let tasks: Vec<&str> = stdout.split("\nTASK [").skip(1).collect();
+    let Some(last) = tasks.last() else {
+        return "before its first task".into();
+    };
+    let name = last.split(']').next().unwrap_or("?");
+    let mut hosts = std::collections::BTreeSet::new();
+    for line in last.lines().skip(1) {
+        let l = line.trim_start();
+        for tag in ["ok: [", "changed: [", "skipping: [", "failed: [", "fatal: ["] {
+            if let Some(rest) = l.strip_prefix(tag) {
+                if let Some(h) = rest.split(']').next() {
+                    hosts.insert(h.to_string());
+                }
+            }
+        }
+    }
+    format!(
+        "in task {} (\"{name}\"), {} hosts done with it",
+        tasks.len(),
+        hosts.len()
+    )
 }
 
 pub fn parse_recap(stdout: &str) -> Recap {
@@ -219,4 +294,19 @@ pub fn parse_recap(stdout: &str) -> Recap {
         }
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_names_the_last_task_and_the_hosts_that_reported_for_it() {
+        let out = "PLAY [Bench services] ***\n\nTASK [Service directory] ***\n\
+                   changed: [h0] => (item=s0)\nchanged: [h1] => (item=s0)\n\n\
+                   TASK [App files] ***\nchanged: [h1] => (item=s0)\n\
+                   changed: [h1] => (item=s1)\nok: [h2] => (item=s0)\n";
+        assert_eq!(progress(out), "in task 2 (\"App files\"), 2 hosts done with it");
+        assert_eq!(progress("PLAY [x] ***\n"), "before its first task");
+    }
 }

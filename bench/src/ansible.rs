@@ -229,9 +229,19 @@ fn within_budget(
     match status {
         Some(st) => Ok((st, out)),
         None => {
-            // SAFETY: kill(2) with the child's own process group id.
-            unsafe {
-                libc::kill(-(child.id() as i32), libc::SIGKILL);
+            // Ansible's workers put themselves in groups of their own: kill
+            // the whole tree, found by parent pid, not just the group.
+            let mut tree = vec![child.id() as i32];
+            let mut i = 0;
+            while i < tree.len() {
+                tree.extend(children_of(tree[i]));
+                i += 1;
+            }
+            for pid in tree {
+                // SAFETY: kill(2) on pids of this run's own process tree.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
             }
             let _ = child.wait();
             bail!(
@@ -241,6 +251,31 @@ fn within_budget(
             )
         }
     }
+}
+
+/// The pids whose parent is `pid` (from /proc/PID/stat).
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // The command may hold spaces and ')': fields restart after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|f| f.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// Where an unfinished linear-strategy run was: its task and how many hosts
@@ -254,7 +289,13 @@ pub fn progress(stdout: &str) -> String {
     let mut hosts = std::collections::BTreeSet::new();
     for line in last.lines().skip(1) {
         let l = line.trim_start();
-        for tag in ["ok: [", "changed: [", "skipping: [", "failed: [", "fatal: ["] {
+        for tag in [
+            "ok: [",
+            "changed: [",
+            "skipping: [",
+            "failed: [",
+            "fatal: [",
+        ] {
             if let Some(rest) = l.strip_prefix(tag) {
                 if let Some(h) = rest.split(']').next() {
                     hosts.insert(h.to_string());
@@ -306,7 +347,10 @@ mod tests {
                    changed: [h0] => (item=s0)\nchanged: [h1] => (item=s0)\n\n\
                    TASK [App files] ***\nchanged: [h1] => (item=s0)\n\
                    changed: [h1] => (item=s1)\nok: [h2] => (item=s0)\n";
-        assert_eq!(progress(out), "in task 2 (\"App files\"), 2 hosts done with it");
+        assert_eq!(
+            progress(out),
+            "in task 2 (\"App files\"), 2 hosts done with it"
+        );
         assert_eq!(progress("PLAY [x] ***\n"), "before its first task");
     }
 }

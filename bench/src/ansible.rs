@@ -203,17 +203,17 @@ impl Ansible {
     }
 }
 
-/// Run `c` (output to `log`) and stop it, its forks and ssh masters with it,
-/// once `budget` has passed: then fail saying how far it got.
+/// Run `c` (output to `log`) and, once `budget` has passed, kill it and the
+/// processes under it, then fail saying how far it got. (Its ControlPersist
+/// ssh masters detach and exit on their own after 60 s.)
 fn within_budget(
     mut c: Command,
     budget: Duration,
     log: &Path,
 ) -> Result<(std::process::ExitStatus, String)> {
-    use std::os::unix::process::CommandExt;
     let f = std::fs::File::create(log).context("create the ansible log")?;
     let f2 = f.try_clone().context("clone the ansible log")?;
-    c.stdout(f).stderr(f2).process_group(0);
+    c.stdout(f).stderr(f2);
     let mut child = c.spawn().context("cannot run ansible-playbook")?;
     let t0 = Instant::now();
     let status = loop {
@@ -223,21 +223,15 @@ fn within_budget(
         if t0.elapsed() >= budget {
             break None;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(50));
     };
     let out = std::fs::read_to_string(log).unwrap_or_default();
     match status {
         Some(st) => Ok((st, out)),
         None => {
-            // Ansible's workers put themselves in groups of their own: kill
-            // the whole tree, found by parent pid, not just the group.
-            let mut tree = vec![child.id() as i32];
-            let mut i = 0;
-            while i < tree.len() {
-                tree.extend(children_of(tree[i]));
-                i += 1;
-            }
-            for pid in tree {
+            // Ansible's workers put themselves in groups of their own: the
+            // whole tree, found by parent pid, not a process group.
+            for pid in crate::procfs::tree(child.id() as i32) {
                 // SAFETY: kill(2) on pids of this run's own process tree.
                 unsafe {
                     libc::kill(pid, libc::SIGKILL);
@@ -251,31 +245,6 @@ fn within_budget(
             )
         }
     }
-}
-
-/// The pids whose parent is `pid` (from /proc/PID/stat).
-fn children_of(pid: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for e in dir.flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        // The command may hold spaces and ')': fields restart after the last ')'.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|f| f.parse::<i32>().ok());
-        if ppid == Some(pid) {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// Where an unfinished linear-strategy run was: its task and how many hosts

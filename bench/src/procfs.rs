@@ -1,4 +1,5 @@
-//! What the kernel says about processes: memory (VmHWM/VmRSS) and CPU time.
+//! What the kernel says about processes: memory (VmHWM/VmRSS), CPU time, and
+//! which processes run under which.
 
 use std::path::Path;
 
@@ -60,4 +61,72 @@ pub fn self_cpu_seconds() -> f64 {
 /// user+sys CPU seconds of the children this process waited for (and theirs).
 pub fn children_cpu_seconds() -> f64 {
     rusage_seconds(libc::RUSAGE_CHILDREN)
+}
+
+/// The pids whose parent is `pid` (from /proc/PID/stat).
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // The command may hold spaces and ')': fields restart after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|f| f.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// `pid` and every process under it, parents first.
+pub fn tree(pid: i32) -> Vec<i32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        all.extend(children_of(all[i]));
+        i += 1;
+    }
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_tree_holds_the_children_and_grandchildren() {
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sh -c 'sleep 30' & sleep 30 & wait"])
+            .spawn()
+            .expect("sh");
+        let root = sh.id() as i32;
+        let mut t = vec![root];
+        for _ in 0..100 {
+            t = tree(root);
+            if t.len() >= 4 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        for &p in t.iter().rev() {
+            // SAFETY: kill(2) on this test's own processes.
+            unsafe {
+                libc::kill(p, libc::SIGKILL);
+            }
+        }
+        let _ = sh.wait();
+        // sh, the inner sh, and the two sleeps.
+        assert_eq!(t.len(), 4, "{t:?}");
+        assert_eq!(t[0], root);
+    }
 }

@@ -206,6 +206,22 @@ pub fn eat(vm: &VmHost, name: &str, port: u16) {
     }
 }
 
+/// Poll `cmd` on the VM every 0.5 s until it exits 0; past `limit`, fail
+/// with `what` and the output of `diag`.
+pub fn wait_ok(vm: &VmHost, cmd: &str, limit: Duration, what: &str, diag: &str) {
+    let start = Instant::now();
+    while vm.exec_ok(cmd).is_err() {
+        assert!(
+            start.elapsed() < limit,
+            "{what}:\n{}",
+            vm.exec(diag)
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// The JSON plan's entry for `svc`.
 pub fn plan_entry(dir: &Path, svc: &str) -> (i32, serde_json::Value) {
     let (code, text) = tend(&["plan", "--output", "json"], dir);

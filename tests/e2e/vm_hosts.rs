@@ -11,7 +11,7 @@
 
 use super::vm_common::{
     apply_clean, assert_limits, assert_serving, eat, manifests, plan_entry, prepare, record_field,
-    service_doc, SERVICES,
+    service_doc, wait_ok, SERVICES,
 };
 use tend_e2e::testbed::{skip_unless_vm, VmHost, VmOptions};
 
@@ -80,22 +80,13 @@ fn after_restart(vm: &VmHost, dir: &std::path::Path, when: &str, boot_before: &s
         .find(|s| s.1 == "podman")
         .expect("a podman service");
     // podman-restart.service runs late in the boot: a bounded wait.
-    let start = std::time::Instant::now();
-    while vm
-        .exec_ok(&format!(
-            "curl -fsS --max-time 5 http://127.0.0.1:{port}/health"
-        ))
-        .is_err()
-    {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(120),
-            "{when}: web-pod is not serving before the reconcile:\n{}",
-            vm.exec("systemctl status podman-restart.service; podman ps -a")
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
+    wait_ok(
+        vm,
+        &format!("curl -fsS --max-time 5 http://127.0.0.1:{port}/health"),
+        std::time::Duration::from_secs(120),
+        &format!("{when}: web-pod is not serving before the reconcile"),
+        "systemctl status podman-restart.service; podman ps -a",
+    );
     let (_, entry) = plan_entry(dir, "web-pod");
     assert_eq!(
         entry["status"], "in_sync",
@@ -167,20 +158,13 @@ fn stopped_stays_stopped(vm: &VmHost, dir: &std::path::Path) {
     vm.reboot().expect("reboot");
     assert_ne!(vm.boot_id().expect("boot id"), before, "same boot");
     // podman-restart.service (oneshot) is active once its start finished.
-    let start = std::time::Instant::now();
-    while vm
-        .exec_ok("systemctl is-active --quiet podman-restart.service")
-        .is_err()
-    {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(180),
-            "podman-restart.service did not finish starting:\n{}",
-            vm.exec("systemctl status podman-restart.service")
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
+    wait_ok(
+        vm,
+        "systemctl is-active --quiet podman-restart.service",
+        std::time::Duration::from_secs(180),
+        "podman-restart.service did not finish starting",
+        "systemctl status podman-restart.service",
+    );
     let left = vm.exec_ok(containers).expect("podman ps");
     assert_eq!(left.trim(), "", "a boot brought web-pod's container back");
     let held = vm

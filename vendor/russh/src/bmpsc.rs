@@ -120,10 +120,6 @@ impl<T> UnboundedSender<T> {
     pub fn send(&self, value: T) -> Result<(), SendError<T>> {
         self.0.send(Box::new(value)).map_err(unbox_send)
     }
-
-    pub fn is_closed(&self) -> bool {
-        self.0.is_closed()
-    }
 }
 
 impl<T> UnboundedReceiver<T> {
@@ -133,10 +129,6 @@ impl<T> UnboundedReceiver<T> {
 
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
         self.0.try_recv().map(|b| *b)
-    }
-
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        self.0.poll_recv(cx).map(|o| o.map(|b| *b))
     }
 
     pub fn close(&mut self) {
